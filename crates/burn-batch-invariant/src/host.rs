@@ -1,0 +1,58 @@
+//! What `BatchInvariant<B>` needs from the backend it wraps.
+
+use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
+use burn_backend::backend::Backend;
+use burn_backend::tensor::FloatTensor;
+use burn_backend::{DType, TensorMetadata};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+/// A backend that can run the batch-invariant kernels on its own tensors.
+///
+/// One method per routed kernel, taking and returning the backend's own primitives. The
+/// routing layer (`crate::routing`) has already validated shapes, dims and dtypes, so an
+/// implementation only launches. Keeping the surface at the level of whole ops (rather than
+/// "give me a `CubeTensor`") is what lets a backend such as `Fusion<CubeBackend>` implement
+/// it by registering the op in its stream.
+pub trait KernelHost: Backend {
+    /// Sum or mean of `tensor` along `dim`, keeping `dim` with length 1, through
+    /// `batch_invariant_kernels::reduce`. Inputs: f32, f16 or bf16; `dim` in range and of
+    /// non-zero length.
+    fn invariant_reduce_dim(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        op: ReduceOp,
+    ) -> FloatTensor<Self>;
+}
+
+impl<R, F, I, BT> KernelHost for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn invariant_reduce_dim(tensor: CubeTensor<R>, dim: usize, op: ReduceOp) -> CubeTensor<R> {
+        let mut shape = tensor.shape();
+        shape[dim] = 1;
+        let dtype: DType = tensor.dtype;
+        let output = empty_device_contiguous_dtype(
+            tensor.client.clone(),
+            tensor.device.clone(),
+            shape,
+            dtype,
+        );
+        let client = tensor.client.clone();
+        launch_reduce_dim(
+            &client,
+            tensor.binding(),
+            output.clone().binding(),
+            dim,
+            op,
+            dtype.into(),
+        )
+        .unwrap_or_else(|err| panic!("batch-invariant reduce_dim launch: {err}"));
+        output
+    }
+}

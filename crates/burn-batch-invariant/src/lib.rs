@@ -1,0 +1,26 @@
+//! Batch-invariant inference and training for Burn.
+//!
+//! GPU kernels choose tile sizes, split factors and reduction strategies from the problem
+//! shape, so the same sequence gives different bits depending on what else shares its
+//! batch. [`BatchInvariant<B>`] wraps a Burn CubeCL backend and routes the ops whose
+//! reduction order can depend on the batch to kernels whose order depends only on the
+//! reduced length, the dtype and a fixed configuration; every other op runs `B`'s own code.
+//!
+//! Adopt it with a type alias ([`CudaInvariant`], [`WgpuInvariant`], or
+//! `BatchInvariant<YourCubeBackend>`), switch it off for A/B runs with the
+//! `BURN_BATCH_INVARIANT=0` environment variable or the [`mode`] API. `docs/contract.md`
+//! lists what is routed and what each routed op guarantees.
+
+mod aliases;
+mod backend;
+mod host;
+pub mod mode;
+mod ops;
+mod routing;
+
+pub use aliases::*;
+pub use backend::BatchInvariant;
+pub use host::KernelHost;
+
+/// The kernels crate, re-exported for its `cpu_reference` modules and constants.
+pub use batch_invariant_kernels as kernels;

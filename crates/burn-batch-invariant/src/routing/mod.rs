@@ -1,0 +1,6 @@
+//! Where routed ops decide between the invariant kernel and the inner backend, and check
+//! their input. One module per kernel family; the functions are named after the Burn method
+//! they implement.
+
+pub(crate) mod checks;
+pub(crate) mod reduce_dim;

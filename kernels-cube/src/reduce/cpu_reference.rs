@@ -1,0 +1,64 @@
+//! f64 references for the dim reductions and the error bounds the tests hold the kernels to.
+
+use super::{ReduceOp, LANES};
+
+/// Reduces a contiguous row-major tensor along `dim` in f64, keeping the dim with length 1.
+pub fn reduce_dim(data: &[f64], shape: &[usize], dim: usize, op: ReduceOp) -> Vec<f64> {
+    assert!(
+        dim < shape.len(),
+        "reduce_dim reference: dim {dim} out of range for {shape:?}"
+    );
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>(),
+        "reduce_dim reference: data/shape"
+    );
+    let len = shape[dim];
+    let inner: usize = shape[dim + 1..].iter().product();
+    let outer: usize = shape[..dim].iter().product();
+    let mut out = Vec::with_capacity(outer * inner);
+    for o in 0..outer {
+        for i in 0..inner {
+            let sum: f64 = (0..len).map(|j| data[(o * len + j) * inner + i]).sum();
+            out.push(match op {
+                ReduceOp::Sum => sum,
+                ReduceOp::Mean => sum / len as f64,
+            });
+        }
+    }
+    out
+}
+
+/// Sum of `|x|` along `dim`, the scale the accumulation error is proportional to.
+pub fn abs_sum_dim(data: &[f64], shape: &[usize], dim: usize) -> Vec<f64> {
+    let abs: Vec<f64> = data.iter().map(|x| x.abs()).collect();
+    reduce_dim(&abs, shape, dim, ReduceOp::Sum)
+}
+
+/// Unit roundoff of an output dtype, by its number of explicit mantissa bits
+/// (f32: 23, f16: 10, bf16: 7).
+pub fn unit_roundoff(mantissa_bits: u32) -> f64 {
+    (2.0f64).powi(-(mantissa_bits as i32) - 1)
+}
+
+/// The documented bound on `|kernel - reference|` for one output element.
+///
+/// Each partial sum adds at most `ceil(len / LANES)` terms and the fold adds `log2(LANES)`
+/// more levels, every f32 addition contributing at most one f32 unit roundoff of the running
+/// magnitude, itself at most `abs_sum`. The mean's division adds one more roundoff, and the
+/// final cast to the output dtype one roundoff of that dtype.
+pub fn tolerance(
+    len: usize,
+    abs_sum: f64,
+    reference: f64,
+    op: ReduceOp,
+    out_mantissa_bits: u32,
+) -> f64 {
+    let u32_ = unit_roundoff(23);
+    let levels = len.div_ceil(LANES) as f64 + LANES.trailing_zeros() as f64 + 1.0;
+    let scale = match op {
+        ReduceOp::Sum => abs_sum,
+        ReduceOp::Mean => abs_sum / len as f64,
+    };
+    levels * u32_ * scale + unit_roundoff(out_mantissa_bits) * reference.abs()
+}

@@ -1,0 +1,157 @@
+//! The `#[cube]` code of the dim reductions. Both kernels implement the order documented in
+//! the module above; keep them in step.
+
+use cubecl::prelude::*;
+use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
+use cubecl::std::FastDivmod;
+
+use super::LANES;
+
+/// Rows handled by one cube of [`reduce_lanes_kernel`]: the cube is `LANES x ROWS_PER_CUBE`.
+/// A launch parameter only; it changes which cube computes a row, not how.
+pub const ROWS_PER_CUBE: u32 = 8;
+
+/// Outputs handled by one cube of [`reduce_unit_kernel`].
+pub const UNITS_PER_CUBE: u32 = 128;
+
+/// Offset of the first element of output row `row` in the input.
+///
+/// `out_shape` is the input shape with the reduced dim set to 1 and `row_strides` the input
+/// strides with the reduced dim's stride zeroed, so decomposing the row index over the
+/// output shape lands on the row's first element whatever the input layout.
+#[cube]
+fn row_offset(
+    row: usize,
+    out_shape: &Sequence<FastDivmod<usize>>,
+    row_strides: &Sequence<usize>,
+) -> usize {
+    index_offset_contiguous_fastdivmod(row, out_shape, row_strides, 1usize)
+}
+
+/// One group of `LANES` threads (`UNIT_POS_X`) per output row (`UNIT_POS_Y` within the cube).
+///
+/// Every thread takes part in every `sync_cube`, including those of rows past the end, so
+/// out-of-range rows are masked rather than terminated.
+#[cube(launch_unchecked, address_type = "dynamic")]
+pub fn reduce_lanes_kernel<F: Float>(
+    input: &Tensor<F>,
+    output: &mut Tensor<F>,
+    out_shape: Sequence<FastDivmod<usize>>,
+    row_strides: Sequence<usize>,
+    reduce_len: usize,
+    reduce_stride: usize,
+    num_rows: usize,
+    #[comptime] mean: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let lanes = comptime!(LANES);
+    let lane = UNIT_POS_X as usize;
+    let local_row = UNIT_POS_Y as usize;
+    let row = CUBE_POS * ROWS_PER_CUBE as usize + local_row;
+    let in_range = row < num_rows;
+
+    let mut partial = 0.0f32;
+    if in_range {
+        let base = row_offset(row, &out_shape, &row_strides);
+        let mut j = lane;
+        while j < reduce_len {
+            partial += f32::cast_from(input[base + j * reduce_stride]);
+            j += lanes;
+        }
+    }
+
+    let mut shared = SharedMemory::<f32>::new(comptime!(LANES * ROWS_PER_CUBE as usize));
+    let slot = local_row * lanes;
+    shared[slot + lane] = partial;
+    sync_cube();
+
+    // Fixed pairwise fold: after step `s`, partial `i < s` holds `p[i] + p[i + s]`.
+    let mut step = comptime!(LANES / 2).runtime();
+    while step > 0 {
+        if lane < step {
+            shared[slot + lane] = shared[slot + lane] + shared[slot + lane + step];
+        }
+        sync_cube();
+        step /= 2;
+    }
+
+    if in_range && lane == 0 {
+        let total = shared[slot];
+        if comptime!(mean) {
+            output[row] = F::cast_from(total / f32::cast_from(reduce_len));
+        } else {
+            output[row] = F::cast_from(total);
+        }
+    }
+}
+
+/// One thread per output row, all `LANES` partials in registers (the inner loop is unrolled,
+/// so every partial index is a compile-time constant).
+#[cube(launch_unchecked, address_type = "dynamic")]
+pub fn reduce_unit_kernel<F: Float>(
+    input: &Tensor<F>,
+    output: &mut Tensor<F>,
+    out_shape: Sequence<FastDivmod<usize>>,
+    row_strides: Sequence<usize>,
+    reduce_len: usize,
+    reduce_stride: usize,
+    num_rows: usize,
+    #[comptime] mean: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let row = ABSOLUTE_POS;
+    if row >= num_rows {
+        terminate!();
+    }
+    let lanes = comptime!(LANES);
+    let base = row_offset(row, &out_shape, &row_strides);
+
+    let mut partials = Array::<f32>::new(comptime!(LANES));
+    #[unroll]
+    for t in 0..lanes {
+        partials[t] = 0.0f32;
+    }
+
+    let full_chunks = reduce_len / lanes;
+    for chunk in 0..full_chunks {
+        let start = base + chunk * lanes * reduce_stride;
+        #[unroll]
+        for t in 0..lanes {
+            partials[t] += f32::cast_from(input[start + t * reduce_stride]);
+        }
+    }
+    let done = full_chunks * lanes;
+    let start = base + done * reduce_stride;
+    #[unroll]
+    for t in 0..lanes {
+        if done + t < reduce_len {
+            partials[t] += f32::cast_from(input[start + t * reduce_stride]);
+        }
+    }
+
+    // The same fold as `reduce_lanes_kernel`, partial `i` gaining `i + s`, `s` = 16, ..., 1.
+    fold_registers(&mut partials, 16usize);
+    fold_registers(&mut partials, 8usize);
+    fold_registers(&mut partials, 4usize);
+    fold_registers(&mut partials, 2usize);
+    fold_registers(&mut partials, 1usize);
+
+    let total = partials[0];
+    if comptime!(mean) {
+        output[row] = F::cast_from(total / f32::cast_from(reduce_len));
+    } else {
+        output[row] = F::cast_from(total);
+    }
+}
+
+/// One step of the fold of [`reduce_unit_kernel`], unrolled so the partials stay in registers.
+#[cube]
+fn fold_registers(partials: &mut Array<f32>, #[comptime] step: usize) {
+    #[unroll]
+    for t in 0..step {
+        partials[t] = partials[t] + partials[t + step];
+    }
+}
+
+// `reduce_unit_kernel` spells out the fold steps for 32 partials.
+const _: () = assert!(LANES == 32);

@@ -1,0 +1,176 @@
+//! Host side of the dim reductions: shape checks, the choice of mapping, the grid.
+
+use core::fmt;
+
+use cubecl::prelude::*;
+use cubecl::std::FastDivmod;
+
+use super::kernel::{reduce_lanes_kernel, reduce_unit_kernel, ROWS_PER_CUBE, UNITS_PER_CUBE};
+use super::{ReduceOp, LANES};
+
+/// Why [`launch_reduce_dim`] refused its arguments. The Burn layer validates user input
+/// before it gets here, so these are programming errors rather than user errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReduceDimError {
+    /// `dim` is not a dimension of the input.
+    DimOutOfRange { dim: usize, rank: usize },
+    /// The reduced dimension has length 0: a mean would be 0/0.
+    EmptyReduction { dim: usize },
+    /// The output is not the input shape with `dim` set to 1, or is not contiguous.
+    BadOutput {
+        expected: Vec<usize>,
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+    },
+}
+
+impl fmt::Display for ReduceDimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DimOutOfRange { dim, rank } => {
+                write!(f, "dim {dim} is out of range for a tensor of rank {rank}")
+            }
+            Self::EmptyReduction { dim } => write!(f, "dim {dim} has length 0"),
+            Self::BadOutput { expected, shape, strides } => write!(
+                f,
+                "output must be contiguous with shape {expected:?}, got shape {shape:?} strides {strides:?}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReduceDimError {}
+
+/// Reduces `input` along `dim` into `output`, which must be contiguous with the input's shape
+/// and `dim` set to 1 (Burn's keep-dim convention). `dtype` is the element type of both.
+///
+/// Any input strides are accepted, including broadcast (zero) strides and transposed views;
+/// the input is read in place, never copied.
+pub fn launch_reduce_dim<R: Runtime>(
+    client: &ComputeClient<R>,
+    input: TensorBinding<R>,
+    output: TensorBinding<R>,
+    dim: usize,
+    op: ReduceOp,
+    dtype: StorageType,
+) -> Result<(), ReduceDimError> {
+    let rank = input.shape.len();
+    if dim >= rank {
+        return Err(ReduceDimError::DimOutOfRange { dim, rank });
+    }
+    let reduce_len = input.shape[dim];
+    if reduce_len == 0 {
+        return Err(ReduceDimError::EmptyReduction { dim });
+    }
+    let expected: Vec<usize> = (0..rank)
+        .map(|d| if d == dim { 1 } else { input.shape[d] })
+        .collect();
+    let out_shape: Vec<usize> = output.shape.iter().copied().collect();
+    let out_strides: Vec<usize> = output.strides.iter().copied().collect();
+    if out_shape != expected || out_strides != contiguous_strides(&expected) {
+        return Err(ReduceDimError::BadOutput {
+            expected,
+            shape: out_shape,
+            strides: out_strides,
+        });
+    }
+
+    let num_rows: usize = expected.iter().product();
+    if num_rows == 0 {
+        return Ok(());
+    }
+    let reduce_stride = input.strides[dim];
+
+    let address_type = AddressType::from_len(
+        max_offset(
+            &input.shape.iter().copied().collect::<Vec<_>>(),
+            &input.strides.iter().copied().collect::<Vec<_>>(),
+        )
+        .max(num_rows),
+    );
+
+    let mut shape_arg: SequenceArg<R, FastDivmod<usize>> = SequenceArg::new();
+    for &d in &expected {
+        shape_arg.push(d);
+    }
+    let row_strides: SequenceArg<R, usize> = (0..rank)
+        .map(|d| if d == dim { 0 } else { input.strides[d] })
+        .collect();
+    let mean = op == ReduceOp::Mean;
+
+    // The lanes mapping wants consecutive threads on consecutive elements; anything else
+    // (strided rows, rows shorter than the lane count) is served better by one thread per row.
+    let lanes_mapping = reduce_stride == 1 && reduce_len >= LANES;
+    unsafe {
+        if lanes_mapping {
+            let cubes = num_rows.div_ceil(ROWS_PER_CUBE as usize);
+            reduce_lanes_kernel::launch_unchecked(
+                client,
+                cube_count(client, cubes),
+                CubeDim::new_2d(LANES as u32, ROWS_PER_CUBE),
+                address_type,
+                input.into_tensor_arg(),
+                output.into_tensor_arg(),
+                shape_arg,
+                row_strides,
+                reduce_len,
+                reduce_stride,
+                num_rows,
+                mean,
+                dtype,
+            );
+        } else {
+            let cubes = num_rows.div_ceil(UNITS_PER_CUBE as usize);
+            reduce_unit_kernel::launch_unchecked(
+                client,
+                cube_count(client, cubes),
+                CubeDim::new_1d(UNITS_PER_CUBE),
+                address_type,
+                input.into_tensor_arg(),
+                output.into_tensor_arg(),
+                shape_arg,
+                row_strides,
+                reduce_len,
+                reduce_stride,
+                num_rows,
+                mean,
+                dtype,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Row-major strides of a contiguous tensor.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    strides
+}
+
+/// One past the largest element offset a strided view can touch.
+fn max_offset(shape: &[usize], strides: &[usize]) -> usize {
+    if shape.contains(&0) {
+        return 0;
+    }
+    1 + shape
+        .iter()
+        .zip(strides)
+        .map(|(&n, &s)| (n - 1) * s)
+        .sum::<usize>()
+}
+
+/// A 1-D cube count spread over x and y so that large launches stay within the per-axis
+/// limits; kernels read the linear `CUBE_POS`, so the split never reaches the arithmetic.
+fn cube_count<R: Runtime>(client: &ComputeClient<R>, cubes: usize) -> CubeCount {
+    let max_x = client.properties().hardware.max_cube_count.0 as usize;
+    if cubes <= max_x {
+        CubeCount::Static(cubes as u32, 1, 1)
+    } else {
+        let y = cubes.div_ceil(max_x);
+        let x = cubes.div_ceil(y);
+        CubeCount::Static(x as u32, y as u32, 1)
+    }
+}
