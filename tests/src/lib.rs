@@ -1,1 +1,158 @@
+//! Shared helpers of the test suite: which runtime to test, deterministic data, bitwise
+//! and f64 comparisons, and the lock that keeps mode-switching tests apart from the rest.
 
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use burn::tensor::{backend::Backend, BasicOps, DType, FloatDType, Tensor, TensorData};
+
+pub use burn_batch_invariant::{BatchInvariant, KernelHost};
+
+/// Environment variable choosing the runtime: `wgpu` (default, lavapipe in CI) or `cuda`.
+pub const BACKEND_VAR: &str = "BI_TEST_BACKEND";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestRuntime {
+    Wgpu,
+    Cuda,
+}
+
+pub fn runtime() -> TestRuntime {
+    match std::env::var(BACKEND_VAR).as_deref() {
+        Err(_) | Ok("wgpu") => TestRuntime::Wgpu,
+        Ok("cuda") => TestRuntime::Cuda,
+        Ok(other) => panic!("{BACKEND_VAR}={other:?}: expected `wgpu` or `cuda`"),
+    }
+}
+
+/// Runs a test body `fn case<B: KernelHost>(device: &B::Device)` on the selected runtime's
+/// plain CubeBackend; the body builds `BatchInvariant<B>` itself where it needs it.
+#[macro_export]
+macro_rules! on_test_backend {
+    ($case:ident) => {
+        match $crate::runtime() {
+            $crate::TestRuntime::Wgpu => {
+                $case::<burn_batch_invariant::WgpuBase>(&Default::default())
+            }
+            $crate::TestRuntime::Cuda => {
+                $case::<burn_batch_invariant::CudaBase>(&Default::default())
+            }
+        }
+    };
+}
+
+/// Runs a kernel-level test body `fn case<R: CubeRuntime>(device: &R::Device)` on the
+/// selected runtime.
+#[macro_export]
+macro_rules! on_test_runtime {
+    ($case:ident) => {
+        match $crate::runtime() {
+            $crate::TestRuntime::Wgpu => $case::<cubecl::wgpu::WgpuRuntime>(&Default::default()),
+            $crate::TestRuntime::Cuda => $case::<cubecl::cuda::CudaRuntime>(&Default::default()),
+        }
+    };
+}
+
+static MODE_LOCK: RwLock<()> = RwLock::new(());
+
+/// Taken by every test that relies on the mode being on (the default).
+pub fn mode_shared() -> RwLockReadGuard<'static, ()> {
+    MODE_LOCK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Taken by the tests that flip the process-wide mode switch.
+pub fn mode_exclusive() -> RwLockWriteGuard<'static, ()> {
+    MODE_LOCK.write().unwrap_or_else(|e| e.into_inner())
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Large GPU sweeps run one at a time so that parallel tests do not exhaust memory.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The float dtypes to test on this device: f32 everywhere, f16 and bf16 where supported.
+pub fn float_dtypes<B: Backend>(device: &B::Device) -> Vec<FloatDType> {
+    [FloatDType::F32, FloatDType::F16, FloatDType::BF16]
+        .into_iter()
+        .filter(|d| B::supports_dtype(device, DType::from(*d)))
+        .collect()
+}
+
+/// Mantissa bits of a float dtype (for error bounds).
+pub fn mantissa_bits(dtype: FloatDType) -> u32 {
+    match dtype {
+        FloatDType::F16 => 10,
+        FloatDType::BF16 => 7,
+        _ => 23,
+    }
+}
+
+/// Deterministic pseudo-random values in [-1, 1) plus a per-seed offset, so sums do not
+/// cancel to nothing and rows differ from each other.
+pub fn random_values(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let offset = (seed % 7) as f32 * 0.25;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0 + offset
+        })
+        .collect()
+}
+
+/// A float tensor of `shape` from f32 values, cast to `dtype` on the device.
+pub fn tensor<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    dtype: FloatDType,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let t = Tensor::<B, D>::from_data(TensorData::new(values, shape), device);
+    if dtype == FloatDType::F32 {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
+
+/// The raw bytes of a tensor: what "bitwise equal" compares.
+pub fn bits<B: Backend, const D: usize, K: BasicOps<B>>(t: Tensor<B, D, K>) -> Vec<u8> {
+    t.into_data().as_bytes().to_vec()
+}
+
+/// Values widened to f64 (through f32, exact for f16/bf16).
+pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.cast(FloatDType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32 data")
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+/// Moves a tensor's data between two backends sharing a device type.
+pub fn to_backend<B1: Backend, B2: Backend<Device = B1::Device>, const D: usize>(
+    t: Tensor<B1, D>,
+) -> Tensor<B2, D> {
+    let device = t.device();
+    Tensor::from_data(t.into_data(), &device)
+}
+
+/// Runs `f` and returns its panic message, failing the test if it did not panic.
+pub fn panic_message<R>(f: impl FnOnce() -> R) -> String {
+    let payload = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(_) => panic!("expected a panic"),
+        Err(payload) => payload,
+    };
+    if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else {
+        String::from("<non-string panic>")
+    }
+}

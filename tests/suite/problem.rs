@@ -1,0 +1,99 @@
+//! The problem this library fixes, shown on the runtime under test: Burn's own backend
+//! gives row 0 a different result depending on the batch size, the decorator's routed ops
+//! never do. The Burn half is the negative control: it proves the comparison used all over
+//! this suite can see a difference.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Tensor};
+use burn_batch_invariant::mode;
+use burn_batch_invariant_tests::*;
+
+const BATCHES: [usize; 8] = [1, 2, 3, 7, 16, 64, 257, 1024];
+
+/// For each op, the batch sizes at which row 0 differs from row 0 computed alone.
+fn variant_batches<X: Backend>(device: &X::Device) -> Vec<(String, Vec<usize>)> {
+    let mut found = Vec::new();
+    for len in [64usize, 1000, 4096] {
+        let x = tensor::<X, 2>(
+            random_values(1024 * len, 11 + len as u64),
+            [1024, len],
+            FloatDType::F32,
+            device,
+        );
+        for (name, op) in [("mean_dim", 0), ("sum_dim", 1)] {
+            let f = |t: Tensor<X, 2>| if op == 0 { t.mean_dim(1) } else { t.sum_dim(1) };
+            let alone = bits(f(x.clone().narrow(0, 0, 1)));
+            let diff: Vec<usize> = BATCHES
+                .iter()
+                .copied()
+                .filter(|&m| bits(f(x.clone().narrow(0, 0, m)).narrow(0, 0, 1)) != alone)
+                .collect();
+            found.push((format!("{name} len {len}"), diff));
+        }
+    }
+    // Matmul is not routed yet; it is here because Burn's variance shows up in it on every
+    // runtime we have measured, including lavapipe.
+    let w = tensor::<X, 2>(
+        random_values(256 * 256, 5),
+        [256, 256],
+        FloatDType::F32,
+        device,
+    );
+    let x = tensor::<X, 2>(
+        random_values(1024 * 256, 6),
+        [1024, 256],
+        FloatDType::F32,
+        device,
+    );
+    let alone = bits(x.clone().narrow(0, 0, 1).matmul(w.clone()));
+    let diff = BATCHES
+        .iter()
+        .copied()
+        .filter(|&m| bits(x.clone().narrow(0, 0, m).matmul(w.clone()).narrow(0, 0, 1)) != alone)
+        .collect();
+    found.push(("matmul (not routed) 256x256".to_string(), diff));
+    found
+}
+
+fn burn_default_varies_decorator_does_not<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    assert!(mode::is_enabled());
+    let burn = variant_batches::<B>(device);
+    let ours = variant_batches::<BatchInvariant<B>>(device);
+    println!(
+        "row 0 differs from row 0 alone at these batch sizes ({}):",
+        B::name(device)
+    );
+    for ((name, b), (_, o)) in burn.iter().zip(&ours) {
+        println!("  {name:<28} Burn default: {b:?}   BatchInvariant: {o:?}");
+    }
+    assert!(
+        burn.iter().any(|(_, b)| !b.is_empty()),
+        "negative control: Burn's default backend showed no batch variance on this runtime"
+    );
+    for (name, o) in &ours {
+        if !name.contains("not routed") {
+            assert!(
+                o.is_empty(),
+                "BatchInvariant {name}: row 0 varies at batch sizes {o:?}"
+            );
+        }
+    }
+    let burn_reductions_vary = burn
+        .iter()
+        .any(|(n, b)| !n.contains("not routed") && !b.is_empty());
+    println!(
+        "Burn's own sum/mean_dim {} batch variance on this runtime",
+        if burn_reductions_vary {
+            "showed"
+        } else {
+            "did not show"
+        }
+    );
+}
+
+#[test]
+fn problem_burn_default_is_batch_variant_routed_ops_are_not() {
+    on_test_backend!(burn_default_varies_decorator_does_not);
+}

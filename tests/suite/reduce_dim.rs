@@ -1,0 +1,224 @@
+//! `float_mean_dim` / `float_sum_dim` through `BatchInvariant<B>`: bitwise invariance to the
+//! batch, along the last, first and a middle dim, accuracy against the f64 reference, and
+//! agreement of the two thread mappings.
+
+use batch_invariant_kernels::reduce::{cpu_reference, ReduceOp};
+use burn::tensor::{FloatDType, Tensor};
+use burn_batch_invariant_tests::*;
+
+const LENGTHS: [usize; 5] = [1, 5, 1000, 4096, 4097];
+const BATCHES: [usize; 7] = [1, 2, 3, 7, 64, 257, 1024];
+const MAX_BATCH: usize = 1024;
+
+fn apply<B: burn::tensor::backend::Backend, const D: usize>(
+    x: Tensor<B, D>,
+    dim: usize,
+    op: ReduceOp,
+) -> Tensor<B, D> {
+    match op {
+        ReduceOp::Sum => x.sum_dim(dim),
+        ReduceOp::Mean => x.mean_dim(dim),
+    }
+}
+
+/// Checks that reducing `x` along `reduce` gives, for every batch prefix along `batch` and
+/// for single rows taken alone, the same bytes as the full batch.
+fn check_batches<B: burn::tensor::backend::Backend, const D: usize>(
+    x: Tensor<B, D>,
+    reduce: usize,
+    batch: usize,
+    what: &str,
+) {
+    let max = x.dims()[batch];
+    for op in [ReduceOp::Mean, ReduceOp::Sum] {
+        let full = apply(x.clone(), reduce, op);
+        for &m in BATCHES.iter().filter(|&&m| m <= max) {
+            let part = apply(x.clone().narrow(batch, 0, m), reduce, op);
+            let expect = full.clone().narrow(batch, 0, m);
+            assert!(
+                bits(part) == bits(expect),
+                "{what} {op:?}: the first {m} rows differ from the same rows inside a batch of {max}"
+            );
+        }
+        for r in [0, 1, max / 2, max - 1] {
+            let alone = apply(x.clone().narrow(batch, r, 1), reduce, op);
+            let inside = full.clone().narrow(batch, r, 1);
+            assert!(
+                bits(alone) == bits(inside),
+                "{what} {op:?}: row {r} alone differs from row {r} inside a batch of {max}"
+            );
+        }
+    }
+}
+
+fn last_dim_invariance<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    for dtype in float_dtypes::<B>(device) {
+        for len in LENGTHS {
+            let x = tensor::<BatchInvariant<B>, 2>(
+                random_values(MAX_BATCH * len, len as u64),
+                [MAX_BATCH, len],
+                dtype,
+                device,
+            );
+            check_batches(x, 1, 0, &format!("last dim, len {len}, {dtype:?}"));
+        }
+    }
+}
+
+fn first_dim_invariance<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    for dtype in float_dtypes::<B>(device) {
+        for len in LENGTHS {
+            let batch = 257;
+            let x = tensor::<BatchInvariant<B>, 2>(
+                random_values(batch * len, 1000 + len as u64),
+                [len, batch],
+                dtype,
+                device,
+            );
+            check_batches(x, 0, 1, &format!("first dim, len {len}, {dtype:?}"));
+        }
+    }
+}
+
+fn middle_dim_invariance<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    for dtype in float_dtypes::<B>(device) {
+        for len in [5, 1000, 4097] {
+            let batch = 64;
+            let x = tensor::<BatchInvariant<B>, 3>(
+                random_values(3 * len * batch, 2000 + len as u64),
+                [3, len, batch],
+                dtype,
+                device,
+            );
+            check_batches(x, 1, 2, &format!("middle dim, len {len}, {dtype:?}"));
+        }
+    }
+}
+
+/// A row stored contiguously and the same row stored with a stride go through different
+/// thread mappings; the order, hence the bits, must be the same.
+fn mappings_agree<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    for dtype in float_dtypes::<B>(device) {
+        for len in [1, 31, 32, 33, 1000, 4097] {
+            let rows = 7;
+            let values = random_values(rows * len, 3000 + len as u64);
+            let mut transposed = vec![0.0; rows * len];
+            for r in 0..rows {
+                for c in 0..len {
+                    transposed[c * rows + r] = values[r * len + c];
+                }
+            }
+            let contiguous = tensor::<BatchInvariant<B>, 2>(values, [rows, len], dtype, device);
+            let strided =
+                tensor::<BatchInvariant<B>, 2>(transposed, [len, rows], dtype, device).transpose();
+            for op in [ReduceOp::Mean, ReduceOp::Sum] {
+                let a = apply(contiguous.clone(), 1, op);
+                let b = apply(strided.clone(), 1, op);
+                assert!(
+                    bits(a) == bits(b),
+                    "len {len} {dtype:?} {op:?}: contiguous and strided rows reduce differently"
+                );
+            }
+        }
+    }
+}
+
+fn accuracy<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    for dtype in float_dtypes::<B>(device) {
+        for (shape, dim) in [
+            ([64usize, 4097usize], 1usize),
+            ([4097, 3], 0),
+            ([16, 1000], 1),
+            ([5, 1], 1),
+            ([3, 5], 0),
+        ] {
+            let x = tensor::<BatchInvariant<B>, 2>(
+                random_values(shape[0] * shape[1], 4000 + shape[dim] as u64),
+                shape,
+                dtype,
+                device,
+            );
+            let input = values(x.clone());
+            let abs = cpu_reference::abs_sum_dim(&input, &shape, dim);
+            for op in [ReduceOp::Mean, ReduceOp::Sum] {
+                let got = values(apply(x.clone(), dim, op));
+                let want = cpu_reference::reduce_dim(&input, &shape, dim, op);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let tol =
+                        cpu_reference::tolerance(shape[dim], abs[i], *w, op, mantissa_bits(dtype));
+                    assert!(
+                        (g - w).abs() <= tol,
+                        "{op:?} {shape:?} dim {dim} {dtype:?} element {i}: got {g}, f64 reference {w}, bound {tol}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `Tensor::mean_dims` (several dims at once) reaches the routed op one dim at a time.
+fn several_dims<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let shape = [4, 33, 70];
+    let x = tensor::<BatchInvariant<B>, 3>(
+        random_values(4 * 33 * 70, 5000),
+        shape,
+        FloatDType::F32,
+        device,
+    );
+    let both = x.clone().mean_dims(&[1, 2]);
+    let alone = x.clone().narrow(0, 2, 1).mean_dims(&[1, 2]);
+    assert!(
+        bits(alone) == bits(both.clone().narrow(0, 2, 1)),
+        "mean_dims row alone vs in batch"
+    );
+    let input = values(x);
+    let got = values(both);
+    for (b, g) in got.iter().enumerate() {
+        let slice = &input[b * 33 * 70..(b + 1) * 33 * 70];
+        let want = slice.iter().sum::<f64>() / slice.len() as f64;
+        let bound = 1e-5 * slice.iter().map(|v| v.abs()).sum::<f64>() / slice.len() as f64;
+        assert!(
+            (g - want).abs() <= bound,
+            "mean_dims batch {b}: {g} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn reduce_dim_last_dim_is_batch_invariant() {
+    on_test_backend!(last_dim_invariance);
+}
+
+#[test]
+fn reduce_dim_first_dim_is_batch_invariant() {
+    on_test_backend!(first_dim_invariance);
+}
+
+#[test]
+fn reduce_dim_middle_dim_is_batch_invariant() {
+    on_test_backend!(middle_dim_invariance);
+}
+
+#[test]
+fn reduce_dim_thread_mappings_agree_bitwise() {
+    on_test_backend!(mappings_agree);
+}
+
+#[test]
+fn reduce_dim_matches_f64_reference() {
+    on_test_backend!(accuracy);
+}
+
+#[test]
+fn reduce_dim_several_dims() {
+    on_test_backend!(several_dims);
+}
