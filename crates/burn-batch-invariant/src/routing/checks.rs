@@ -35,3 +35,42 @@ pub(crate) fn check_non_empty_dim(op: &str, shape: &Shape, dtype: DType, dim: us
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
+        let err = std::panic::catch_unwind(f).expect_err("expected a panic");
+        err.downcast_ref::<String>().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn refused_dtypes_name_op_shape_and_dtype() {
+        for dtype in [DType::F64, DType::Flex32, DType::I32] {
+            let msg = message(|| check_float_dtype("float_mean_dim", &Shape::new([2, 3]), dtype));
+            assert!(msg.contains("BatchInvariant::float_mean_dim"), "{msg}");
+            assert!(
+                msg.contains(&format!("{dtype:?}")) && msg.contains("[2, 3]"),
+                "{msg}"
+            );
+        }
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            check_float_dtype("float_mean_dim", &Shape::new([2, 3]), dtype);
+        }
+    }
+
+    #[test]
+    fn dim_checks_name_op_and_reason() {
+        let shape = Shape::new([4, 0]);
+        let msg = message(|| check_dim("float_sum_dim", &shape, DType::F32, 2));
+        assert!(
+            msg.contains("float_sum_dim") && msg.contains("dim 2") && msg.contains("rank 2"),
+            "{msg}"
+        );
+        let msg = message(|| check_non_empty_dim("float_sum_dim", &shape, DType::F32, 1));
+        assert!(msg.contains("length 0") && msg.contains("[4, 0]"), "{msg}");
+        check_dim("float_sum_dim", &shape, DType::F32, 1);
+        check_non_empty_dim("float_sum_dim", &shape, DType::F32, 0);
+    }
+}

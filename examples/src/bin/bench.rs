@@ -1,0 +1,114 @@
+//! Benchmark: BatchInvariant's routed ops against Burn's default kernels on the same
+//! tensors. Prints a table and writes JSON (`--json PATH`).
+//!
+//!     cargo run --release -p burn-batch-invariant-examples --bin bench -- --cuda --json bench.json
+//!
+//! Timing: each sample is `sync; start; N calls; sync; stop` divided by N, after warm-up
+//! calls that also absorb Burn's autotuning; the figure is the median of the samples. It
+//! is device time plus Burn's per-call host overhead (a few microseconds), the same for
+//! both columns.
+
+use std::time::Instant;
+
+use burn::tensor::{backend::Backend, Tensor};
+use burn_batch_invariant::{BatchInvariant, KernelHost};
+use burn_batch_invariant_examples::{matrix, on_backend};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Row {
+    op: String,
+    dtype: String,
+    m: usize,
+    len: usize,
+    burn_default_ms: f64,
+    batch_invariant_ms: f64,
+    /// batch_invariant_ms / burn_default_ms: below 1 means we are faster.
+    ratio: f64,
+    /// Input bytes read per second by the invariant kernel.
+    batch_invariant_read_tb_s: f64,
+}
+
+fn time_ms<X: Backend>(device: &X::Device, mut f: impl FnMut() -> Tensor<X, 2>) -> f64 {
+    for _ in 0..5 {
+        let _ = f();
+    }
+    X::sync(device).unwrap();
+    let calls = 20;
+    let mut samples: Vec<f64> = (0..15)
+        .map(|_| {
+            X::sync(device).unwrap();
+            let start = Instant::now();
+            for _ in 0..calls {
+                let _ = f();
+            }
+            X::sync(device).unwrap();
+            start.elapsed().as_secs_f64() * 1e3 / calls as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn reduce<X: Backend>(x: &Tensor<X, 2>, op: &str) -> Tensor<X, 2> {
+    if op == "mean_dim" {
+        x.clone().mean_dim(1)
+    } else {
+        x.clone().sum_dim(1)
+    }
+}
+
+fn bench<B: KernelHost>(device: &B::Device) {
+    println!("device: {}", B::name(device));
+    let mut rows = Vec::new();
+    for (op, len, ms) in [
+        ("mean_dim", 4096usize, &[64usize, 1024, 16384][..]),
+        ("sum_dim", 4096, &[64, 1024, 16384][..]),
+        ("mean_dim", 128256, &[1, 32, 256][..]),
+    ] {
+        for &m in ms {
+            let x = matrix::<B>(m, len, 3, device);
+            let xi: Tensor<BatchInvariant<B>, 2> = Tensor::from_data(x.to_data(), device);
+            let burn_default_ms = time_ms::<B>(device, || reduce(&x, op));
+            let batch_invariant_ms = time_ms::<BatchInvariant<B>>(device, || reduce(&xi, op));
+            let bytes = (m * len * 4) as f64;
+            rows.push(Row {
+                op: format!("{op} (last dim)"),
+                dtype: "f32".into(),
+                m,
+                len,
+                burn_default_ms,
+                batch_invariant_ms,
+                ratio: batch_invariant_ms / burn_default_ms,
+                batch_invariant_read_tb_s: bytes / (batch_invariant_ms * 1e-3) / 1e12,
+            });
+        }
+    }
+    println!(
+        "{:<22} {:>6} {:>7} {:>13} {:>13} {:>7} {:>9}",
+        "op", "M", "len", "burn ms", "invariant ms", "ratio", "TB/s"
+    );
+    for r in &rows {
+        println!(
+            "{:<22} {:>6} {:>7} {:>13.4} {:>13.4} {:>7.2} {:>9.3}",
+            r.op,
+            r.m,
+            r.len,
+            r.burn_default_ms,
+            r.batch_invariant_ms,
+            r.ratio,
+            r.batch_invariant_read_tb_s
+        );
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--json") {
+        let path = args.get(i + 1).expect("--json needs a path");
+        let json = serde_json::json!({ "device": B::name(device), "rows": rows });
+        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
+        println!("wrote {path}");
+    }
+}
+
+fn main() {
+    on_backend!(bench);
+}
