@@ -5,8 +5,15 @@
 set -euo pipefail
 
 have_vulkan_icd() {
-    ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json /usr/local/share/vulkan/icd.d/*.json \
-        >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'
+    # Both the loader and at least one driver manifest. (No `grep -q` here: under pipefail
+    # its early exit would fail the pipeline through SIGPIPE.)
+    ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null || return 1
+    local manifest
+    for manifest in /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json \
+        /usr/local/share/vulkan/icd.d/*.json; do
+        [ -e "$manifest" ] && return 0
+    done
+    return 1
 }
 
 if have_vulkan_icd; then

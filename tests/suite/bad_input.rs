@@ -49,12 +49,17 @@ fn empty_dim<B: KernelHost>(device: &B::Device) {
 
 fn unsupported_dtype<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
-    // f64 is the float dtype Burn can create on both CUDA and lavapipe that the kernels
-    // refuse (rather than silently reducing it in f32).
-    assert!(
-        B::supports_dtype(device, DType::F64),
-        "this runtime cannot create f64 tensors"
-    );
+    // f64 is a float dtype Burn can create on lavapipe that the kernels refuse (rather than
+    // silently reducing it in f32). Burn's CUDA backend cannot create it at all, so there no
+    // float tensor the kernels refuse can reach them through Burn; the message itself is
+    // covered by the unit tests of `routing::checks` on every runtime.
+    if !B::supports_dtype(device, DType::F64) {
+        println!(
+            "{}: cannot create f64 tensors; dtype refusal covered by unit tests",
+            B::name(device)
+        );
+        return;
+    }
     {
         let dtype = FloatDType::F64;
         let t = tensor::<BatchInvariant<B>, 2>(random_values(8, 3), [2, 4], dtype, device)

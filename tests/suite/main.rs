@@ -4,6 +4,7 @@
 mod bad_input;
 mod kernels_reduce;
 mod mode_switch;
+mod norms;
 mod passthrough;
 mod problem;
 mod reduce_dim;

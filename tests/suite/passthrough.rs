@@ -10,12 +10,7 @@ fn sample<X: Backend>(device: &X::Device) -> Vec<(&'static str, Vec<u8>)> {
     let b = Tensor::<X, 2>::from_data(TensorData::new(random_values(6 * 40, 2), [6, 40]), device);
     let w = Tensor::<X, 2>::from_data(TensorData::new(random_values(40 * 9, 3), [40, 9]), device);
     let idx = Tensor::<X, 2, Int>::from_data(
-        TensorData::new(
-            (0..6 * 3)
-                .map(|i| ((i * 7) % 40) as i32)
-                .collect::<Vec<_>>(),
-            [6, 3],
-        ),
+        TensorData::new((0..18i32).map(|i| (i * 7) % 40).collect::<Vec<_>>(), [6, 3]),
         device,
     );
     let ints = Tensor::<X, 1, Int>::from_data(
