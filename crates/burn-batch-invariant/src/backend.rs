@@ -14,7 +14,7 @@ use crate::host::KernelHost;
 /// and a fixed configuration (see `docs/contract.md`); everything else runs `B`'s own code.
 /// The process-wide [`mode`](crate::mode) switch turns routing off for A/B comparisons.
 ///
-/// ```ignore
+/// ```text
 /// type MyBackend = burn_batch_invariant::CudaInvariant; // was: CubeBackend<CudaRuntime, f32, i32, u8>
 /// ```
 #[derive(Clone, Copy, Debug, Default)]

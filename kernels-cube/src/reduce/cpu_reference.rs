@@ -62,3 +62,33 @@ pub fn tolerance(
     };
     levels * u32_ * scale + unit_roundoff(out_mantissa_bits) * reference.abs()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_reduces_the_named_dim() {
+        // [[1, 2, 3], [4, 5, 6]]
+        let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(
+            reduce_dim(&data, &[2, 3], 1, ReduceOp::Sum),
+            vec![6.0, 15.0]
+        );
+        assert_eq!(
+            reduce_dim(&data, &[2, 3], 0, ReduceOp::Mean),
+            vec![2.5, 3.5, 4.5]
+        );
+        assert_eq!(abs_sum_dim(&[-1.0, 2.0], &[1, 2], 1), vec![3.0]);
+    }
+
+    #[test]
+    fn tolerance_grows_with_length_and_output_roundoff() {
+        let short = tolerance(32, 1.0, 0.0, ReduceOp::Sum, 23);
+        let long = tolerance(32 * 100, 1.0, 0.0, ReduceOp::Sum, 23);
+        assert!(long > short && short > 0.0);
+        assert!(
+            tolerance(4, 0.0, 1.0, ReduceOp::Sum, 7) > tolerance(4, 0.0, 1.0, ReduceOp::Sum, 23)
+        );
+    }
+}

@@ -174,3 +174,17 @@ fn cube_count<R: Runtime>(client: &ComputeClient<R>, cubes: usize) -> CubeCount 
         CubeCount::Static(x as u32, y as u32, 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strides_and_extent() {
+        assert_eq!(contiguous_strides(&[2, 3, 4]), vec![12, 4, 1]);
+        assert_eq!(contiguous_strides(&[]), Vec::<usize>::new());
+        assert_eq!(max_offset(&[3, 4], &[1, 3]), 12);
+        assert_eq!(max_offset(&[3, 0], &[1, 3]), 0);
+        assert_eq!(max_offset(&[5, 2], &[0, 1]), 2); // broadcast dim reads the same row
+    }
+}
