@@ -14,3 +14,4 @@
 //! This crate depends on cubecl only; the Burn side lives in `burn-batch-invariant`.
 
 pub mod reduce;
+pub mod softmax;

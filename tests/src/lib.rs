@@ -88,6 +88,15 @@ pub fn mantissa_bits(dtype: FloatDType) -> u32 {
     }
 }
 
+/// Largest finite value of a float dtype.
+pub fn max_finite(dtype: FloatDType) -> f64 {
+    match dtype {
+        FloatDType::F16 => 65504.0,
+        FloatDType::BF16 => 3.389_531_389_251_535_5e38,
+        _ => f64::from(f32::MAX),
+    }
+}
+
 /// Deterministic pseudo-random values in [-1, 1) plus a per-seed offset, so sums do not
 /// cancel to nothing and rows differ from each other.
 pub fn random_values(len: usize, seed: u64) -> Vec<f32> {

@@ -18,7 +18,8 @@ fn poisoned_outputs<R: CubeRuntime>(device: &R::Device) {
     let _mode = mode_shared();
     // (rows, len, reduce the stored-transposed layout?): covers the lanes mapping with a
     // ragged last cube (13 rows), the unit mapping with a ragged last cube (131 rows) and
-    // short rows, which take the unit mapping even when contiguous.
+    // short rows, which take the unit mapping even when contiguous; then long rows (256
+    // partials) in both mappings.
     let cases = [
         (13usize, 4097usize, false),
         (131, 1000, true),

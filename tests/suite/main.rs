@@ -8,3 +8,4 @@ mod norms;
 mod passthrough;
 mod problem;
 mod reduce_dim;
+mod softmax;

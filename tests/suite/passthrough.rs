@@ -60,9 +60,10 @@ fn sample<X: Backend>(device: &X::Device) -> Vec<(&'static str, Vec<u8>)> {
         ("max_dim", bits(a.clone().max_dim(1))),
         ("cumsum", bits(a.clone().cumsum(1))),
         ("sort", bits(a.clone().sort(1))),
+        ("gelu", bits(burn::tensor::activation::gelu(a.clone()))),
         (
-            "softmax",
-            bits(burn::tensor::activation::softmax(a.clone(), 1)),
+            "sigmoid",
+            bits(burn::tensor::activation::sigmoid(a.clone())),
         ),
         ("greater_equal", bits(a.clone().greater_equal(b.clone()))),
         ("equal_elem", bits(a.clone().equal_elem(0.0))),

@@ -1,6 +1,7 @@
 //! What `BatchInvariant<B>` needs from the backend it wraps.
 
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
+use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
 use burn_backend::backend::Backend;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::{DType, TensorMetadata};
@@ -23,6 +24,15 @@ pub trait KernelHost: Backend {
         tensor: FloatTensor<Self>,
         dim: usize,
         op: ReduceOp,
+    ) -> FloatTensor<Self>;
+
+    /// Softmax or log-softmax of `tensor` along `dim` through
+    /// `batch_invariant_kernels::softmax`, into a new contiguous tensor. Inputs: f32, f16 or
+    /// bf16; `dim` in range.
+    fn invariant_softmax(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        kind: SoftmaxKind,
     ) -> FloatTensor<Self>;
 }
 
@@ -53,6 +63,27 @@ where
             dtype.into(),
         )
         .unwrap_or_else(|err| panic!("batch-invariant reduce_dim launch: {err}"));
+        output
+    }
+
+    fn invariant_softmax(tensor: CubeTensor<R>, dim: usize, kind: SoftmaxKind) -> CubeTensor<R> {
+        let dtype: DType = tensor.dtype;
+        let output = empty_device_contiguous_dtype(
+            tensor.client.clone(),
+            tensor.device.clone(),
+            tensor.shape(),
+            dtype,
+        );
+        let client = tensor.client.clone();
+        launch_softmax_dim(
+            &client,
+            tensor.binding(),
+            output.clone().binding(),
+            dim,
+            kind,
+            dtype.into(),
+        )
+        .unwrap_or_else(|err| panic!("batch-invariant softmax launch: {err}"));
         output
     }
 }

@@ -5,6 +5,7 @@
 //!     cargo run --release -p burn-batch-invariant-examples --bin ab_ops [-- --cuda]
 //!     BURN_BATCH_INVARIANT=0 cargo run ...   # the same binary with routing switched off
 
+use burn::tensor::ops::ModuleOps;
 use burn::tensor::{backend::Backend, Tensor};
 use burn_batch_invariant::{mode, BatchInvariant, KernelHost};
 use burn_batch_invariant_examples::{matrix, max_abs_diff, on_backend};
@@ -46,7 +47,21 @@ fn run<X: Backend>(op: &Op, x: Tensor<X, 2>, w: &Tensor<X, 2>) -> Tensor<X, 2> {
         "mean_dim (last)" => x.mean_dim(1),
         "sum_dim (last)" => x.sum_dim(1),
         "matmul x[M,256] @ w" => x.matmul(w.clone()),
-        _ => burn::tensor::activation::softmax(x, 1),
+        "softmax (last)" => burn::tensor::activation::softmax(x, 1),
+        // The batch runs along dim 1 here: row 0 of the batch is column 0.
+        "log_softmax (first)" => {
+            burn::tensor::activation::log_softmax(x.transpose(), 0).transpose()
+        }
+        _ => {
+            let ones = Tensor::<X, 1>::ones([x.dims()[1]], &x.device());
+            let zeros = Tensor::<X, 1>::zeros([x.dims()[1]], &x.device());
+            Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(X::layer_norm(
+                x.into_primitive().tensor(),
+                ones.into_primitive().tensor(),
+                Some(zeros.into_primitive().tensor()),
+                1e-5,
+            )))
+        }
     }
 }
 

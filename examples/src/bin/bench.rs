@@ -50,11 +50,13 @@ fn time_ms<X: Backend>(device: &X::Device, mut f: impl FnMut() -> Tensor<X, 2>) 
     samples[samples.len() / 2]
 }
 
-fn reduce<X: Backend>(x: &Tensor<X, 2>, op: &str) -> Tensor<X, 2> {
-    if op == "mean_dim" {
-        x.clone().mean_dim(1)
-    } else {
-        x.clone().sum_dim(1)
+fn run_op<X: Backend>(x: &Tensor<X, 2>, op: &str) -> Tensor<X, 2> {
+    match op {
+        "mean_dim" => x.clone().mean_dim(1),
+        "sum_dim" => x.clone().sum_dim(1),
+        "softmax" => burn::tensor::activation::softmax(x.clone(), 1),
+        "log_softmax" => burn::tensor::activation::log_softmax(x.clone(), 1),
+        other => unreachable!("bench op {other}"),
     }
 }
 
@@ -65,12 +67,15 @@ fn bench<B: KernelHost>(device: &B::Device) {
         ("mean_dim", 4096usize, &[64usize, 1024, 16384][..]),
         ("sum_dim", 4096, &[64, 1024, 16384][..]),
         ("mean_dim", 128256, &[1, 32, 256][..]),
+        ("log_softmax", 128256, &[1, 32, 256, 2048][..]),
+        ("softmax", 128256, &[1, 32, 256, 2048][..]),
     ] {
         for &m in ms {
             let x = matrix::<B>(m, len, 3, device);
             let xi: Tensor<BatchInvariant<B>, 2> = Tensor::from_data(x.to_data(), device);
-            let burn_default_ms = time_ms::<B>(device, || reduce(&x, op));
-            let batch_invariant_ms = time_ms::<BatchInvariant<B>>(device, || reduce(&xi, op));
+            let burn_default_ms = time_ms::<B>(device, || run_op(&x, op));
+            let batch_invariant_ms = time_ms::<BatchInvariant<B>>(device, || run_op(&xi, op));
+            // Input bytes read once (softmax also writes as many, not counted here).
             let bytes = (m * len * 4) as f64;
             rows.push(Row {
                 op: format!("{op} (last dim)"),

@@ -1,6 +1,6 @@
 //! f64 references for the dim reductions and the error bounds the tests hold the kernels to.
 
-use super::{ReduceOp, LANES};
+use super::{lanes_for_len, ReduceOp};
 
 /// Reduces a contiguous row-major tensor along `dim` in f64, keeping the dim with length 1.
 pub fn reduce_dim(data: &[f64], shape: &[usize], dim: usize, op: ReduceOp) -> Vec<f64> {
@@ -43,8 +43,8 @@ pub fn unit_roundoff(mantissa_bits: u32) -> f64 {
 
 /// The documented bound on `|kernel - reference|` for one output element.
 ///
-/// Each partial sum adds at most `ceil(len / LANES)` terms and the fold adds `log2(LANES)`
-/// more levels, every f32 addition contributing at most one f32 unit roundoff of the running
+/// Each partial sum adds at most `ceil(len / P)` terms (`P = lanes_for_len(len)`) and the
+/// fold adds `log2(P)` more levels, every f32 addition contributing at most one f32 unit roundoff of the running
 /// magnitude, itself at most `abs_sum`. The mean's division adds one more roundoff, and the
 /// final cast to the output dtype one roundoff of that dtype.
 pub fn tolerance(
@@ -55,7 +55,8 @@ pub fn tolerance(
     out_mantissa_bits: u32,
 ) -> f64 {
     let u32_ = unit_roundoff(23);
-    let levels = len.div_ceil(LANES) as f64 + LANES.trailing_zeros() as f64 + 1.0;
+    let lanes = lanes_for_len(len);
+    let levels = len.div_ceil(lanes) as f64 + lanes.trailing_zeros() as f64 + 1.0;
     let scale = match op {
         ReduceOp::Sum => abs_sum,
         ReduceOp::Mean => abs_sum / len as f64,

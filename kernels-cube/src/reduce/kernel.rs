@@ -1,15 +1,15 @@
 //! The `#[cube]` code of the dim reductions. Both kernels implement the order documented in
-//! the module above; keep them in step.
+//! the module above, for a partial count `lanes` fixed by [`super::lanes_for_len`]; keep them
+//! in step.
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
 use cubecl::std::FastDivmod;
 
-use super::LANES;
-
-/// Rows handled by one cube of [`reduce_lanes_kernel`]: the cube is `LANES x ROWS_PER_CUBE`.
-/// A launch parameter only; it changes which cube computes a row, not how.
-pub const ROWS_PER_CUBE: u32 = 8;
+/// Threads in one cube of [`reduce_lanes_kernel`]: `lanes` per row, so
+/// `CUBE_UNITS / lanes` rows per cube. A launch parameter only: it changes which cube
+/// computes a row, not how.
+pub const CUBE_UNITS: u32 = 256;
 
 /// Outputs handled by one cube of [`reduce_unit_kernel`].
 pub const UNITS_PER_CUBE: u32 = 128;
@@ -28,7 +28,8 @@ fn row_offset(
     index_offset_contiguous_fastdivmod(row, out_shape, row_strides, 1usize)
 }
 
-/// One group of `LANES` threads (`UNIT_POS_X`) per output row (`UNIT_POS_Y` within the cube).
+/// `lanes` threads (`UNIT_POS_X`) per output row (`UNIT_POS_Y` within the cube); thread `t`
+/// owns partial `t`, and the fold goes through shared memory.
 ///
 /// Every thread takes part in every `sync_cube`, including those of rows past the end, so
 /// out-of-range rows are masked rather than terminated.
@@ -41,13 +42,14 @@ pub fn reduce_lanes_kernel<F: Float>(
     reduce_len: usize,
     reduce_stride: usize,
     num_rows: usize,
+    #[comptime] lanes: usize,
     #[comptime] mean: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    let lanes = comptime!(LANES);
     let lane = UNIT_POS_X as usize;
     let local_row = UNIT_POS_Y as usize;
-    let row = CUBE_POS * ROWS_PER_CUBE as usize + local_row;
+    let rows_per_cube = comptime!(CUBE_UNITS as usize / lanes);
+    let row = CUBE_POS * rows_per_cube + local_row;
     let in_range = row < num_rows;
 
     let mut partial = 0.0f32;
@@ -60,13 +62,13 @@ pub fn reduce_lanes_kernel<F: Float>(
         }
     }
 
-    let mut shared = SharedMemory::<f32>::new(comptime!(LANES * ROWS_PER_CUBE as usize));
+    let mut shared = SharedMemory::<f32>::new(comptime!(CUBE_UNITS as usize));
     let slot = local_row * lanes;
     shared[slot + lane] = partial;
     sync_cube();
 
     // Fixed pairwise fold: after step `s`, partial `i < s` holds `p[i] + p[i + s]`.
-    let mut step = comptime!(LANES / 2).runtime();
+    let mut step = comptime!(lanes / 2).runtime();
     while step > 0 {
         if lane < step {
             shared[slot + lane] = shared[slot + lane] + shared[slot + lane + step];
@@ -85,8 +87,8 @@ pub fn reduce_lanes_kernel<F: Float>(
     }
 }
 
-/// One thread per output row, all `LANES` partials in registers (the inner loop is unrolled,
-/// so every partial index is a compile-time constant).
+/// One thread per output row holding all `lanes` partials (the inner loops are unrolled, so
+/// every partial index is a compile-time constant).
 #[cube(launch_unchecked, address_type = "dynamic")]
 pub fn reduce_unit_kernel<F: Float>(
     input: &Tensor<F>,
@@ -96,6 +98,7 @@ pub fn reduce_unit_kernel<F: Float>(
     reduce_len: usize,
     reduce_stride: usize,
     num_rows: usize,
+    #[comptime] lanes: usize,
     #[comptime] mean: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -103,10 +106,9 @@ pub fn reduce_unit_kernel<F: Float>(
     if row >= num_rows {
         terminate!();
     }
-    let lanes = comptime!(LANES);
     let base = row_offset(row, &out_shape, &row_strides);
 
-    let mut partials = Array::<f32>::new(comptime!(LANES));
+    let mut partials = Array::<f32>::new(lanes);
     #[unroll]
     for t in 0..lanes {
         partials[t] = 0.0f32;
@@ -129,7 +131,12 @@ pub fn reduce_unit_kernel<F: Float>(
         }
     }
 
-    // The same fold as `reduce_lanes_kernel`, partial `i` gaining `i + s`, `s` = 16, ..., 1.
+    // The same fold as `reduce_lanes_kernel`: partial `i` gains `i + s`, `s` = lanes/2, ..., 1.
+    if comptime!(lanes == 256) {
+        fold_registers(&mut partials, 128usize);
+        fold_registers(&mut partials, 64usize);
+        fold_registers(&mut partials, 32usize);
+    }
     fold_registers(&mut partials, 16usize);
     fold_registers(&mut partials, 8usize);
     fold_registers(&mut partials, 4usize);
@@ -153,5 +160,5 @@ fn fold_registers(partials: &mut Array<f32>, #[comptime] step: usize) {
     }
 }
 
-// `reduce_unit_kernel` spells out the fold steps for 32 partials.
-const _: () = assert!(LANES == 32);
+// `reduce_unit_kernel` spells out the fold steps for these two partial counts.
+const _: () = assert!(super::SHORT_ROW_LANES == 32 && super::LONG_ROW_LANES == 256);

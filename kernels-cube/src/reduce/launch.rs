@@ -5,8 +5,8 @@ use core::fmt;
 use cubecl::prelude::*;
 use cubecl::std::FastDivmod;
 
-use super::kernel::{reduce_lanes_kernel, reduce_unit_kernel, ROWS_PER_CUBE, UNITS_PER_CUBE};
-use super::{ReduceOp, LANES};
+use super::kernel::{reduce_lanes_kernel, reduce_unit_kernel, CUBE_UNITS, UNITS_PER_CUBE};
+use super::{lanes_for_len, ReduceOp};
 
 /// Why [`launch_reduce_dim`] refused its arguments. The Burn layer validates user input
 /// before it gets here, so these are programming errors rather than user errors.
@@ -100,14 +100,16 @@ pub fn launch_reduce_dim<R: Runtime>(
 
     // The lanes mapping wants consecutive threads on consecutive elements; anything else
     // (strided rows, rows shorter than the lane count) is served better by one thread per row.
-    let lanes_mapping = reduce_stride == 1 && reduce_len >= LANES;
+    let lanes = lanes_for_len(reduce_len);
+    let lanes_mapping = reduce_stride == 1 && reduce_len >= lanes;
     unsafe {
         if lanes_mapping {
-            let cubes = num_rows.div_ceil(ROWS_PER_CUBE as usize);
+            let rows_per_cube = CUBE_UNITS as usize / lanes;
+            let cubes = num_rows.div_ceil(rows_per_cube);
             reduce_lanes_kernel::launch_unchecked(
                 client,
                 cube_count(client, cubes),
-                CubeDim::new_2d(LANES as u32, ROWS_PER_CUBE),
+                CubeDim::new_2d(lanes as u32, rows_per_cube as u32),
                 address_type,
                 input.into_tensor_arg(),
                 output.into_tensor_arg(),
@@ -116,6 +118,7 @@ pub fn launch_reduce_dim<R: Runtime>(
                 reduce_len,
                 reduce_stride,
                 num_rows,
+                lanes,
                 mean,
                 dtype,
             );
@@ -133,6 +136,7 @@ pub fn launch_reduce_dim<R: Runtime>(
                 reduce_len,
                 reduce_stride,
                 num_rows,
+                lanes,
                 mean,
                 dtype,
             );
@@ -151,7 +155,7 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
 }
 
 /// One past the largest element offset a strided view can touch.
-fn max_offset(shape: &[usize], strides: &[usize]) -> usize {
+pub(crate) fn max_offset(shape: &[usize], strides: &[usize]) -> usize {
     if shape.contains(&0) {
         return 0;
     }
@@ -164,7 +168,7 @@ fn max_offset(shape: &[usize], strides: &[usize]) -> usize {
 
 /// A 1-D cube count spread over x and y so that large launches stay within the per-axis
 /// limits; kernels read the linear `CUBE_POS`, so the split never reaches the arithmetic.
-fn cube_count<R: Runtime>(client: &ComputeClient<R>, cubes: usize) -> CubeCount {
+pub(crate) fn cube_count<R: Runtime>(client: &ComputeClient<R>, cubes: usize) -> CubeCount {
     let max_x = client.properties().hardware.max_cube_count.0 as usize;
     if cubes <= max_x {
         CubeCount::Static(cubes as u32, 1, 1)

@@ -2,19 +2,22 @@
 //!
 //! # The fixed order
 //!
-//! For a reduced length `L`, element `j` of a row is added into partial sum `j % LANES`
-//! (`LANES` = [`LANES`]), each partial in increasing `j`, in f32 whatever the input dtype.
-//! The `LANES` partials are then folded pairwise, `p[i] += p[i + s]` for
-//! `s = LANES/2, LANES/4, ..., 1`, and the mean divides the total by `L` once, in f32. Nothing in that description mentions the number of rows, the strides or the device
+//! For a reduced length `L`, let `P = lanes_for_len(L)`: 32 partial sums for rows shorter
+//! than [`LONG_ROW_MIN_LEN`], 256 from there on (a long row then spreads over a whole cube
+//! instead of one warp, which is what keeps a single 128k-entry row from being
+//! latency-bound). Element `j` of a row is added into partial `j % P`, each partial in
+//! increasing `j`, in f32 whatever the input dtype. The `P` partials are then folded
+//! pairwise, `p[i] += p[i + s]` for `s = P/2, P/4, ..., 1`, and the mean divides the total by `L` once, in f32. Nothing in that description mentions the number of rows, the strides or the device
 //! (beyond IEEE f32 adds), which is the whole point.
 //!
 //! # Two mappings, one order
 //!
-//! * [`kernel::reduce_lanes_kernel`]: one group of `LANES` threads per output, thread `t`
+//! * [`kernel::reduce_lanes_kernel`]: one group of `P` threads per output, thread `t`
 //!   owns partial `t`; the fold goes through shared memory. Consecutive threads read
 //!   consecutive elements, the right mapping when the reduced dim is the innermost one.
-//! * [`kernel::reduce_unit_kernel`]: one thread per output holds all `LANES` partials in
-//!   registers. Neighbouring threads handle neighbouring outputs, the right mapping when the
+//! * [`kernel::reduce_unit_kernel`]: one thread per output holds all `P` partials (in
+//!   registers for 32; the 256 of long rows spill to local memory, a cost only strided long
+//!   rows pay). Neighbouring threads handle neighbouring outputs, the right mapping when the
 //!   reduced dim is strided (reducing over rows, a transposed view).
 //!
 //! The launch picks the mapping from the input's strides. Both produce the same bits; the
@@ -26,9 +29,23 @@ pub mod launch;
 
 pub use launch::{launch_reduce_dim, ReduceDimError};
 
-/// Number of partial sums per output element. Part of the numerical contract: changing it
-/// changes the bits every reduction produces (never whether they are batch invariant).
-pub const LANES: usize = 32;
+/// Partial sums per output element for rows shorter than [`LONG_ROW_MIN_LEN`].
+pub const SHORT_ROW_LANES: usize = 32;
+/// Partial sums per output element for rows of [`LONG_ROW_MIN_LEN`] or more.
+pub const LONG_ROW_LANES: usize = 256;
+/// The row length from which [`LONG_ROW_LANES`] partials are used.
+pub const LONG_ROW_MIN_LEN: usize = 8192;
+
+/// Number of partial sums for a reduced length. Part of the numerical contract: it depends on
+/// the length alone, and changing these constants changes the bits every reduction of the
+/// affected lengths produces (never whether they are batch invariant).
+pub const fn lanes_for_len(len: usize) -> usize {
+    if len >= LONG_ROW_MIN_LEN {
+        LONG_ROW_LANES
+    } else {
+        SHORT_ROW_LANES
+    }
+}
 
 /// Which reduction to run. Both accumulate in f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,15 +1,17 @@
-//! `ActivationOps`: forwarded to `B` for now.
-//!
-//! `softmax`, `log_softmax` and `softmin` reduce through `float_max_dim` and `float_sum_dim`;
-//! they are forwarded until the softmax family gets its own invariant kernel.
+//! `ActivationOps`: `softmax` and `log_softmax` routed (see `crate::routing::softmax`),
+//! `softmin` left to its default body (it calls our `softmax`), the rest forwarded to `B`.
 
 use burn_backend::ops::ActivationOps;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::Scalar;
 
+use crate::routing;
 use crate::{BatchInvariant, KernelHost};
 
 impl<B: KernelHost> ActivationOps<Self> for BatchInvariant<B> {
+    // default-body: softmin
+    // `softmin` is `softmax(-x)`: its default body reaches our routed `softmax`.
+
     fn leaky_relu(tensor: FloatTensor<Self>, negative_slope: Scalar) -> FloatTensor<Self> {
         B::leaky_relu(tensor, negative_slope)
     }
@@ -41,13 +43,10 @@ impl<B: KernelHost> ActivationOps<Self> for BatchInvariant<B> {
         B::log_sigmoid(tensor)
     }
     fn softmax(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        B::softmax(tensor, dim)
+        routing::softmax::softmax::<B>(tensor, dim)
     }
     fn log_softmax(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        B::log_softmax(tensor, dim)
-    }
-    fn softmin(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        B::softmin(tensor, dim)
+        routing::softmax::log_softmax::<B>(tensor, dim)
     }
     fn log_sigmoid_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         B::log_sigmoid_backward(x, grad)

@@ -4,3 +4,4 @@
 
 pub(crate) mod checks;
 pub(crate) mod reduce_dim;
+pub(crate) mod softmax;

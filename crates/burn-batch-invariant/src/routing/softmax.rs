@@ -1,0 +1,40 @@
+//! Routing of `softmax` and `log_softmax` to `batch_invariant_kernels::softmax`.
+//!
+//! Burn's default bodies compose `max_dim`, `sub`, `exp`, `sum_dim` (and `log`/`div`); on
+//! Burn's fused CUDA backend they took 0.3-0.7 s a call, and their `sum_dim` is autotuned per
+//! row count. One kernel with a fixed order replaces the whole composite.
+
+use batch_invariant_kernels::softmax::SoftmaxKind;
+use burn_backend::tensor::FloatTensor;
+use burn_backend::TensorMetadata;
+
+use super::checks::{check_dim, check_float_dtype};
+use crate::{mode, KernelHost};
+
+pub(crate) fn softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
+    if !mode::is_enabled() {
+        return B::softmax(tensor, dim);
+    }
+    run::<B>("softmax", tensor, dim, SoftmaxKind::Softmax)
+}
+
+pub(crate) fn log_softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
+    if !mode::is_enabled() {
+        return B::log_softmax(tensor, dim);
+    }
+    run::<B>("log_softmax", tensor, dim, SoftmaxKind::LogSoftmax)
+}
+
+fn run<B: KernelHost>(
+    op: &str,
+    tensor: FloatTensor<B>,
+    dim: usize,
+    kind: SoftmaxKind,
+) -> FloatTensor<B> {
+    let (shape, dtype) = (tensor.shape(), tensor.dtype());
+    check_float_dtype(op, &shape, dtype);
+    check_dim(op, &shape, dtype, dim);
+    // An empty dim (or any empty tensor) has nothing to normalise: the kernel launches
+    // nothing and returns an empty tensor of the same shape.
+    B::invariant_softmax(tensor, dim, kind)
+}

@@ -1,0 +1,276 @@
+//! `softmax`, `log_softmax` (routed) and `softmin` (default body over our softmax) through
+//! `BatchInvariant<B>`: bitwise invariance along every dim, accuracy against the f64
+//! reference, special values, poisoned outputs and bad input.
+
+use batch_invariant_kernels::softmax::{cpu_reference, launch_softmax_dim, SoftmaxKind};
+use burn::tensor::activation::{log_softmax, softmax, softmin};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::ActivationOps;
+use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
+use burn_batch_invariant_tests::*;
+use burn_cubecl::{CubeBackend, CubeRuntime};
+
+fn apply<X: Backend, const D: usize>(
+    x: Tensor<X, D>,
+    dim: usize,
+    kind: SoftmaxKind,
+) -> Tensor<X, D> {
+    match kind {
+        SoftmaxKind::Softmax => softmax(x, dim),
+        SoftmaxKind::LogSoftmax => log_softmax(x, dim),
+    }
+}
+
+/// Row `r` alone, the first `m` rows, and the full batch must agree bitwise.
+fn check_batches<X: Backend, const D: usize>(
+    x: Tensor<X, D>,
+    dim: usize,
+    batch: usize,
+    what: &str,
+) {
+    let max = x.dims()[batch];
+    for kind in [SoftmaxKind::Softmax, SoftmaxKind::LogSoftmax] {
+        let full = apply(x.clone(), dim, kind);
+        for m in [1, 2, 3, 7, 64, 257, 1024]
+            .into_iter()
+            .filter(|&m| m <= max)
+        {
+            let part = apply(x.clone().narrow(batch, 0, m), dim, kind);
+            assert!(
+                bits(part) == bits(full.clone().narrow(batch, 0, m)),
+                "{what} {kind:?}: first {m} rows differ from the same rows in a batch of {max}"
+            );
+        }
+        for r in [0, max / 2, max - 1] {
+            let alone = apply(x.clone().narrow(batch, r, 1), dim, kind);
+            assert!(
+                bits(alone) == bits(full.clone().narrow(batch, r, 1)),
+                "{what} {kind:?}: row {r} alone differs from row {r} in a batch of {max}"
+            );
+        }
+    }
+}
+
+fn invariance<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    for dtype in float_dtypes::<B>(device) {
+        for (len, batch) in [
+            (1, 1024),
+            (5, 1024),
+            (1000, 1024),
+            (4097, 257),
+            (8192, 64),
+            (50257, 16),
+        ] {
+            let x = tensor::<BatchInvariant<B>, 2>(
+                random_values(batch * len, len as u64),
+                [batch, len],
+                dtype,
+                device,
+            );
+            check_batches(x.clone(), 1, 0, &format!("last dim, len {len}, {dtype:?}"));
+            if len <= 4097 {
+                // the same data with the softmax dim first, and in the middle
+                let t = x.clone().transpose();
+                check_batches(t, 0, 1, &format!("first dim, len {len}, {dtype:?}"));
+                let mid = x.reshape([batch, len, 1]).swap_dims(0, 2); // [1, len, batch]
+                check_batches(mid, 1, 2, &format!("middle dim, len {len}, {dtype:?}"));
+            }
+        }
+    }
+}
+
+fn accuracy<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    for dtype in float_dtypes::<B>(device) {
+        for (shape, dim) in [
+            ([16usize, 1000usize], 1usize),
+            ([2, 50257], 1),
+            ([300, 7], 0),
+            ([3, 1], 1),
+        ] {
+            let n = shape[0] * shape[1];
+            let x = tensor::<BatchInvariant<B>, 2>(
+                random_values(n, 8000 + n as u64),
+                shape,
+                dtype,
+                device,
+            ) * 4.0;
+            let input = values(x.clone());
+            for kind in [SoftmaxKind::Softmax, SoftmaxKind::LogSoftmax] {
+                let got = values(apply(x.clone(), dim, kind));
+                let want = cpu_reference::softmax_dim(&input, &shape, dim, kind);
+                let logs = cpu_reference::softmax_dim(&input, &shape, dim, SoftmaxKind::LogSoftmax);
+                // x - m = log_softmax + ln(s) with 0 <= ln(s) <= ln(L): bounds for the
+                // magnitudes the tolerance scales with.
+                let ln_len = (shape[dim] as f64).ln();
+                for i in 0..n {
+                    let tol = cpu_reference::tolerance(
+                        shape[dim],
+                        logs[i].abs() + ln_len,
+                        ln_len,
+                        want[i],
+                        kind,
+                        mantissa_bits(dtype),
+                    );
+                    assert!(
+                        (got[i] - want[i]).abs() <= tol,
+                        "{kind:?} {shape:?} dim {dim} {dtype:?} [{i}]: got {}, f64 reference {}, bound {tol}",
+                        got[i],
+                        want[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn special_values<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let inf = f32::INFINITY;
+    let rows: [[f32; 4]; 5] = [
+        [1.0, f32::NAN, 0.5, 2.0],
+        [inf, 1.0, 0.0, -1.0],
+        [-inf, -inf, -inf, -inf],
+        [-inf, 0.0, 1.0, -inf],
+        [3.0, 3.0, 3.0, 3.0],
+    ];
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    let x =
+        Tensor::<BatchInvariant<B>, 2>::from_data(TensorData::new(data.clone(), [5, 4]), device);
+    let input: Vec<f64> = data.iter().map(|v| f64::from(*v)).collect();
+    for kind in [SoftmaxKind::Softmax, SoftmaxKind::LogSoftmax] {
+        let got = values(apply(x.clone(), 1, kind));
+        let want = cpu_reference::softmax_dim(&input, &[5, 4], 1, kind);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let same =
+                (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-6 * w.abs().max(1.0);
+            assert!(
+                same,
+                "{kind:?} special values [{i}]: got {g}, reference {w}"
+            );
+        }
+    }
+}
+
+fn softmin_is_softmax_of_negation<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let x = tensor::<BatchInvariant<B>, 2>(
+        random_values(64 * 300, 4),
+        [64, 300],
+        FloatDType::F32,
+        device,
+    );
+    let a = softmin(x.clone(), 1);
+    let b = softmax(x.clone().neg(), 1);
+    assert!(
+        bits(a.clone()) == bits(b),
+        "softmin must run our softmax on -x"
+    );
+    assert!(
+        bits(softmin(x.narrow(0, 9, 1), 1)) == bits(a.narrow(0, 9, 1)),
+        "softmin row alone"
+    );
+}
+
+fn bad_input<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let t = tensor::<BatchInvariant<B>, 2>(random_values(12, 1), [3, 4], FloatDType::F32, device)
+        .into_primitive()
+        .tensor();
+    let msg = panic_message(move || BatchInvariant::<B>::log_softmax(t, 2));
+    assert!(
+        msg.contains("log_softmax") && msg.contains("dim 2") && msg.contains("[3, 4]"),
+        "{msg}"
+    );
+    // An empty softmax dim has nothing to normalise: an empty result, no launch.
+    let empty = Tensor::<BatchInvariant<B>, 2>::zeros([3, 0], device);
+    assert_eq!(softmax(empty, 1).dims(), [3, 0]);
+}
+
+type Plain<R> = CubeBackend<R, f32, i32, u32>;
+
+fn poisoned<R: CubeRuntime>(device: &R::Device) {
+    let _mode = mode_shared();
+    for (rows, len, strided) in [
+        (13usize, 1000usize, false),
+        (7, 9000, false),
+        (131, 33, true),
+    ] {
+        let data = random_values(rows * len, 77 + len as u64);
+        let x: Tensor<Plain<R>, 2> = if strided {
+            let mut t = vec![0.0; rows * len];
+            for r in 0..rows {
+                for c in 0..len {
+                    t[c * rows + r] = data[r * len + c];
+                }
+            }
+            Tensor::from_data(TensorData::new(t, [len, rows]), device).transpose()
+        } else {
+            Tensor::from_data(TensorData::new(data, [rows, len]), device)
+        };
+        for kind in [SoftmaxKind::Softmax, SoftmaxKind::LogSoftmax] {
+            let out = Tensor::<Plain<R>, 2>::full([rows, len], f32::NAN, device)
+                .into_primitive()
+                .tensor();
+            let input = x.clone().into_primitive().tensor();
+            let client = input.client.clone();
+            let storage = input.dtype.into();
+            launch_softmax_dim(
+                &client,
+                input.binding(),
+                out.clone().binding(),
+                1,
+                kind,
+                storage,
+            )
+            .expect("valid launch");
+            let got = Tensor::<Plain<R>, 2>::from_primitive(TensorPrimitive::Float(out));
+            let v = values(got.clone());
+            assert!(
+                v.iter().all(|v| v.is_finite()),
+                "{rows}x{len} strided={strided} {kind:?}: unwritten outputs"
+            );
+            let routed = apply(
+                to_backend::<Plain<R>, BatchInvariant<Plain<R>>, 2>(x.clone()),
+                1,
+                kind,
+            );
+            assert!(
+                bits(got) == bits(routed),
+                "direct launch and decorator differ"
+            );
+        }
+    }
+}
+
+#[test]
+fn softmax_family_is_batch_invariant_along_every_dim() {
+    on_test_backend!(invariance);
+}
+
+#[test]
+fn softmax_family_matches_f64_reference() {
+    on_test_backend!(accuracy);
+}
+
+#[test]
+fn softmax_family_special_values() {
+    on_test_backend!(special_values);
+}
+
+#[test]
+fn softmax_softmin_goes_through_routed_softmax() {
+    on_test_backend!(softmin_is_softmax_of_negation);
+}
+
+#[test]
+fn softmax_bad_input_names_the_op() {
+    on_test_backend!(bad_input);
+}
+
+#[test]
+fn kernel_softmax_writes_every_output() {
+    on_test_runtime!(poisoned);
+}
