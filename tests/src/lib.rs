@@ -165,3 +165,28 @@ pub fn panic_message<R>(f: impl FnOnce() -> R) -> String {
         String::from("<non-string panic>")
     }
 }
+
+/// A contiguous float tensor of `shape` filled with NaN, for poisoned-output tests. Built
+/// from raw bytes because Burn's own constructors may pad rows (pitched strides), which
+/// the kernels' output contract (contiguous) rightly refuses.
+pub fn nan_poison<R: burn_cubecl::CubeRuntime>(
+    client: &cubecl::client::ComputeClient<R>,
+    device: &R::Device,
+    shape: Vec<usize>,
+    dtype: DType,
+) -> burn_cubecl::tensor::CubeTensor<R> {
+    let n: usize = shape.iter().product();
+    let bytes: Vec<u8> = match dtype {
+        DType::F16 => (0..n).flat_map(|_| 0x7e00u16.to_le_bytes()).collect(),
+        DType::BF16 => (0..n).flat_map(|_| 0x7fc0u16.to_le_bytes()).collect(),
+        _ => (0..n).flat_map(|_| f32::NAN.to_le_bytes()).collect(),
+    };
+    let handle = client.create_from_slice(&bytes);
+    burn_cubecl::tensor::CubeTensor::new_contiguous(
+        client.clone(),
+        device.clone(),
+        shape.into(),
+        handle,
+        dtype,
+    )
+}

@@ -41,14 +41,8 @@ fn poisoned_outputs<R: CubeRuntime>(device: &R::Device) {
                 tensor::<Plain<R>, 2>(data, [rows, len], dtype, device)
             };
             for op in [ReduceOp::Mean, ReduceOp::Sum] {
-                let poison = Tensor::<Plain<R>, 2>::full([rows, 1], f32::NAN, device);
-                let poison = if dtype == FloatDType::F32 {
-                    poison
-                } else {
-                    poison.cast(dtype)
-                };
-                let out = primitive(poison);
                 let input = primitive(x.clone());
+                let out = nan_poison(&input.client, device, vec![rows, 1], input.dtype);
                 let client = input.client.clone();
                 let storage = input.dtype.into();
                 launch_reduce_dim(

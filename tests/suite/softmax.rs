@@ -211,11 +211,9 @@ fn poisoned<R: CubeRuntime>(device: &R::Device) {
             Tensor::from_data(TensorData::new(data, [rows, len]), device)
         };
         for kind in [SoftmaxKind::Softmax, SoftmaxKind::LogSoftmax] {
-            let out = Tensor::<Plain<R>, 2>::full([rows, len], f32::NAN, device)
-                .into_primitive()
-                .tensor();
             let input = x.clone().into_primitive().tensor();
             let client = input.client.clone();
+            let out = nan_poison(&client, device, vec![rows, len], input.dtype);
             let storage = input.dtype.into();
             launch_softmax_dim(
                 &client,

@@ -5,8 +5,7 @@
 //!     cargo run --release -p burn-batch-invariant-examples --bin ab_ops [-- --cuda]
 //!     BURN_BATCH_INVARIANT=0 cargo run ...   # the same binary with routing switched off
 
-use burn::tensor::ops::ModuleOps;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 use burn_batch_invariant::{mode, BatchInvariant, KernelHost};
 use burn_batch_invariant_examples::{matrix, max_abs_diff, on_backend};
 
@@ -19,7 +18,7 @@ struct Op {
     cols: usize,
 }
 
-const OPS: [Op; 4] = [
+const OPS: [Op; 6] = [
     Op {
         name: "mean_dim (last)",
         routed: true,
@@ -31,14 +30,24 @@ const OPS: [Op; 4] = [
         cols: 4096,
     },
     Op {
+        name: "softmax (last)",
+        routed: true,
+        cols: 4096,
+    },
+    Op {
+        name: "log_softmax (first)",
+        routed: true,
+        cols: 1000,
+    },
+    Op {
+        name: "layer_norm (last)",
+        routed: true,
+        cols: 1000,
+    },
+    Op {
         name: "matmul x[M,256] @ w",
         routed: false,
         cols: 256,
-    },
-    Op {
-        name: "softmax (last)",
-        routed: false,
-        cols: 4096,
     },
 ];
 
@@ -46,22 +55,23 @@ fn run<X: Backend>(op: &Op, x: Tensor<X, 2>, w: &Tensor<X, 2>) -> Tensor<X, 2> {
     match op.name {
         "mean_dim (last)" => x.mean_dim(1),
         "sum_dim (last)" => x.sum_dim(1),
-        "matmul x[M,256] @ w" => x.matmul(w.clone()),
         "softmax (last)" => burn::tensor::activation::softmax(x, 1),
-        // The batch runs along dim 1 here: row 0 of the batch is column 0.
+        // The batch runs along dim 1 here, so row 0 of the batch is column 0.
         "log_softmax (first)" => {
             burn::tensor::activation::log_softmax(x.transpose(), 0).transpose()
         }
-        _ => {
-            let ones = Tensor::<X, 1>::ones([x.dims()[1]], &x.device());
-            let zeros = Tensor::<X, 1>::zeros([x.dims()[1]], &x.device());
-            Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(X::layer_norm(
-                x.into_primitive().tensor(),
-                ones.into_primitive().tensor(),
-                Some(zeros.into_primitive().tensor()),
-                1e-5,
-            )))
+        "layer_norm (last)" => {
+            let d = x.dims()[1];
+            let gamma = Tensor::<X, 1>::ones([d], &x.device())
+                .into_primitive()
+                .tensor();
+            let beta = Tensor::<X, 1>::zeros([d], &x.device())
+                .into_primitive()
+                .tensor();
+            let out = X::layer_norm(x.into_primitive().tensor(), gamma, Some(beta), 1e-5);
+            Tensor::from_primitive(TensorPrimitive::Float(out))
         }
+        _ => x.matmul(w.clone()),
     }
 }
 
