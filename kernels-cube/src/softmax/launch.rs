@@ -77,8 +77,8 @@ pub fn launch_softmax_dim<R: Runtime>(
     }
 
     let mut row_shape: SequenceArg<R, FastDivmod<usize>> = SequenceArg::new();
-    for d in 0..rank {
-        row_shape.push(if d == dim { 1 } else { shape[d] });
+    for (d, &n) in shape.iter().enumerate() {
+        row_shape.push(if d == dim { 1 } else { n });
     }
     let zero_dim = |strides: &[usize]| -> SequenceArg<R, usize> {
         (0..rank)
