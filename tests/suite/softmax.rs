@@ -61,7 +61,9 @@ fn invariance<B: KernelHost>(device: &B::Device) {
             (1000, 1024),
             (4097, 257),
             (8192, 64),
+            (8193, 64),
             (50257, 16),
+            (128256, 7),
         ] {
             let x = tensor::<BatchInvariant<B>, 2>(
                 random_values(batch * len, len as u64),
@@ -149,6 +151,42 @@ fn special_values<B: KernelHost>(device: &B::Device) {
             assert!(
                 same,
                 "{kind:?} special values [{i}]: got {g}, reference {w}"
+            );
+        }
+    }
+}
+
+/// The same special values inside rows long enough to be split into chunks.
+fn special_values_chunked<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let len = 20000; // three chunks of at most 8192
+    let inf = f32::INFINITY;
+    let mut rows = vec![random_values(len, 5); 5];
+    rows[0][15000] = f32::NAN;
+    rows[1][100] = inf;
+    rows[2] = vec![-inf; len];
+    for v in rows[3][..9000].iter_mut() {
+        *v = -inf; // the whole first chunk and part of the second
+    }
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    let x =
+        Tensor::<BatchInvariant<B>, 2>::from_data(TensorData::new(data.clone(), [5, len]), device);
+    let input: Vec<f64> = data.iter().map(|v| f64::from(*v)).collect();
+    for kind in [SoftmaxKind::Softmax, SoftmaxKind::LogSoftmax] {
+        let got = values(apply(x.clone(), 1, kind));
+        let want = cpu_reference::softmax_dim(&input, &[5, len], 1, kind);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let tol = if w.is_finite() {
+                cpu_reference::tolerance(len, w.abs() + 10.0, 10.0, *w, kind, 23)
+            } else {
+                0.0
+            };
+            let same = (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= tol;
+            assert!(
+                same,
+                "{kind:?} chunked special values [{}, {}]: got {g}, reference {w}",
+                i / len,
+                i % len
             );
         }
     }
@@ -256,6 +294,11 @@ fn softmax_family_matches_f64_reference() {
 #[test]
 fn softmax_family_special_values() {
     on_test_backend!(special_values);
+}
+
+#[test]
+fn softmax_family_special_values_in_chunked_rows() {
+    on_test_backend!(special_values_chunked);
 }
 
 #[test]

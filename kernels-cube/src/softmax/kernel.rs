@@ -109,3 +109,125 @@ pub fn softmax_lanes_kernel<F: Float>(
         }
     }
 }
+
+/// Rows of more than [`CHUNK_LEN`] entries are split into chunks of `CHUNK_LEN` (the last one
+/// shorter), one cube per (row, chunk). The split depends on the row length alone.
+pub const CHUNK_LEN: usize = 8192;
+
+/// Threads per cube of the chunked kernels; each owns partial `t` of its chunk.
+pub const CHUNK_LANES: usize = 256;
+
+/// Pass 1 of a chunked row: the chunk's maximum `m_c` and `s_c = sum exp(x - m_c)` over the
+/// chunk, each in the order of the unchunked kernel (partial `t` takes chunk-relative
+/// `j ≡ t (mod 256)`, then the pairwise fold). Written to `stats[2 * (row * chunks + c)]`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+pub fn softmax_chunk_stats_kernel<F: Float>(
+    input: &Tensor<F>,
+    stats: &mut Array<f32>,
+    row_shape: Sequence<FastDivmod<usize>>,
+    in_row_strides: Sequence<usize>,
+    len: usize,
+    in_stride: usize,
+    chunks: usize,
+    num_rows: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    if CUBE_POS >= num_rows * chunks {
+        terminate!(); // a whole spare cube of a 2-D grid: no thread of it syncs
+    }
+    let lane = UNIT_POS_X as usize;
+    let lanes = comptime!(CHUNK_LANES);
+    let row = CUBE_POS / chunks;
+    let chunk = CUBE_POS % chunks;
+    let base = index_offset_contiguous_fastdivmod(row, &row_shape, &in_row_strides, 1usize);
+    let start = chunk * comptime!(CHUNK_LEN);
+    let mut end = start + comptime!(CHUNK_LEN);
+    if end > len {
+        end = len;
+    }
+
+    let mut shared = SharedMemory::<f32>::new(comptime!(CHUNK_LANES));
+    let mut partial = f32::min_value();
+    let mut j = start + lane;
+    while j < end {
+        partial = f32::max(partial, f32::cast_from(input[base + j * in_stride]));
+        j += lanes;
+    }
+    shared[lane] = partial;
+    sync_cube();
+    fold_shared(&mut shared, 0, lane, lanes, true);
+    let m = shared[0];
+    sync_cube();
+
+    let mut sum = 0.0f32;
+    let mut j = start + lane;
+    while j < end {
+        sum += f32::exp(f32::cast_from(input[base + j * in_stride]) - m);
+        j += lanes;
+    }
+    shared[lane] = sum;
+    sync_cube();
+    fold_shared(&mut shared, 0, lane, lanes, false);
+    if lane == 0 {
+        stats[2 * CUBE_POS] = m;
+        stats[2 * CUBE_POS + 1] = shared[0];
+    }
+}
+
+/// Pass 2 of a chunked row: every thread combines the row's chunk statistics in chunk
+/// order (`m = max_c m_c`, then `s = sum_c s_c * exp(m_c - m)` for c = 0, 1, ...), the same
+/// computation in every cube of the row, and writes its chunk's outputs.
+#[cube(launch_unchecked, address_type = "dynamic")]
+pub fn softmax_chunk_write_kernel<F: Float>(
+    input: &Tensor<F>,
+    output: &mut Tensor<F>,
+    stats: &Array<f32>,
+    row_shape: Sequence<FastDivmod<usize>>,
+    in_row_strides: Sequence<usize>,
+    out_row_strides: Sequence<usize>,
+    len: usize,
+    in_stride: usize,
+    out_stride: usize,
+    chunks: usize,
+    num_rows: usize,
+    #[comptime] log: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    if CUBE_POS >= num_rows * chunks {
+        terminate!(); // a whole spare cube of a 2-D grid: no thread of it syncs
+    }
+    let lane = UNIT_POS_X as usize;
+    let lanes = comptime!(CHUNK_LANES);
+    let row = CUBE_POS / chunks;
+    let chunk = CUBE_POS % chunks;
+    let first = row * chunks;
+
+    let mut m = f32::min_value();
+    for c in 0..chunks {
+        m = f32::max(m, stats[2 * (first + c)]);
+    }
+    let mut total = 0.0f32;
+    for c in 0..chunks {
+        total += stats[2 * (first + c) + 1] * f32::exp(stats[2 * (first + c)] - m);
+    }
+    let log_total = f32::ln(total);
+
+    let in_base = index_offset_contiguous_fastdivmod(row, &row_shape, &in_row_strides, 1usize);
+    let out_base = index_offset_contiguous_fastdivmod(row, &row_shape, &out_row_strides, 1usize);
+    let start = chunk * comptime!(CHUNK_LEN);
+    let mut end = start + comptime!(CHUNK_LEN);
+    if end > len {
+        end = len;
+    }
+    let mut j = start + lane;
+    while j < end {
+        let shifted = f32::cast_from(input[in_base + j * in_stride]) - m;
+        let value = if comptime!(log) {
+            shifted - log_total
+        } else {
+            f32::exp(shifted) / total
+        };
+        output[out_base + j * out_stride] = F::cast_from(value);
+        j += lanes;
+    }
+}

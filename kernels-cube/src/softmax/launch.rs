@@ -5,7 +5,10 @@ use core::fmt;
 use cubecl::prelude::*;
 use cubecl::std::FastDivmod;
 
-use super::kernel::{softmax_lanes_kernel, CUBE_UNITS};
+use super::kernel::{
+    softmax_chunk_stats_kernel, softmax_chunk_write_kernel, softmax_lanes_kernel, CHUNK_LANES,
+    CHUNK_LEN, CUBE_UNITS,
+};
 use super::SoftmaxKind;
 use crate::reduce::lanes_for_len;
 use crate::reduce::launch::{contiguous_strides, cube_count, max_offset};
@@ -76,10 +79,13 @@ pub fn launch_softmax_dim<R: Runtime>(
         return Ok(());
     }
 
-    let mut row_shape: SequenceArg<R, FastDivmod<usize>> = SequenceArg::new();
-    for (d, &n) in shape.iter().enumerate() {
-        row_shape.push(if d == dim { 1 } else { n });
-    }
+    let row_shape = || {
+        let mut arg: SequenceArg<R, FastDivmod<usize>> = SequenceArg::new();
+        for (d, &n) in shape.iter().enumerate() {
+            arg.push(if d == dim { 1 } else { n });
+        }
+        arg
+    };
     let zero_dim = |strides: &[usize]| -> SequenceArg<R, usize> {
         (0..rank)
             .map(|d| if d == dim { 0 } else { strides[d] })
@@ -87,6 +93,51 @@ pub fn launch_softmax_dim<R: Runtime>(
     };
     let address_type =
         AddressType::from_len(max_offset(&shape, &in_strides).max(shape.iter().product()));
+    let log = kind == SoftmaxKind::LogSoftmax;
+    if len > CHUNK_LEN {
+        // Long rows: one cube per (row, chunk), so that even a single row fills the GPU.
+        let chunks = len.div_ceil(CHUNK_LEN);
+        let cubes = num_rows * chunks;
+        let stats = client.empty(cubes * 2 * core::mem::size_of::<f32>());
+        unsafe {
+            softmax_chunk_stats_kernel::launch_unchecked(
+                client,
+                cube_count(client, cubes),
+                CubeDim::new_1d(CHUNK_LANES as u32),
+                address_type,
+                input.clone().into_tensor_arg(),
+                ArrayArg::from_raw_parts(stats.clone(), cubes * 2),
+                row_shape(),
+                zero_dim(&in_strides),
+                len,
+                in_strides[dim],
+                chunks,
+                num_rows,
+                dtype,
+            );
+            softmax_chunk_write_kernel::launch_unchecked(
+                client,
+                cube_count(client, cubes),
+                CubeDim::new_1d(CHUNK_LANES as u32),
+                address_type,
+                input.into_tensor_arg(),
+                output.into_tensor_arg(),
+                ArrayArg::from_raw_parts(stats, cubes * 2),
+                row_shape(),
+                zero_dim(&in_strides),
+                zero_dim(&out_strides),
+                len,
+                in_strides[dim],
+                out_strides[dim],
+                chunks,
+                num_rows,
+                log,
+                dtype,
+            );
+        }
+        return Ok(());
+    }
+
     let lanes = lanes_for_len(len);
     let rows_per_cube = CUBE_UNITS as usize / lanes;
     unsafe {
@@ -97,7 +148,7 @@ pub fn launch_softmax_dim<R: Runtime>(
             address_type,
             input.into_tensor_arg(),
             output.into_tensor_arg(),
-            row_shape,
+            row_shape(),
             zero_dim(&in_strides),
             zero_dim(&out_strides),
             len,
@@ -105,7 +156,7 @@ pub fn launch_softmax_dim<R: Runtime>(
             out_strides[dim],
             num_rows,
             lanes,
-            kind == SoftmaxKind::LogSoftmax,
+            log,
             dtype,
         );
     }

@@ -18,11 +18,19 @@
 //! everywhere; `-inf` entries in an otherwise finite row give 0 (softmax) and `-inf`
 //! (log-softmax).
 //!
+//! Rows longer than [`kernel::CHUNK_LEN`] (8192) are split, by their length alone, into
+//! chunks of 8192 entries (the last one shorter). Steps 1 and 2 run per chunk `c` in the
+//! order above with 256 partials, giving `m_c` and `s_c`; then, in chunk order,
+//! `m = max_c m_c` and `s = sum_c s_c * exp(m_c - m)` (c = 0, 1, ...), and step 3 as above.
+//! The special values come out as listed (a chunk of only `-inf` has `s_c = 0`).
+//!
 //! # Mapping
 //!
-//! One group of `P` threads per row, `256 / P` rows per cube; thread `t` owns partial `t`
-//! and the folds go through shared memory. Rows along any dim are read and written in place
-//! through their strides (coalesced when the dim is the innermost one).
+//! Rows up to 8192: one group of `P` threads per row, `256 / P` rows per cube; thread `t`
+//! owns partial `t` and the folds go through shared memory. Longer rows: one cube of 256
+//! threads per (row, chunk), a statistics kernel then a write kernel, so that one
+//! 128k-entry row occupies 16 cubes instead of one. Rows along any dim are read and written
+//! in place through their strides (coalesced when the dim is the innermost one).
 
 pub mod cpu_reference;
 pub mod kernel;
