@@ -5,7 +5,7 @@
 # reference timings (anchors_torch.py), and writes everything plus report.md under $OUT
 # (eight files at most: what the device tool brings back).
 set -u
-OUT=${OUT:-gpu-out}
+OUT=$(realpath -m "${OUT:-gpu-out}") # absolute: the script changes directory below
 mkdir -p "$OUT"
 cd .gpu
 for f in *.gz; do gunzip -f "$f"; done
