@@ -5,7 +5,7 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::FloatDType;
 use burn_batch_invariant_tests::*;
 
 fn composites_are_invariant<B: KernelHost>(device: &B::Device) {
