@@ -112,6 +112,18 @@ pub fn random_values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The `[rows, cols]` row-major values of `data` stored column-major (as `[cols, rows]`):
+/// reading that back through `.transpose()` gives the same matrix with strided rows.
+pub fn transposed_values(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
 /// A float tensor of `shape` from f32 values, cast to `dtype` on the device.
 pub fn tensor<B: Backend, const D: usize>(
     values: Vec<f32>,

@@ -30,12 +30,7 @@ fn poisoned_outputs<R: CubeRuntime>(device: &R::Device) {
         for (rows, len, strided) in cases {
             let data = random_values(rows * len, 6000 + len as u64);
             let x: Tensor<Plain<R>, 2> = if strided {
-                let mut t = vec![0.0; rows * len];
-                for r in 0..rows {
-                    for c in 0..len {
-                        t[c * rows + r] = data[r * len + c];
-                    }
-                }
+                let t = transposed_values(&data, rows, len);
                 tensor::<Plain<R>, 2>(t, [len, rows], dtype, device).transpose()
             } else {
                 tensor::<Plain<R>, 2>(data, [rows, len], dtype, device)

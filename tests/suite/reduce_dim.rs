@@ -127,12 +127,7 @@ fn mappings_agree<B: KernelHost>(device: &B::Device) {
         for len in [1, 31, 32, 33, 1000, 4097, 8191, 8192, 10000] {
             let rows = 7;
             let values = random_values(rows * len, 3000 + len as u64);
-            let mut transposed = vec![0.0; rows * len];
-            for r in 0..rows {
-                for c in 0..len {
-                    transposed[c * rows + r] = values[r * len + c];
-                }
-            }
+            let transposed = transposed_values(&values, rows, len);
             let contiguous = tensor::<BatchInvariant<B>, 2>(values, [rows, len], dtype, device);
             let strided =
                 tensor::<BatchInvariant<B>, 2>(transposed, [len, rows], dtype, device).transpose();

@@ -238,12 +238,7 @@ fn poisoned<R: CubeRuntime>(device: &R::Device) {
     ] {
         let data = random_values(rows * len, 77 + len as u64);
         let x: Tensor<Plain<R>, 2> = if strided {
-            let mut t = vec![0.0; rows * len];
-            for r in 0..rows {
-                for c in 0..len {
-                    t[c * rows + r] = data[r * len + c];
-                }
-            }
+            let t = transposed_values(&data, rows, len);
             Tensor::from_data(TensorData::new(t, [len, rows]), device).transpose()
         } else {
             Tensor::from_data(TensorData::new(data, [rows, len]), device)

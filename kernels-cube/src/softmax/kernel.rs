@@ -33,6 +33,38 @@ fn fold_shared(
     }
 }
 
+/// Step 3 for the entries `first, first + step, ... < end` of one row: each output depends
+/// only on its input, the row maximum `m` and the total `s`. `span` is
+/// `(in_base, out_base, in_stride, out_stride)`. Shared by both kernels so that chunked and
+/// unchunked rows write with the same arithmetic.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn write_outputs<F: Float>(
+    input: &Tensor<F>,
+    output: &mut Tensor<F>,
+    span: (usize, usize, usize, usize),
+    first: usize,
+    end: usize,
+    #[comptime] step: usize,
+    m: f32,
+    total: f32,
+    #[comptime] log: bool,
+) {
+    let (in_base, out_base, in_stride, out_stride) = span;
+    let log_total = f32::ln(total);
+    let mut j = first;
+    while j < end {
+        let shifted = f32::cast_from(input[in_base + j * in_stride]) - m;
+        let value = if comptime!(log) {
+            shifted - log_total
+        } else {
+            f32::exp(shifted) / total
+        };
+        output[out_base + j * out_stride] = F::cast_from(value);
+        j += step;
+    }
+}
+
 #[cube(launch_unchecked, address_type = "dynamic")]
 pub fn softmax_lanes_kernel<F: Float>(
     input: &Tensor<F>,
@@ -95,18 +127,8 @@ pub fn softmax_lanes_kernel<F: Float>(
 
     // 3. The outputs; each element depends only on its input, m and the total.
     if in_range {
-        let log_total = f32::ln(total);
-        let mut j = lane;
-        while j < len {
-            let shifted = f32::cast_from(input[in_base + j * in_stride]) - m;
-            let value = if comptime!(log) {
-                shifted - log_total
-            } else {
-                f32::exp(shifted) / total
-            };
-            output[out_base + j * out_stride] = F::cast_from(value);
-            j += lanes;
-        }
+        let span = (in_base, out_base, in_stride, out_stride);
+        write_outputs(input, output, span, lane, len, lanes, m, total, log);
     }
 }
 
@@ -210,8 +232,6 @@ pub fn softmax_chunk_write_kernel<F: Float>(
     for c in 0..chunks {
         total += stats[2 * (first + c) + 1] * f32::exp(stats[2 * (first + c)] - m);
     }
-    let log_total = f32::ln(total);
-
     let in_base = index_offset_contiguous_fastdivmod(row, &row_shape, &in_row_strides, 1usize);
     let out_base = index_offset_contiguous_fastdivmod(row, &row_shape, &out_row_strides, 1usize);
     let start = chunk * comptime!(CHUNK_LEN);
@@ -219,15 +239,6 @@ pub fn softmax_chunk_write_kernel<F: Float>(
     if end > len {
         end = len;
     }
-    let mut j = start + lane;
-    while j < end {
-        let shifted = f32::cast_from(input[in_base + j * in_stride]) - m;
-        let value = if comptime!(log) {
-            shifted - log_total
-        } else {
-            f32::exp(shifted) / total
-        };
-        output[out_base + j * out_stride] = F::cast_from(value);
-        j += lanes;
-    }
+    let span = (in_base, out_base, in_stride, out_stride);
+    write_outputs(input, output, span, start + lane, end, lanes, m, total, log);
 }
