@@ -33,6 +33,58 @@ fn fold_shared(
     }
 }
 
+/// Steps 1 and 2 for the entries `first, first + step, ... < end` of one row (a whole row,
+/// or one chunk): the maximum `m`, then `sum exp(x - m)`, each as per-thread partials folded
+/// pairwise through `shared[slot..slot + step]`. Both kernels call it, so a chunk and an
+/// unchunked row reduce in the same order. Every thread of the cube must call it.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn max_and_sum_exp<F: Float>(
+    input: &Tensor<F>,
+    base: usize,
+    stride: usize,
+    first: usize,
+    end: usize,
+    #[comptime] step: usize,
+    shared: &mut SharedMemory<f32>,
+    slot: usize,
+) -> (f32, f32) {
+    let lane = UNIT_POS_X as usize;
+    let mut partial = f32::min_value();
+    let mut j = first;
+    while j < end {
+        partial = f32::max(partial, f32::cast_from(input[base + j * stride]));
+        j += step;
+    }
+    shared[slot + lane] = partial;
+    sync_cube();
+    fold_shared(shared, slot, lane, step, true);
+    let m = shared[slot];
+    sync_cube();
+
+    let mut sum = 0.0f32;
+    let mut j = first;
+    while j < end {
+        sum += f32::exp(f32::cast_from(input[base + j * stride]) - m);
+        j += step;
+    }
+    shared[slot + lane] = sum;
+    sync_cube();
+    fold_shared(shared, slot, lane, step, false);
+    (m, shared[slot])
+}
+
+/// The entries `[start, end)` of chunk `chunk` of a row of `len` entries.
+#[cube]
+fn chunk_range(chunk: usize, len: usize) -> (usize, usize) {
+    let start = chunk * comptime!(CHUNK_LEN);
+    let mut end = start + comptime!(CHUNK_LEN);
+    if end > len {
+        end = len;
+    }
+    (start, end)
+}
+
 /// Step 3 for the entries `first, first + step, ... < end` of one row: each output depends
 /// only on its input, the row maximum `m` and the total `s`. `span` is
 /// `(in_base, out_base, in_stride, out_stride)`. Shared by both kernels so that chunked and
@@ -94,36 +146,21 @@ pub fn softmax_lanes_kernel<F: Float>(
 
     let mut shared = SharedMemory::<f32>::new(comptime!(CUBE_UNITS as usize));
     let slot = local_row * lanes;
-
-    // 1. The row maximum.
-    // The identity of max: f32::MIN (finite), which gives the same outputs as -inf would.
-    let mut partial = f32::min_value();
+    // Rows past the end take part in the cube's syncs with an empty range.
+    let mut end = 0;
     if in_range {
-        let mut j = lane;
-        while j < len {
-            partial = f32::max(partial, f32::cast_from(input[in_base + j * in_stride]));
-            j += lanes;
-        }
+        end = len;
     }
-    shared[slot + lane] = partial;
-    sync_cube();
-    fold_shared(&mut shared, slot, lane, lanes, true);
-    let m = shared[slot];
-    sync_cube();
-
-    // 2. The sum of exponentials, in the fixed order.
-    let mut sum = 0.0f32;
-    if in_range {
-        let mut j = lane;
-        while j < len {
-            sum += f32::exp(f32::cast_from(input[in_base + j * in_stride]) - m);
-            j += lanes;
-        }
-    }
-    shared[slot + lane] = sum;
-    sync_cube();
-    fold_shared(&mut shared, slot, lane, lanes, false);
-    let total = shared[slot];
+    let (m, total) = max_and_sum_exp(
+        input,
+        in_base,
+        in_stride,
+        lane,
+        end,
+        lanes,
+        &mut shared,
+        slot,
+    );
 
     // 3. The outputs; each element depends only on its input, m and the total.
     if in_range {
@@ -162,37 +199,22 @@ pub fn softmax_chunk_stats_kernel<F: Float>(
     let row = CUBE_POS / chunks;
     let chunk = CUBE_POS % chunks;
     let base = index_offset_contiguous_fastdivmod(row, &row_shape, &in_row_strides, 1usize);
-    let start = chunk * comptime!(CHUNK_LEN);
-    let mut end = start + comptime!(CHUNK_LEN);
-    if end > len {
-        end = len;
-    }
+    let (start, end) = chunk_range(chunk, len);
 
     let mut shared = SharedMemory::<f32>::new(comptime!(CHUNK_LANES));
-    let mut partial = f32::min_value();
-    let mut j = start + lane;
-    while j < end {
-        partial = f32::max(partial, f32::cast_from(input[base + j * in_stride]));
-        j += lanes;
-    }
-    shared[lane] = partial;
-    sync_cube();
-    fold_shared(&mut shared, 0, lane, lanes, true);
-    let m = shared[0];
-    sync_cube();
-
-    let mut sum = 0.0f32;
-    let mut j = start + lane;
-    while j < end {
-        sum += f32::exp(f32::cast_from(input[base + j * in_stride]) - m);
-        j += lanes;
-    }
-    shared[lane] = sum;
-    sync_cube();
-    fold_shared(&mut shared, 0, lane, lanes, false);
+    let (m, total) = max_and_sum_exp(
+        input,
+        base,
+        in_stride,
+        start + lane,
+        end,
+        lanes,
+        &mut shared,
+        0,
+    );
     if lane == 0 {
         stats[2 * CUBE_POS] = m;
-        stats[2 * CUBE_POS + 1] = shared[0];
+        stats[2 * CUBE_POS + 1] = total;
     }
 }
 
@@ -234,11 +256,7 @@ pub fn softmax_chunk_write_kernel<F: Float>(
     }
     let in_base = index_offset_contiguous_fastdivmod(row, &row_shape, &in_row_strides, 1usize);
     let out_base = index_offset_contiguous_fastdivmod(row, &row_shape, &out_row_strides, 1usize);
-    let start = chunk * comptime!(CHUNK_LEN);
-    let mut end = start + comptime!(CHUNK_LEN);
-    if end > len {
-        end = len;
-    }
+    let (start, end) = chunk_range(chunk, len);
     let span = (in_base, out_base, in_stride, out_stride);
     write_outputs(input, output, span, start + lane, end, lanes, m, total, log);
 }
