@@ -16,9 +16,9 @@ for line in sys.stdin:
 
 rm -rf .gpu && mkdir -p .gpu
 cp "$suite" .gpu/suite
-cp target/release/ab_ops target/release/bench .gpu/
-strip .gpu/suite .gpu/ab_ops .gpu/bench
-gzip -9 .gpu/suite .gpu/ab_ops .gpu/bench
+cp target/release/ab_ops target/release/bench target/release/bench_matmul .gpu/
+strip .gpu/suite .gpu/ab_ops .gpu/bench .gpu/bench_matmul
+gzip -9 .gpu/suite .gpu/ab_ops .gpu/bench .gpu/bench_matmul
 cp scripts/gpu-run.sh .gpu/run.sh
 if [ -f ../shared/anchors/anchors_torch.py ]; then cp ../shared/anchors/anchors_torch.py .gpu/; fi
 du -sh .gpu

@@ -13,5 +13,6 @@
 //!
 //! This crate depends on cubecl only; the Burn side lives in `burn-batch-invariant`.
 
+pub mod matmul;
 pub mod reduce;
 pub mod softmax;

@@ -4,6 +4,7 @@
 mod autodiff;
 mod bad_input;
 mod kernels_reduce;
+mod matmul;
 mod mode_switch;
 mod norms;
 mod passthrough;

@@ -1,5 +1,6 @@
 //! What `BatchInvariant<B>` needs from the backend it wraps.
 
+use batch_invariant_kernels::matmul::launch::{launch_matmul, matmul_output_shape};
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
 use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
 use burn_backend::backend::Backend;
@@ -34,6 +35,11 @@ pub trait KernelHost: Backend {
         dim: usize,
         kind: SoftmaxKind,
     ) -> FloatTensor<Self>;
+
+    /// `lhs @ rhs` through `batch_invariant_kernels::matmul`, into a new contiguous tensor.
+    /// Inputs: the same dtype (f32, f16 or bf16), equal ranks of at least 2, matching inner
+    /// dims, broadcastable batch dims.
+    fn invariant_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl<R, F, I, BT> KernelHost for CubeBackend<R, F, I, BT>
@@ -84,6 +90,28 @@ where
             dtype.into(),
         )
         .unwrap_or_else(|err| panic!("batch-invariant softmax launch: {err}"));
+        output
+    }
+
+    fn invariant_matmul(lhs: CubeTensor<R>, rhs: CubeTensor<R>) -> CubeTensor<R> {
+        let dtype: DType = lhs.dtype;
+        let shape = matmul_output_shape(lhs.meta.shape(), rhs.meta.shape())
+            .unwrap_or_else(|err| panic!("batch-invariant matmul: {err}"));
+        let output = empty_device_contiguous_dtype(
+            lhs.client.clone(),
+            lhs.device.clone(),
+            shape.into(),
+            dtype,
+        );
+        let client = lhs.client.clone();
+        launch_matmul(
+            &client,
+            lhs.binding(),
+            rhs.binding(),
+            output.clone().binding(),
+            dtype.into(),
+        )
+        .unwrap_or_else(|err| panic!("batch-invariant matmul launch: {err}"));
         output
     }
 }

@@ -46,7 +46,7 @@ const OPS: [Op; 6] = [
     },
     Op {
         name: "matmul x[M,256] @ w",
-        routed: false,
+        routed: true,
         cols: 256,
     },
 ];

@@ -1,6 +1,7 @@
 //! `FloatTensorOps`: routed reductions, everything else forwarded to `B`.
 //!
-//! Routed here: `float_sum_dim`, `float_mean_dim` (see `crate::routing::reduce_dim`).
+//! Routed here: `float_sum_dim`, `float_mean_dim` (see `crate::routing::reduce_dim`) and
+//! `float_matmul` (`crate::routing::matmul`).
 
 use burn_backend::ops::{FloatTensorOps, GridSampleOptions};
 use burn_backend::tensor::{BoolTensor, Device, FloatTensor, IntTensor};
@@ -98,7 +99,7 @@ impl<B: KernelHost> FloatTensorOps<Self> for BatchInvariant<B> {
         B::float_remainder_scalar(lhs, rhs)
     }
     fn float_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
-        B::float_matmul(lhs, rhs)
+        routing::matmul::float_matmul::<B>(lhs, rhs)
     }
     fn float_cross(
         lhs: FloatTensor<Self>,

@@ -7,9 +7,12 @@ use crate::{BatchInvariant, KernelHost};
 
 impl<B: KernelHost> ModuleOps<Self> for BatchInvariant<B> {
     // default-body: layer_norm
+    // default-body: linear, linear_x_backward, linear_weight_backward, linear_bias_backward
     // `layer_norm` keeps Burn's default composite so that its two means run through our
     // routed `float_mean_dim` (burn-cubecl does not override it, so with the mode off it is
     // still exactly the inner backend's computation).
+    // The `linear` family is `float_matmul` (routed) plus reshapes, a bias add and, for the
+    // weight and bias gradients, `float_sum_dim` over the batch (routed).
 
     fn embedding(weights: FloatTensor<Self>, indices: IntTensor<Self>) -> FloatTensor<Self> {
         B::embedding(weights, indices)
@@ -20,28 +23,6 @@ impl<B: KernelHost> ModuleOps<Self> for BatchInvariant<B> {
         indices: IntTensor<Self>,
     ) -> FloatTensor<Self> {
         B::embedding_backward(weights, output_grad, indices)
-    }
-    fn linear(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: Option<FloatTensor<Self>>,
-    ) -> FloatTensor<Self> {
-        B::linear(x, weight, bias)
-    }
-    fn linear_x_backward(
-        weight: FloatTensor<Self>,
-        output_grad: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        B::linear_x_backward(weight, output_grad)
-    }
-    fn linear_weight_backward(
-        x: FloatTensor<Self>,
-        output_grad: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        B::linear_weight_backward(x, output_grad)
-    }
-    fn linear_bias_backward(output_grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        B::linear_bias_backward(output_grad)
     }
     fn conv1d(
         x: FloatTensor<Self>,

@@ -3,5 +3,6 @@
 //! they implement.
 
 pub(crate) mod checks;
+pub(crate) mod matmul;
 pub(crate) mod reduce_dim;
 pub(crate) mod softmax;

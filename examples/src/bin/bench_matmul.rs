@@ -1,0 +1,262 @@
+//! Matmul benchmark: BatchInvariant against Burn's default backend on the same tensors,
+//! `[M, K] x [K, N]` for bf16, f16 and f32. Prints a table and writes JSON (`--json PATH`).
+//!
+//!     cargo run --release -p burn-batch-invariant-examples --bin bench_matmul -- --cuda --json m.json
+//!
+//! Options: `--quick` (fewer shapes, for a smoke run), `--tilings` (CUDA: time each
+//! tensor-core tiling by direct launch and check it gives the router's bits).
+//!
+//! Timing: `sync; start; N calls; sync; stop` divided by N, after warm-up calls that also
+//! absorb Burn's autotuning; the median of 9 samples. Host overhead per call is included and
+//! is the same for both columns.
+
+use std::time::Instant;
+
+use batch_invariant_kernels::matmul::launch::{launch_matmul_on, MatmulPath};
+use batch_invariant_kernels::matmul::{Loader, TensorCoreTiling, NARROW, WIDE};
+use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorPrimitive};
+use burn_batch_invariant::{BatchInvariant, KernelHost};
+use burn_batch_invariant_examples::{matrix, on_backend};
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Row {
+    dtype: String,
+    m: usize,
+    k: usize,
+    n: usize,
+    burn_default_ms: f64,
+    batch_invariant_ms: f64,
+    /// batch_invariant_ms / burn_default_ms: below 1 means we are faster.
+    ratio: f64,
+    batch_invariant_tflops: f64,
+    burn_default_tflops: f64,
+}
+
+fn time_ms(sync: &dyn Fn(), mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    sync();
+    let mut samples: Vec<f64> = (0..9)
+        .map(|_| {
+            sync();
+            let start = Instant::now();
+            let calls = 10;
+            for _ in 0..calls {
+                f();
+            }
+            sync();
+            start.elapsed().as_secs_f64() * 1e3 / calls as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn cast<X: Backend>(t: Tensor<X, 2>, dtype: FloatDType) -> Tensor<X, 2> {
+    if dtype == FloatDType::F32 {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+fn bench<B: KernelHost>(device: &B::Device) {
+    println!("device: {}", B::name(device));
+    let quick = flag("--quick");
+    let ms: &[usize] = if quick {
+        &[1, 64, 1024]
+    } else {
+        &[1, 16, 64, 256, 1024, 4096]
+    };
+    let kns: &[(usize, usize)] = if quick {
+        &[(4096, 4096)]
+    } else {
+        &[(4096, 4096), (4096, 14336), (14336, 4096)]
+    };
+    let mut rows = Vec::new();
+    println!(
+        "{:<5} {:>5} {:>6} {:>6} {:>10} {:>13} {:>6} {:>9} {:>9}",
+        "dtype", "M", "K", "N", "burn ms", "invariant ms", "ratio", "inv TF/s", "burn TF/s"
+    );
+    for dtype in [FloatDType::BF16, FloatDType::F16, FloatDType::F32] {
+        for &(k, n) in kns {
+            let w = cast(
+                matrix::<B>(k, n, 7, device) * (1.0 / (k as f64).sqrt()),
+                dtype,
+            );
+            let x_full = cast(matrix::<B>(*ms.last().unwrap(), k, 8, device), dtype);
+            let wi: Tensor<BatchInvariant<B>, 2> =
+                cast(Tensor::from_data(w.to_data(), device), dtype);
+            let xi_full: Tensor<BatchInvariant<B>, 2> =
+                cast(Tensor::from_data(x_full.to_data(), device), dtype);
+            for &m in ms {
+                let x = x_full.clone().narrow(0, 0, m);
+                let xi = xi_full.clone().narrow(0, 0, m);
+                let sync_b = || B::sync(device).unwrap();
+                let burn_default_ms = time_ms(&sync_b, || {
+                    let _ = x.clone().matmul(w.clone());
+                });
+                let batch_invariant_ms = time_ms(&sync_b, || {
+                    let _ = xi.clone().matmul(wi.clone());
+                });
+                let flops = 2.0 * (m * k * n) as f64;
+                let row = Row {
+                    dtype: format!("{dtype:?}").to_lowercase(),
+                    m,
+                    k,
+                    n,
+                    burn_default_ms,
+                    batch_invariant_ms,
+                    ratio: batch_invariant_ms / burn_default_ms,
+                    batch_invariant_tflops: flops / (batch_invariant_ms * 1e-3) / 1e12,
+                    burn_default_tflops: flops / (burn_default_ms * 1e-3) / 1e12,
+                };
+                println!(
+                    "{:<5} {:>5} {:>6} {:>6} {:>10.4} {:>13.4} {:>6.2} {:>9.1} {:>9.1}",
+                    row.dtype,
+                    m,
+                    k,
+                    n,
+                    burn_default_ms,
+                    batch_invariant_ms,
+                    row.ratio,
+                    row.batch_invariant_tflops,
+                    row.burn_default_tflops
+                );
+                rows.push(row);
+            }
+        }
+    }
+    let tilings = if flag("--tilings") && burn_batch_invariant_examples::use_cuda() {
+        tiling_sweep(&Default::default())
+    } else {
+        Vec::new()
+    };
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--json") {
+        let path = args.get(i + 1).expect("--json needs a path");
+        let json =
+            serde_json::json!({ "device": B::name(device), "rows": rows, "tilings": tilings });
+        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
+        println!("wrote {path}");
+    }
+}
+
+#[derive(Serialize)]
+struct TilingRow {
+    tiling: String,
+    m: usize,
+    k: usize,
+    n: usize,
+    ms: f64,
+    same_bits_as_router: bool,
+}
+
+/// Candidate tilings of the same instruction, timed by direct launch (bf16). Used to pick
+/// `NARROW`; `same_bits_as_router` must be true for every one of them.
+fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
+    use burn_batch_invariant::CudaBase as P;
+    let candidates = [
+        WIDE,
+        NARROW,
+        TensorCoreTiling {
+            name: "16x32",
+            partition: (1, 1, 4),
+            stage: (1, 2),
+        },
+        TensorCoreTiling {
+            name: "16x64k8",
+            partition: (1, 1, 8),
+            stage: (1, 4),
+        },
+        TensorCoreTiling {
+            name: "16x128",
+            partition: (1, 2, 2),
+            stage: (1, 4),
+        },
+        TensorCoreTiling {
+            name: "32x64",
+            partition: (1, 2, 2),
+            stage: (2, 2),
+        },
+        TensorCoreTiling {
+            name: "64x64",
+            partition: (2, 2, 2),
+            stage: (2, 2),
+        },
+        TensorCoreTiling {
+            name: "64x128",
+            partition: (2, 4, 2),
+            stage: (2, 2),
+        },
+    ];
+    let mut out = Vec::new();
+    println!("\ntensor-core tilings, bf16, direct launch");
+    for &(k, n) in &[(4096usize, 4096usize), (14336, 4096)] {
+        let w = matrix::<P>(k, n, 7, device).cast(FloatDType::BF16);
+        for &m in &[1usize, 16, 64, 256, 1024] {
+            let x = matrix::<P>(m, k, 8, device).cast(FloatDType::BF16);
+            let reference = {
+                let xi: Tensor<BatchInvariant<P>, 2> = Tensor::from_data(x.to_data(), device);
+                let wi: Tensor<BatchInvariant<P>, 2> = Tensor::from_data(w.to_data(), device);
+                xi.matmul(wi).into_data()
+            };
+            for tiling in candidates {
+                let launch = || {
+                    let lhs = x.clone().into_primitive().tensor();
+                    let rhs = w.clone().into_primitive().tensor();
+                    let client = lhs.client.clone();
+                    let out = empty_device_contiguous_dtype(
+                        client.clone(),
+                        device.clone(),
+                        [m, n].into(),
+                        lhs.dtype,
+                    );
+                    let dtype = lhs.dtype.into();
+                    launch_matmul_on(
+                        &client,
+                        lhs.binding(),
+                        rhs.binding(),
+                        out.clone().binding(),
+                        dtype,
+                        MatmulPath::TensorCore {
+                            tiling,
+                            loader: Loader::Tma,
+                        },
+                    )
+                    .expect("launch");
+                    Tensor::<P, 2>::from_primitive(TensorPrimitive::Float(out))
+                };
+                let same = launch().into_data().as_bytes() == reference.as_bytes();
+                let sync = || P::sync(device).unwrap();
+                let ms = time_ms(&sync, || {
+                    let _ = launch();
+                });
+                println!(
+                    "{:<8} M={m:<5} K={k:<6} N={n:<6} {ms:>9.4} ms  same bits: {same}",
+                    tiling.name
+                );
+                out.push(TilingRow {
+                    tiling: tiling.name.into(),
+                    m,
+                    k,
+                    n,
+                    ms,
+                    same_bits_as_router: same,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn main() {
+    on_backend!(bench);
+}

@@ -1,0 +1,336 @@
+//! Host side of the matmul: shape checks, the choice of path, launch metadata.
+
+use core::fmt;
+
+use cubecl::prelude::*;
+use cubecl::std::FastDivmod;
+
+use super::kernel::{matmul_portable_kernel, CUBE_SIDE, TILE};
+use super::tensor_core::{self, Loader, TensorCoreTiling, NARROW, WIDE};
+use super::NARROW_MAX_M;
+use crate::reduce::launch::{contiguous_strides, max_offset};
+
+/// Which kernel computed a matmul. Recorded in [`MatmulLaunch`] and in the tracing span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulPath {
+    /// cubek's tiled matmul on tensor cores with a forced blueprint.
+    TensorCore {
+        tiling: TensorCoreTiling,
+        loader: Loader,
+    },
+    /// [`super::kernel::matmul_portable_kernel`].
+    Portable,
+}
+
+impl MatmulPath {
+    /// A short label for logs and benchmark tables.
+    pub fn label(&self) -> String {
+        match self {
+            Self::TensorCore { tiling, loader } => {
+                format!("tensor-core/{}/{loader:?}", tiling.name)
+            }
+            Self::Portable => "portable".to_string(),
+        }
+    }
+}
+
+/// What one launch did, the numbers a profiler user wants next to its time: the seed's
+/// `_matmul_launch_metadata` (name, M/N/K, flops, bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatmulLaunch {
+    pub name: &'static str,
+    pub path: MatmulPath,
+    pub batches: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// `2 * batches * m * n * k`.
+    pub flops: u64,
+    /// Bytes of both operands and the output, each counted once.
+    pub bytes: u64,
+}
+
+/// Why [`launch_matmul`] refused its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatmulError {
+    /// Operands must have the same rank, at least 2.
+    Rank { lhs: Vec<usize>, rhs: Vec<usize> },
+    /// `lhs[.., K]` and `rhs[.., K, _]` disagree.
+    InnerDims { lhs: Vec<usize>, rhs: Vec<usize> },
+    /// A batch dim differs and neither side is 1.
+    BatchDims { lhs: Vec<usize>, rhs: Vec<usize> },
+    /// The output is not contiguous with the broadcast shape.
+    BadOutput {
+        expected: Vec<usize>,
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+    },
+    /// cubek refused the forced blueprint with every loader.
+    Setup(String),
+}
+
+impl fmt::Display for MatmulError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rank { lhs, rhs } => write!(
+                f,
+                "operands must have the same rank, at least 2: lhs {lhs:?}, rhs {rhs:?}"
+            ),
+            Self::InnerDims { lhs, rhs } => write!(
+                f,
+                "inner dims differ: lhs {lhs:?} has K = {}, rhs {rhs:?} has K = {}",
+                lhs[lhs.len() - 1],
+                rhs[rhs.len() - 2]
+            ),
+            Self::BatchDims { lhs, rhs } => write!(
+                f,
+                "batch dims cannot be broadcast together: lhs {lhs:?}, rhs {rhs:?}"
+            ),
+            Self::BadOutput {
+                expected,
+                shape,
+                strides,
+            } => write!(
+                f,
+                "output must be contiguous with shape {expected:?}, got shape {shape:?} strides {strides:?}"
+            ),
+            Self::Setup(reason) => write!(f, "the tensor-core kernel refused the problem: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for MatmulError {}
+
+/// The output shape of `lhs @ rhs`: batch dims broadcast, then `[M, N]`.
+pub fn matmul_output_shape(lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>, MatmulError> {
+    let err_rank = || MatmulError::Rank {
+        lhs: lhs.to_vec(),
+        rhs: rhs.to_vec(),
+    };
+    if lhs.len() != rhs.len() || lhs.len() < 2 {
+        return Err(err_rank());
+    }
+    let rank = lhs.len();
+    if lhs[rank - 1] != rhs[rank - 2] {
+        return Err(MatmulError::InnerDims {
+            lhs: lhs.to_vec(),
+            rhs: rhs.to_vec(),
+        });
+    }
+    let mut shape = Vec::with_capacity(rank);
+    for d in 0..rank - 2 {
+        let (l, r) = (lhs[d], rhs[d]);
+        if l != r && l != 1 && r != 1 {
+            return Err(MatmulError::BatchDims {
+                lhs: lhs.to_vec(),
+                rhs: rhs.to_vec(),
+            });
+        }
+        shape.push(if l == 1 { r } else { l });
+    }
+    shape.push(lhs[rank - 2]);
+    shape.push(rhs[rank - 1]);
+    Ok(shape)
+}
+
+/// The path [`launch_matmul`] takes on this runtime for this problem. It depends on the
+/// runtime, the dtype, K = 0, M against [`NARROW_MAX_M`] and (for the loader) the operand
+/// strides; every choice gives the same bits per element, see the module docs.
+pub fn choose_path<R: Runtime>(
+    client: &ComputeClient<R>,
+    lhs: &TensorBinding<R>,
+    rhs: &TensorBinding<R>,
+    dtype: StorageType,
+) -> MatmulPath {
+    let rank = lhs.shape.len();
+    let (m, k) = (lhs.shape[rank - 2], lhs.shape[rank - 1]);
+    if k == 0 || !tensor_core::is_supported(client, dtype) {
+        return MatmulPath::Portable;
+    }
+    let tiling = if m <= NARROW_MAX_M { NARROW } else { WIDE };
+    // TMA descriptors need 16-byte aligned strides.
+    let aligned = |b: &TensorBinding<R>| {
+        b.strides
+            .iter()
+            .all(|&s| s == 1 || (s * dtype.size()) % 16 == 0)
+    };
+    let loader = if aligned(lhs) && aligned(rhs) {
+        Loader::Tma
+    } else {
+        Loader::Cyclic
+    };
+    MatmulPath::TensorCore { tiling, loader }
+}
+
+/// `out = lhs @ rhs` for `lhs: [batch.., M, K]` and `rhs: [batch.., K, N]` of element type
+/// `dtype`, any strides, batch dims broadcast; `out` contiguous with the broadcast shape.
+pub fn launch_matmul<R: Runtime>(
+    client: &ComputeClient<R>,
+    lhs: TensorBinding<R>,
+    rhs: TensorBinding<R>,
+    out: TensorBinding<R>,
+    dtype: StorageType,
+) -> Result<MatmulLaunch, MatmulError> {
+    let path = choose_path(client, &lhs, &rhs, dtype);
+    launch_matmul_on(client, lhs, rhs, out, dtype, path)
+}
+
+/// [`launch_matmul`] on a given path, for the tests that compare paths bitwise and for the
+/// benchmark. A tensor-core path on a runtime without the instruction is an error.
+pub fn launch_matmul_on<R: Runtime>(
+    client: &ComputeClient<R>,
+    lhs: TensorBinding<R>,
+    rhs: TensorBinding<R>,
+    out: TensorBinding<R>,
+    dtype: StorageType,
+    path: MatmulPath,
+) -> Result<MatmulLaunch, MatmulError> {
+    let lhs_shape: Vec<usize> = lhs.shape.iter().copied().collect();
+    let rhs_shape: Vec<usize> = rhs.shape.iter().copied().collect();
+    let expected = matmul_output_shape(&lhs_shape, &rhs_shape)?;
+    let out_shape: Vec<usize> = out.shape.iter().copied().collect();
+    let out_strides: Vec<usize> = out.strides.iter().copied().collect();
+    if out_shape != expected || out_strides != contiguous_strides(&expected) {
+        return Err(MatmulError::BadOutput {
+            expected,
+            shape: out_shape,
+            strides: out_strides,
+        });
+    }
+    let rank = expected.len();
+    let (m, n, k) = (
+        lhs_shape[rank - 2],
+        rhs_shape[rank - 1],
+        lhs_shape[rank - 1],
+    );
+    let batches: usize = expected[..rank - 2].iter().product();
+    let elem = dtype.size() as u64;
+    let numel = |s: &[usize]| s.iter().product::<usize>() as u64;
+    let launch = MatmulLaunch {
+        name: "batch_invariant_matmul",
+        path,
+        batches,
+        m,
+        n,
+        k,
+        flops: 2 * (batches * m * n) as u64 * k as u64,
+        bytes: (numel(&lhs_shape) + numel(&rhs_shape) + numel(&expected)) * elem,
+    };
+    let _span = tracing::debug_span!(
+        "batch_invariant_matmul",
+        path = %path.label(),
+        batches,
+        m,
+        n,
+        k,
+        flops = launch.flops,
+        bytes = launch.bytes,
+    )
+    .entered();
+    if batches * m * n == 0 {
+        return Ok(launch);
+    }
+    match path {
+        MatmulPath::Portable => launch_portable(client, lhs, rhs, out, dtype, &expected),
+        MatmulPath::TensorCore { tiling, loader } => {
+            if k == 0 || !tensor_core::is_supported(client, dtype) {
+                return Err(MatmulError::Setup(format!(
+                    "no tensor-core instruction for {dtype:?} with K = {k} on this runtime"
+                )));
+            }
+            let first = tensor_core::launch(
+                client,
+                lhs.clone(),
+                rhs.clone(),
+                out.clone(),
+                dtype,
+                tiling,
+                loader,
+            );
+            match first {
+                Ok(()) => {}
+                // Plain loads accept what TMA refuses (odd strides, permuted batches).
+                Err(_) if loader == Loader::Tma => {
+                    tensor_core::launch(client, lhs, rhs, out, dtype, tiling, Loader::Cyclic)
+                        .map_err(|e| MatmulError::Setup(format!("{e:?}")))?;
+                    return Ok(MatmulLaunch {
+                        path: MatmulPath::TensorCore {
+                            tiling,
+                            loader: Loader::Cyclic,
+                        },
+                        ..launch
+                    });
+                }
+                Err(e) => return Err(MatmulError::Setup(format!("{e:?}"))),
+            }
+        }
+    }
+    Ok(launch)
+}
+
+fn launch_portable<R: Runtime>(
+    client: &ComputeClient<R>,
+    lhs: TensorBinding<R>,
+    rhs: TensorBinding<R>,
+    out: TensorBinding<R>,
+    dtype: StorageType,
+    out_shape: &[usize],
+) {
+    let rank = out_shape.len();
+    let (m, n, k) = (
+        out_shape[rank - 2],
+        out_shape[rank - 1],
+        lhs.shape[rank - 1],
+    );
+    let batches: usize = out_shape[..rank - 2].iter().product();
+
+    // The batch walk needs at least one dim; a rank-2 problem is one batch of stride 0.
+    let mut batch_shape: SequenceArg<R, FastDivmod<usize>> = SequenceArg::new();
+    let mut lhs_batch: SequenceArg<R, usize> = SequenceArg::new();
+    let mut rhs_batch: SequenceArg<R, usize> = SequenceArg::new();
+    if rank == 2 {
+        batch_shape.push(1);
+        lhs_batch.push(0);
+        rhs_batch.push(0);
+    }
+    for d in 0..rank - 2 {
+        batch_shape.push(out_shape[d]);
+        lhs_batch.push(if lhs.shape[d] == 1 { 0 } else { lhs.strides[d] });
+        rhs_batch.push(if rhs.shape[d] == 1 { 0 } else { rhs.strides[d] });
+    }
+
+    let extent = |b: &TensorBinding<R>| {
+        max_offset(
+            &b.shape.iter().copied().collect::<Vec<_>>(),
+            &b.strides.iter().copied().collect::<Vec<_>>(),
+        )
+    };
+    let address_type = AddressType::from_len(extent(&lhs).max(extent(&rhs)).max(batches * m * n));
+
+    let tiles = batches * m.div_ceil(TILE) * n.div_ceil(TILE);
+    let hardware = &client.properties().hardware;
+    let units = hardware
+        .num_streaming_multiprocessors
+        .or(hardware.num_cpu_cores)
+        .unwrap_or(16) as usize;
+    let cubes = tiles.min(4 * units).max(1);
+    unsafe {
+        matmul_portable_kernel::launch_unchecked(
+            client,
+            CubeCount::Static(cubes as u32, 1, 1),
+            CubeDim::new_2d(CUBE_SIDE, CUBE_SIDE),
+            address_type,
+            lhs.into_tensor_arg(),
+            rhs.into_tensor_arg(),
+            out.into_tensor_arg(),
+            batch_shape,
+            lhs_batch,
+            rhs_batch,
+            m,
+            n,
+            k,
+            batches,
+            dtype,
+        );
+    }
+}

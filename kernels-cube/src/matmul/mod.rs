@@ -1,0 +1,39 @@
+//! Batched matmul `out[b] = lhs[b] @ rhs[b]` in a batch-invariant order.
+//!
+//! # The fixed order
+//!
+//! Every output element is one accumulator in f32 (f32 accumulation for f16/bf16 inputs too)
+//! that walks K from 0 upwards in fixed steps, one step after the other; there is no split-K,
+//! no second accumulator and no combine. What a "step" is depends on the runtime and the
+//! dtype only, never on M, N, the batch or the layout:
+//!
+//! * **Tensor cores** ([`MatmulPath::TensorCore`], runtimes whose `cmma` feature lists the
+//!   instruction): one 16x16x16 `cmma` (WMMA) instruction per step for f16 and bf16, and one
+//!   16x16x8 instruction in TF32 for f32 (the precision class of Burn's own f32 matmul on
+//!   the same GPU, see docs/contract.md). The step's internal summation is the hardware's,
+//!   identical for every row and column of the fragment. The kernel is cubek's tiled matmul
+//!   driven by a *forced* blueprint ([`tensor_core`]), so no heuristic and no autotuner
+//!   picks anything: the tile instruction, the dtypes and the K walk are constants here.
+//! * **Portable** ([`MatmulPath::Portable`], everything else, e.g. lavapipe; and K = 0
+//!   everywhere): our own persistent kernel ([`kernel::matmul_portable_kernel`]), one
+//!   multiply-add per k, in increasing k.
+//!
+//! # What may change with the shape, and why it is harmless
+//!
+//! The tensor-core path has two tilings of the *same* instruction: a wide one (128x128 per
+//! cube) and a narrow one for at most [`NARROW_MAX_M`] rows, which spreads a decode-sized
+//! problem over more cubes. They differ only in which cube and which warp computes a
+//! fragment and how tiles are staged through shared memory; the instruction, the K steps
+//! and the accumulation order are the same, and the tests compare the two bitwise. The
+//! same holds for the loader (TMA or plain loads: cubek refuses TMA for some strides).
+
+pub mod cpu_reference;
+pub mod kernel;
+pub mod launch;
+pub mod tensor_core;
+
+pub use launch::{launch_matmul, MatmulError, MatmulLaunch, MatmulPath};
+pub use tensor_core::{Loader, TensorCoreTiling, NARROW, WIDE};
+
+/// Problems with at most this many rows (M, per batch) use the [`NARROW`] tiling.
+pub const NARROW_MAX_M: usize = 64;

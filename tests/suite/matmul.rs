@@ -1,0 +1,437 @@
+//! `float_matmul` (and `Linear`, through the default body of `ModuleOps::linear`) through
+//! `BatchInvariant<B>`: bitwise invariance to the number of rows, including across the
+//! switch between the narrow and wide tensor-core tilings at M = 64; batched and broadcast
+//! matmul; transposed and sliced views; run-to-run determinism; accuracy against the f64
+//! reference; poisoned outputs; empty problems; bad input.
+
+use batch_invariant_kernels::matmul::launch::{launch_matmul_on, MatmulPath};
+use batch_invariant_kernels::matmul::{cpu_reference, launch_matmul, MatmulError, NARROW, WIDE};
+use burn::module::Param;
+use burn::nn::LinearConfig;
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{FloatDType, Shape, Tensor, TensorPrimitive};
+use burn_batch_invariant_tests::*;
+use burn_cubecl::{tensor::CubeTensor, CubeBackend, CubeRuntime};
+
+const ROWS: [usize; 8] = [1, 2, 3, 7, 16, 64, 257, 1024];
+
+/// (K, N) pairs: odd K and N, one of each equal to 1, K past a 4096 boundary.
+const SHAPES: [(usize, usize); 4] = [(1, 7), (7, 129), (129, 1), (4097, 129)];
+
+/// Mantissa bits the products are formed in: TF32 for f32 on CUDA's tensor cores, the
+/// operands' own (exact products) everywhere else.
+fn product_bits(dtype: FloatDType) -> u32 {
+    if runtime() == TestRuntime::Cuda && dtype == FloatDType::F32 {
+        10
+    } else {
+        23
+    }
+}
+
+fn rows_are_invariant<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let max = *ROWS.last().unwrap();
+    for dtype in float_dtypes::<B>(device) {
+        for (k, n) in SHAPES {
+            let x = tensor::<BatchInvariant<B>, 2>(
+                random_values(max * k, 100 + k as u64),
+                [max, k],
+                dtype,
+                device,
+            );
+            let w = tensor::<BatchInvariant<B>, 2>(
+                random_values(k * n, 200 + n as u64),
+                [k, n],
+                dtype,
+                device,
+            );
+            let full = x.clone().matmul(w.clone());
+            for m in ROWS {
+                let part = x.clone().narrow(0, 0, m).matmul(w.clone());
+                assert!(
+                    bits(part) == bits(full.clone().narrow(0, 0, m)),
+                    "{dtype:?} K={k} N={n}: the first {m} rows differ from the same rows of a {max}-row product"
+                );
+            }
+            for r in [0, 1, 63, 64, 500, max - 1] {
+                let alone = x.clone().narrow(0, r, 1).matmul(w.clone());
+                assert!(
+                    bits(alone) == bits(full.clone().narrow(0, r, 1)),
+                    "{dtype:?} K={k} N={n}: row {r} alone differs from row {r} of a {max}-row product"
+                );
+            }
+            let again = x.clone().matmul(w.clone());
+            assert!(
+                bits(again) == bits(full),
+                "{dtype:?} K={k} N={n}: the same product twice differs"
+            );
+        }
+    }
+}
+
+/// One sequence alone vs inside a batch of 5 (3-D, weight broadcast over the batch) and
+/// inside a 4-D batch of heads, plus `Linear` on `[batch, seq, d]`.
+fn batched_and_linear_are_invariant<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let (seq, k, n) = (9, 129, 65);
+    for dtype in float_dtypes::<B>(device) {
+        let x = tensor::<BatchInvariant<B>, 3>(
+            random_values(5 * seq * k, 31),
+            [5, seq, k],
+            dtype,
+            device,
+        );
+        let w = tensor::<BatchInvariant<B>, 3>(random_values(k * n, 32), [1, k, n], dtype, device);
+        let full = x.clone().matmul(w.clone());
+        for b in [0, 2, 4] {
+            let alone = x.clone().narrow(0, b, 1).matmul(w.clone());
+            assert!(
+                bits(alone) == bits(full.clone().narrow(0, b, 1)),
+                "{dtype:?} 3-D: sequence {b} alone differs from inside a batch of 5"
+            );
+        }
+        for m in [1, 3, 7] {
+            let rows = x.clone().narrow(1, 0, m).matmul(w.clone());
+            assert!(
+                bits(rows) == bits(full.clone().narrow(1, 0, m)),
+                "{dtype:?} 3-D: the first {m} positions differ from the full sequence"
+            );
+        }
+
+        // 4-D: [batch, heads, seq, k] @ [1, heads, k, n].
+        let q = tensor::<BatchInvariant<B>, 4>(
+            random_values(3 * 2 * seq * k, 33),
+            [3, 2, seq, k],
+            dtype,
+            device,
+        );
+        let kv = tensor::<BatchInvariant<B>, 4>(
+            random_values(2 * k * n, 34),
+            [1, 2, k, n],
+            dtype,
+            device,
+        );
+        let full = q.clone().matmul(kv.clone());
+        for b in 0..3 {
+            let alone = q.clone().narrow(0, b, 1).matmul(kv.clone());
+            assert!(
+                bits(alone) == bits(full.clone().narrow(0, b, 1)),
+                "{dtype:?} 4-D: batch entry {b} alone differs from inside a batch of 3"
+            );
+        }
+
+        let mut linear = LinearConfig::new(k, n).init::<BatchInvariant<B>>(device);
+        linear.weight = Param::from_tensor(linear.weight.val().cast(dtype));
+        linear.bias = linear.bias.map(|b| Param::from_tensor(b.val().cast(dtype)));
+        let full = linear.forward(x.clone());
+        for b in [0, 3] {
+            for batch in [1, 2] {
+                let start = b.min(5 - batch);
+                let out = linear.forward(x.clone().narrow(0, start, batch));
+                assert!(
+                    bits(out) == bits(full.clone().narrow(0, start, batch)),
+                    "{dtype:?} Linear: sequences {start}..{} differ from inside a batch of 5",
+                    start + batch
+                );
+            }
+        }
+    }
+}
+
+fn check_accuracy<B: KernelHost, const D: usize>(
+    got: Tensor<BatchInvariant<B>, D>,
+    lhs: Tensor<BatchInvariant<B>, D>,
+    rhs: Tensor<BatchInvariant<B>, D>,
+    dtype: FloatDType,
+    what: &str,
+) {
+    let (lhs_shape, rhs_shape) = (lhs.dims().to_vec(), rhs.dims().to_vec());
+    let k = lhs_shape[D - 1];
+    let (reference, scale) =
+        cpu_reference::matmul(&values(lhs), &lhs_shape, &values(rhs), &rhs_shape);
+    let got = values(got);
+    assert_eq!(got.len(), reference.len(), "{what}: output size");
+    for (i, ((g, r), s)) in got.iter().zip(&reference).zip(&scale).enumerate() {
+        let tol = cpu_reference::tolerance(k, *s, *r, product_bits(dtype), mantissa_bits(dtype));
+        assert!(
+            (g - r).abs() <= tol,
+            "{what} {dtype:?}: element {i} is {g}, reference {r}, bound {tol}"
+        );
+    }
+}
+
+/// Accuracy, and views: a transposed lhs, a transposed rhs and a sliced (row-pitched) lhs
+/// must give the bits of the same values stored contiguously.
+fn accuracy_and_views<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    for dtype in float_dtypes::<B>(device) {
+        for (m, k, n) in [(1, 1, 1), (13, 7, 131), (70, 4097, 33), (257, 64, 64)] {
+            let a = random_values(m * k, 40 + k as u64);
+            let b = random_values(k * n, 41 + n as u64);
+            let lhs = tensor::<BatchInvariant<B>, 2>(a.clone(), [m, k], dtype, device);
+            let rhs = tensor::<BatchInvariant<B>, 2>(b.clone(), [k, n], dtype, device);
+            let out = lhs.clone().matmul(rhs.clone());
+            check_accuracy(
+                out.clone(),
+                lhs.clone(),
+                rhs.clone(),
+                dtype,
+                &format!("{m}x{k}x{n}"),
+            );
+
+            let lhs_t =
+                tensor::<BatchInvariant<B>, 2>(transposed_values(&a, m, k), [k, m], dtype, device)
+                    .transpose();
+            let rhs_t =
+                tensor::<BatchInvariant<B>, 2>(transposed_values(&b, k, n), [n, k], dtype, device)
+                    .transpose();
+            assert!(
+                bits(lhs_t.matmul(rhs.clone())) == bits(out.clone()),
+                "{dtype:?} {m}x{k}x{n}: transposed lhs changes the bits"
+            );
+            assert!(
+                bits(lhs.clone().matmul(rhs_t)) == bits(out.clone()),
+                "{dtype:?} {m}x{k}x{n}: transposed rhs changes the bits"
+            );
+            let wide = tensor::<BatchInvariant<B>, 2>(
+                random_values(m * (k + 3), 42),
+                [m, k + 3],
+                dtype,
+                device,
+            )
+            .slice_assign([0..m, 1..k + 1], lhs.clone());
+            let sliced = wide.slice([0..m, 1..k + 1]);
+            assert!(
+                bits(sliced.matmul(rhs.clone())) == bits(out),
+                "{dtype:?} {m}x{k}x{n}: a sliced lhs changes the bits"
+            );
+        }
+        // Broadcast batch dims on both sides: [2, 1, 5, 33] @ [1, 3, 33, 17].
+        let lhs = tensor::<BatchInvariant<B>, 4>(
+            random_values(2 * 5 * 33, 43),
+            [2, 1, 5, 33],
+            dtype,
+            device,
+        );
+        let rhs = tensor::<BatchInvariant<B>, 4>(
+            random_values(3 * 33 * 17, 44),
+            [1, 3, 33, 17],
+            dtype,
+            device,
+        );
+        let out = lhs.clone().matmul(rhs.clone());
+        assert_eq!(out.dims(), [2, 3, 5, 17]);
+        check_accuracy(out, lhs, rhs, dtype, "broadcast [2,1,5,33]@[1,3,33,17]");
+    }
+}
+
+fn empty_problems<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let x = Tensor::<BatchInvariant<B>, 2>::ones([0, 5], device);
+    let w = Tensor::<BatchInvariant<B>, 2>::ones([5, 4], device);
+    assert_eq!(x.matmul(w).dims(), [0, 4]);
+    // K = 0: the empty sum is 0 for every element.
+    let x = Tensor::<BatchInvariant<B>, 2>::ones([3, 0], device);
+    let w = Tensor::<BatchInvariant<B>, 2>::ones([0, 4], device);
+    let out = x.matmul(w);
+    assert_eq!(out.dims(), [3, 4]);
+    assert_eq!(values(out), vec![0.0; 12]);
+}
+
+type Plain<R> = CubeBackend<R, f32, i32, u32>;
+
+fn primitive<R: CubeRuntime, const D: usize>(t: Tensor<Plain<R>, D>) -> CubeTensor<R> {
+    t.into_primitive().tensor()
+}
+
+/// Direct launches into NaN-poisoned outputs, on every path the runtime has; the tensor-core
+/// tilings are also compared with each other bitwise, whatever M the router would give them.
+fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    for dtype in float_dtypes::<Plain<R>>(device) {
+        for (batch, m, k, n) in [(1, 13, 7, 131), (3, 70, 33, 17), (2, 1, 4097, 65)] {
+            let lhs = primitive(tensor::<Plain<R>, 3>(
+                random_values(batch * m * k, 50),
+                [batch, m, k],
+                dtype,
+                device,
+            ));
+            let rhs = primitive(tensor::<Plain<R>, 3>(
+                random_values(batch * k * n, 51),
+                [batch, k, n],
+                dtype,
+                device,
+            ));
+            let client = lhs.client.clone();
+            let storage = lhs.dtype.into();
+            let run = |path: Option<MatmulPath>| {
+                let out = nan_poison(&client, device, vec![batch, m, n], lhs.dtype);
+                let launch = match path {
+                    None => launch_matmul(
+                        &client,
+                        lhs.clone().binding(),
+                        rhs.clone().binding(),
+                        out.clone().binding(),
+                        storage,
+                    ),
+                    Some(path) => launch_matmul_on(
+                        &client,
+                        lhs.clone().binding(),
+                        rhs.clone().binding(),
+                        out.clone().binding(),
+                        storage,
+                        path,
+                    ),
+                }
+                .expect("valid launch");
+                let got = Tensor::<Plain<R>, 3>::from_primitive(TensorPrimitive::Float(out));
+                let v = values(got.clone());
+                assert!(
+                    v.iter().all(|x| x.is_finite()),
+                    "{dtype:?} {batch}x{m}x{k}x{n} on {}: unwritten (NaN) outputs",
+                    launch.path.label()
+                );
+                (launch, bits(got))
+            };
+            let (routed, routed_bits) = run(None);
+            assert_eq!(
+                routed.flops,
+                2 * (batch * m * n * k) as u64,
+                "launch metadata"
+            );
+            if let MatmulPath::TensorCore { loader, .. } = routed.path {
+                for tiling in [NARROW, WIDE] {
+                    let (other, other_bits) = run(Some(MatmulPath::TensorCore { tiling, loader }));
+                    assert!(
+                        other_bits == routed_bits,
+                        "{dtype:?} {batch}x{m}x{k}x{n}: {} and {} give different bits",
+                        other.path.label(),
+                        routed.path.label()
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
+    let lhs = primitive(tensor::<Plain<R>, 2>(
+        random_values(12, 1),
+        [3, 4],
+        FloatDType::F32,
+        device,
+    ));
+    let rhs = primitive(tensor::<Plain<R>, 2>(
+        random_values(10, 2),
+        [5, 2],
+        FloatDType::F32,
+        device,
+    ));
+    let out = primitive(Tensor::<Plain<R>, 2>::zeros([3, 2], device));
+    let client = lhs.client.clone();
+    let storage = lhs.dtype.into();
+    let err = launch_matmul(
+        &client,
+        lhs.clone().binding(),
+        rhs.binding(),
+        out.clone().binding(),
+        storage,
+    );
+    assert!(matches!(err, Err(MatmulError::InnerDims { .. })), "{err:?}");
+    let rhs = primitive(tensor::<Plain<R>, 2>(
+        random_values(8, 2),
+        [4, 2],
+        FloatDType::F32,
+        device,
+    ));
+    let bad_out = primitive(Tensor::<Plain<R>, 2>::zeros([2, 3], device));
+    let err = launch_matmul(
+        &client,
+        lhs.binding(),
+        rhs.binding(),
+        bad_out.binding(),
+        storage,
+    );
+    assert!(matches!(err, Err(MatmulError::BadOutput { .. })), "{err:?}");
+}
+
+/// The backend op is called directly: Burn's `Tensor` API checks some of this itself.
+fn bad_input_names_the_op<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let prim = |shape: Vec<usize>, dtype: FloatDType| {
+        let n = shape.iter().product();
+        let t = Tensor::<BatchInvariant<B>, 1>::from_floats(random_values(n, 7).as_slice(), device);
+        let t = if dtype == FloatDType::F32 {
+            t
+        } else {
+            t.cast(dtype)
+        };
+        BatchInvariant::<B>::float_reshape(t.into_primitive().tensor(), Shape::from(shape))
+    };
+    let cases: Vec<(Vec<usize>, Vec<usize>, FloatDType, &str)> = vec![
+        (vec![3, 4], vec![5, 2], FloatDType::F32, "inner dims"),
+        (vec![2, 3, 4], vec![3, 4, 2], FloatDType::F32, "batch dims"),
+        (vec![3, 4], vec![1, 4, 2], FloatDType::F32, "same rank"),
+    ];
+    for (l, r, dtype, reason) in cases {
+        let (lp, rp) = (prim(l.clone(), dtype), prim(r.clone(), dtype));
+        let msg = panic_message(move || BatchInvariant::<B>::float_matmul(lp, rp));
+        assert!(
+            msg.contains("BatchInvariant::float_matmul")
+                && msg.contains(reason)
+                && msg.contains(&format!("{l:?}"))
+                && msg.contains(&format!("{r:?}")),
+            "{msg}"
+        );
+    }
+    let dtypes = float_dtypes::<B>(device);
+    if let Some(&other) = dtypes.iter().find(|d| **d != FloatDType::F32) {
+        let (lp, rp) = (prim(vec![3, 4], FloatDType::F32), prim(vec![4, 2], other));
+        let msg = panic_message(move || BatchInvariant::<B>::float_matmul(lp, rp));
+        assert!(
+            msg.contains("float_matmul")
+                && msg.contains("different dtypes")
+                && msg.contains("[3, 4]"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn matmul_rows_are_batch_invariant() {
+    on_test_backend!(rows_are_invariant);
+}
+
+#[test]
+fn matmul_batched_broadcast_and_linear_are_invariant() {
+    on_test_backend!(batched_and_linear_are_invariant);
+}
+
+#[test]
+fn matmul_accuracy_and_views() {
+    on_test_backend!(accuracy_and_views);
+}
+
+#[test]
+fn matmul_empty_problems() {
+    on_test_backend!(empty_problems);
+}
+
+#[test]
+fn kernel_matmul_writes_every_output_on_every_path() {
+    on_test_runtime!(poisoned_outputs_and_paths);
+}
+
+#[test]
+fn kernel_matmul_refuses_bad_arguments() {
+    on_test_runtime!(launch_refuses_bad_arguments);
+}
+
+#[test]
+fn bad_input_matmul_names_the_op() {
+    on_test_backend!(bad_input_names_the_op);
+}
