@@ -250,3 +250,63 @@ fn reduce_dim_matches_f64_reference() {
 fn reduce_dim_several_dims() {
     on_test_backend!(several_dims);
 }
+
+/// `float_sum` / `float_mean` over the whole tensor: the same call twice gives the same bits
+/// (Burn's may not: it can combine with float atomics), a strided view gives the bits of the
+/// same values stored contiguously, and the value is within the reduce bound of f64.
+fn full_reductions_are_deterministic<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    for dtype in float_dtypes::<B>(device) {
+        for (rows, cols) in [(1usize, 1usize), (3, 1000), (257, 4099)] {
+            let data = random_values(rows * cols, 900 + cols as u64);
+            let x = tensor::<BatchInvariant<B>, 2>(data.clone(), [rows, cols], dtype, device);
+            let xt = tensor::<BatchInvariant<B>, 2>(
+                transposed_values(&data, rows, cols),
+                [cols, rows],
+                dtype,
+                device,
+            )
+            .transpose();
+            let len = rows * cols;
+            let exact = values(x.clone());
+            for op in [ReduceOp::Sum, ReduceOp::Mean] {
+                let f = |t: Tensor<BatchInvariant<B>, 2>| match op {
+                    ReduceOp::Sum => t.sum(),
+                    ReduceOp::Mean => t.mean(),
+                };
+                let first = f(x.clone());
+                assert!(
+                    bits(first.clone()) == bits(f(x.clone())),
+                    "{dtype:?} {rows}x{cols} {op:?}: two calls differ"
+                );
+                assert!(
+                    bits(first.clone()) == bits(f(xt.clone())),
+                    "{dtype:?} {rows}x{cols} {op:?}: a transposed view differs"
+                );
+                let reference = cpu_reference::reduce_dim(&exact, &[len], 0, op)[0];
+                let abs_sum = cpu_reference::abs_sum_dim(&exact, &[len], 0)[0];
+                let got = values(first)[0];
+                if reference.abs() > max_finite(dtype) {
+                    // The f32 total is rounded to a dtype it does not fit (f16 sums of 10^6
+                    // entries): IEEE gives the infinity of the reference's sign.
+                    assert!(
+                        got.is_infinite() && got.signum() == reference.signum(),
+                        "{dtype:?} {rows}x{cols} {op:?}: {got}, reference {reference} overflows"
+                    );
+                    continue;
+                }
+                let tol =
+                    cpu_reference::tolerance(len, abs_sum, reference, op, mantissa_bits(dtype));
+                assert!(
+                    (got - reference).abs() <= tol,
+                    "{dtype:?} {rows}x{cols} {op:?}: {got} vs reference {reference} (bound {tol})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn reduce_full_sum_and_mean_are_deterministic() {
+    on_test_backend!(full_reductions_are_deterministic);
+}

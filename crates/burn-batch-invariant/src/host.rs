@@ -4,6 +4,7 @@ use batch_invariant_kernels::matmul::launch::{launch_matmul, matmul_output_shape
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
 use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
 use burn_backend::backend::Backend;
+use burn_backend::ops::FloatTensorOps;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::{DType, TensorMetadata};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -95,12 +96,13 @@ where
 
     fn invariant_matmul(lhs: CubeTensor<R>, rhs: CubeTensor<R>) -> CubeTensor<R> {
         let dtype: DType = lhs.dtype;
-        let shape = matmul_output_shape(lhs.meta.shape(), rhs.meta.shape())
+        let out_shape = matmul_output_shape(lhs.meta.shape(), rhs.meta.shape())
             .unwrap_or_else(|err| panic!("batch-invariant matmul: {err}"));
+        let (lhs, rhs, launch_shape) = canonical_matmul::<R, F, I, BT>(lhs, rhs, &out_shape);
         let output = empty_device_contiguous_dtype(
             lhs.client.clone(),
             lhs.device.clone(),
-            shape.into(),
+            launch_shape.into(),
             dtype,
         );
         let client = lhs.client.clone();
@@ -112,6 +114,57 @@ where
             dtype.into(),
         )
         .unwrap_or_else(|err| panic!("batch-invariant matmul launch: {err}"));
-        output
+        Self::float_reshape(output, out_shape.into())
     }
+}
+
+/// Brings a batched matmul to one of two shapes the tensor-core kernel is launched with,
+/// so that a sequence alone and the same sequence inside a batch differ only in M or in the
+/// batch count, never in how batch dims are broadcast:
+///
+/// * the weight has no batch (or only size-1 batch dims, as `Linear` makes it): every
+///   leading dim of `lhs` folds into M, `[rows, K] @ [K, N]`;
+/// * otherwise both operands are expanded to the output's batch dims and flattened,
+///   `[B, M, K] @ [B, K, N]` (a broadcast operand is materialised: memory proportional to
+///   the batch, not to M).
+///
+/// Reshapes copy only when a view cannot be folded. Returns the operands and the shape of
+/// the contiguous output to launch into (a view of the final output's memory).
+fn canonical_matmul<R, F, I, BT>(
+    lhs: CubeTensor<R>,
+    rhs: CubeTensor<R>,
+    out_shape: &[usize],
+) -> (CubeTensor<R>, CubeTensor<R>, Vec<usize>)
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    type B<R, F, I, BT> = CubeBackend<R, F, I, BT>;
+    let rank = out_shape.len();
+    let (m, n) = (out_shape[rank - 2], out_shape[rank - 1]);
+    let k = lhs.meta.shape()[rank - 1];
+    let batch: usize = out_shape[..rank - 2].iter().product();
+    if rank == 2 {
+        return (lhs, rhs, vec![m, n]);
+    }
+    if rhs.meta.shape()[..rank - 2].iter().all(|&d| d == 1) {
+        let lhs = B::<R, F, I, BT>::float_reshape(lhs, [batch * m, k].into());
+        let rhs = B::<R, F, I, BT>::float_reshape(rhs, [k, n].into());
+        return (lhs, rhs, vec![batch * m, n]);
+    }
+    let expand = |t: CubeTensor<R>, rows: usize, cols: usize| {
+        let mut full: Vec<usize> = out_shape[..rank - 2].to_vec();
+        full.extend([rows, cols]);
+        let t = if t.meta.shape().as_slice() == full.as_slice() {
+            t
+        } else {
+            B::<R, F, I, BT>::float_expand(t, full.into())
+        };
+        B::<R, F, I, BT>::float_reshape(t, [batch, rows, cols].into())
+    };
+    let lhs = expand(lhs, m, k);
+    let rhs = expand(rhs, k, n);
+    (lhs, rhs, vec![batch, m, n])
 }

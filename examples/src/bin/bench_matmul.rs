@@ -162,7 +162,7 @@ struct TilingRow {
 /// Candidate tilings of the same instruction, timed by direct launch (bf16). Used to pick
 /// `NARROW`; `same_bits_as_router` must be true for every one of them.
 fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
-    use burn_batch_invariant::CudaBase as P;
+    type P = burn_batch_invariant::CudaBase;
     let candidates = [
         WIDE,
         NARROW,

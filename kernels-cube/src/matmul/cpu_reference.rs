@@ -74,7 +74,8 @@ fn batch_offsets(
 ///
 /// `input_mantissa_bits` is the precision the products are formed in: the operand dtype's
 /// own (exact products, f16/bf16 on tensor cores and f32 on the portable path) or TF32's
-/// 10 bits for f32 on tensor cores, where each operand is rounded once. The K-long f32
+/// 10 bits for f32 on tensor cores, where each operand loses its low 13 bits once
+/// (truncated or rounded: up to one TF32 ulp each, two for the product). The K-long f32
 /// accumulation adds at most `k` f32 roundoffs of `scale`, and the cast to the output dtype
 /// one roundoff of the result.
 pub fn tolerance(
@@ -87,7 +88,7 @@ pub fn tolerance(
     let operand_rounding = if input_mantissa_bits >= 23 {
         0.0
     } else {
-        2.0 * unit_roundoff(input_mantissa_bits)
+        4.0 * unit_roundoff(input_mantissa_bits)
     };
     let accumulation = (k as f64 + 1.0) * unit_roundoff(23);
     (operand_rounding + accumulation) * scale

@@ -9,6 +9,7 @@
 use cubecl::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
+use cubek::matmul::components::stage::PartitionBuffering;
 use cubek::matmul::components::tile::TileMatmulKind;
 use cubek::matmul::definition::{
     MatmulElems, MatmulGlobalElems, MatmulProblem, MatmulSetupError, TilingBlueprint, TilingScheme,
@@ -99,18 +100,15 @@ pub fn launch<R: Runtime>(
 ) -> Result<(), MatmulSetupError> {
     let ((tm, tn, tk), register) =
         instruction(dtype).expect("tensor_core::launch called for an unsupported dtype");
+    // A forced blueprint runs its registers in the *global* dtype (cubek's Forced routines
+    // skip `adjust_dtypes`), so f32 operands are declared as TF32 globally: same 4-byte
+    // storage, and the tensor cores read them as TF32 whichever loader staged them.
     let globals = MatmulGlobalElems {
-        lhs: dtype,
-        rhs: dtype,
+        lhs: register,
+        rhs: register,
         out: dtype,
     };
     let mut elems = MatmulElems::from_globals(&globals);
-    elems.lhs_stage = register;
-    elems.rhs_stage = register;
-    elems.lhs_register = register;
-    elems.rhs_register = register;
-    elems.acc_stage = F32;
-    elems.acc_register = elems.acc_stage;
 
     let problem = MatmulProblem::from_shapes_and_strides(
         lhs.shape.clone(),
@@ -132,7 +130,16 @@ pub fn launch<R: Runtime>(
         .with_stage_size(StageSize::new(sm, sn, 1))
         .build()
         .expect("the tilings in this module are complete");
+    // Partition double buffering alternates fragments along N; with one tile along N there
+    // is nothing to alternate and cubek refuses it. Either way each accumulator sees the
+    // same K chain.
+    let buffering = if pn < 2 {
+        PartitionBuffering::Single
+    } else {
+        PartitionBuffering::Double
+    };
     let blueprint = TilingBlueprint::builder(TileMatmulKind::Cmma, scheme, 32, &problem)
+        .partition_buffering(buffering)
         .hypercube_blueprint(
             HypercubeBlueprint::builder()
                 .global_order(GlobalOrder::SwizzleRow(4))
@@ -146,8 +153,8 @@ pub fn launch<R: Runtime>(
     cubek::matmul::launch::launch_ref(
         &strategy,
         client,
-        InputBinding::new(lhs, dtype),
-        InputBinding::new(rhs, dtype),
+        InputBinding::new(lhs, register),
+        InputBinding::new(rhs, register),
         out,
         &mut elems,
     )

@@ -1,7 +1,8 @@
 //! `FloatTensorOps`: routed reductions, everything else forwarded to `B`.
 //!
 //! Routed here: `float_sum_dim`, `float_mean_dim` (see `crate::routing::reduce_dim`) and
-//! `float_matmul` (`crate::routing::matmul`).
+//! `float_matmul` (`crate::routing::matmul`), and the full reductions `float_sum`,
+//! `float_mean` (run-to-run determinism, `crate::routing::reduce_dim`).
 
 use burn_backend::ops::{FloatTensorOps, GridSampleOptions};
 use burn_backend::tensor::{BoolTensor, Device, FloatTensor, IntTensor};
@@ -288,7 +289,7 @@ impl<B: KernelHost> FloatTensorOps<Self> for BatchInvariant<B> {
         B::float_is_require_grad(tensor)
     }
     fn float_sum(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
-        B::float_sum(tensor)
+        routing::reduce_dim::float_sum::<B>(tensor)
     }
     fn float_sum_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         routing::reduce_dim::float_sum_dim::<B>(tensor, dim)
@@ -300,7 +301,7 @@ impl<B: KernelHost> FloatTensorOps<Self> for BatchInvariant<B> {
         B::float_prod_dim(tensor, dim)
     }
     fn float_mean(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
-        B::float_mean(tensor)
+        routing::reduce_dim::float_mean::<B>(tensor)
     }
     fn float_mean_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
         routing::reduce_dim::float_mean_dim::<B>(tensor, dim)

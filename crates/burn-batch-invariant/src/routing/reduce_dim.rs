@@ -7,7 +7,7 @@
 
 use batch_invariant_kernels::reduce::ReduceOp;
 use burn_backend::tensor::FloatTensor;
-use burn_backend::TensorMetadata;
+use burn_backend::{Shape, TensorMetadata};
 
 use super::checks::{check_dim, check_float_dtype, check_non_empty_dim};
 use crate::{mode, KernelHost};
@@ -24,6 +24,39 @@ pub(crate) fn float_mean_dim<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) 
         return B::float_mean_dim(tensor, dim);
     }
     reduce_dim::<B>("float_mean_dim", tensor, dim, ReduceOp::Mean)
+}
+
+/// Burn's full sum may combine partial sums with float atomics, so even the same call twice
+/// can differ. Here the tensor is flattened and reduced as one row: the order depends on the
+/// element count alone. (One row is one cube: slower than a grid-wide reduction on tensors
+/// of many millions of elements, the price of a fixed order without a second pass.)
+pub(crate) fn float_sum<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<B> {
+    if !mode::is_enabled() {
+        return B::float_sum(tensor);
+    }
+    full_reduce::<B>("float_sum", tensor, ReduceOp::Sum)
+}
+
+pub(crate) fn float_mean<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<B> {
+    if !mode::is_enabled() {
+        return B::float_mean(tensor);
+    }
+    full_reduce::<B>("float_mean", tensor, ReduceOp::Mean)
+}
+
+fn full_reduce<B: KernelHost>(op: &str, tensor: FloatTensor<B>, kind: ReduceOp) -> FloatTensor<B> {
+    let (shape, dtype) = (tensor.shape(), tensor.dtype());
+    check_float_dtype(op, &shape, dtype);
+    let count = shape.num_elements();
+    if count == 0 {
+        // Nothing to order: the inner backend's empty sum (0) or mean (NaN).
+        return match kind {
+            ReduceOp::Sum => B::float_sum(tensor),
+            ReduceOp::Mean => B::float_mean(tensor),
+        };
+    }
+    let flat = B::float_reshape(tensor, Shape::new([count]));
+    B::invariant_reduce_dim(flat, 0, kind)
 }
 
 fn reduce_dim<B: KernelHost>(
