@@ -1,11 +1,11 @@
 //! `float_matmul` (and `Linear`, through the default body of `ModuleOps::linear`) through
 //! `BatchInvariant<B>`: bitwise invariance to the number of rows, including across the
-//! switch between the narrow and wide tensor-core tilings at M = 64; batched and broadcast
+//! switches between the tensor-core tilings at M = 64 and M = 256; batched and broadcast
 //! matmul; transposed and sliced views; run-to-run determinism; accuracy against the f64
 //! reference; poisoned outputs; empty problems; bad input.
 
 use batch_invariant_kernels::matmul::launch::{launch_matmul_on, MatmulPath};
-use batch_invariant_kernels::matmul::{cpu_reference, launch_matmul, MatmulError, NARROW, WIDE};
+use batch_invariant_kernels::matmul::{cpu_reference, launch_matmul, MatmulError, TILINGS};
 use burn::module::Param;
 use burn::nn::LinearConfig;
 use burn::tensor::ops::FloatTensorOps;
@@ -318,7 +318,7 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 "launch metadata"
             );
             if let MatmulPath::TensorCore { loader, .. } = routed.path {
-                for tiling in [NARROW, WIDE] {
+                for tiling in TILINGS {
                     let (other, other_bits) = run(Some(MatmulPath::TensorCore { tiling, loader }));
                     assert!(
                         other_bits == routed_bits,

@@ -6,8 +6,7 @@ use cubecl::prelude::*;
 use cubecl::std::FastDivmod;
 
 use super::kernel::{matmul_portable_kernel, CUBE_SIDE, TILE};
-use super::tensor_core::{self, Loader, TensorCoreTiling, NARROW, WIDE};
-use super::NARROW_MAX_M;
+use super::tensor_core::{self, tiling_for_m, Loader, TensorCoreTiling};
 use crate::reduce::launch::{contiguous_strides, max_offset};
 
 /// Which kernel computed a matmul. Recorded in [`MatmulLaunch`] and in the tracing span.
@@ -134,7 +133,7 @@ pub fn matmul_output_shape(lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>, M
 }
 
 /// The path [`launch_matmul`] takes on this runtime for this problem. It depends on the
-/// runtime, the dtype, K = 0, M against [`NARROW_MAX_M`] and (for the loader) the operand
+/// runtime, the dtype, K = 0, M (the tiling, [`tiling_for_m`]) and (for the loader) the operand
 /// strides; every choice gives the same bits per element, see the module docs.
 pub fn choose_path<R: Runtime>(
     client: &ComputeClient<R>,
@@ -147,7 +146,7 @@ pub fn choose_path<R: Runtime>(
     if k == 0 || !tensor_core::is_supported(client, dtype) {
         return MatmulPath::Portable;
     }
-    let tiling = if m <= NARROW_MAX_M { NARROW } else { WIDE };
+    let tiling = tiling_for_m(m);
     // TMA descriptors need 16-byte aligned strides.
     let aligned = |b: &TensorBinding<R>| {
         b.strides

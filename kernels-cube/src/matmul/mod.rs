@@ -20,11 +20,12 @@
 //!
 //! # What may change with the shape, and why it is harmless
 //!
-//! The tensor-core path has two tilings of the *same* instruction: a wide one (128x128 per
-//! cube) and a narrow one for at most [`NARROW_MAX_M`] rows, which spreads a decode-sized
-//! problem over more cubes. They differ only in which cube and which warp computes a
+//! The tensor-core path has three tilings of the *same* instruction ([`TILINGS`]): 16x64
+//! outputs per cube for at most [`NARROW_MAX_M`] rows (decode), 64x64 up to
+//! [`MEDIUM_MAX_M`], 128x128 above; the smaller ones spread a small problem over more
+//! cubes. They differ only in which cube and which warp computes a
 //! fragment and how tiles are staged through shared memory; the instruction, the K steps
-//! and the accumulation order are the same, and the tests compare the two bitwise. The
+//! and the accumulation order are the same, and the tests compare them all bitwise. The
 //! same holds for the loader (TMA or plain loads: cubek refuses TMA for some strides).
 
 pub mod cpu_reference;
@@ -33,7 +34,9 @@ pub mod launch;
 pub mod tensor_core;
 
 pub use launch::{launch_matmul, MatmulError, MatmulLaunch, MatmulPath};
-pub use tensor_core::{Loader, TensorCoreTiling, NARROW, WIDE};
+pub use tensor_core::{tiling_for_m, Loader, TensorCoreTiling, MEDIUM, NARROW, TILINGS, WIDE};
 
 /// Problems with at most this many rows (M, per batch) use the [`NARROW`] tiling.
 pub const NARROW_MAX_M: usize = 64;
+/// Problems with at most this many rows (and more than [`NARROW_MAX_M`]) use [`MEDIUM`].
+pub const MEDIUM_MAX_M: usize = 256;

@@ -40,20 +40,43 @@ pub struct TensorCoreTiling {
     pub stage: (u32, u32),
 }
 
-/// 128x128 outputs per cube, four warps of 64x64: the throughput tiling.
+/// 128x128 outputs per cube, four warps of 64x64: the throughput tiling, M > 256.
 pub const WIDE: TensorCoreTiling = TensorCoreTiling {
     name: "wide",
     partition: (4, 4, 2),
     stage: (2, 2),
 };
 
-/// 16x64 outputs per cube, four warps of 16x16: at M <= 64 the wide tiling leaves most
-/// multiprocessors idle (N/128 cubes), this one gives N/64 cubes per 16 rows.
+/// 64x64 outputs per cube, four warps of 32x32: 64 < M <= 256, where the wide tiling
+/// leaves most multiprocessors idle (N/128 cubes per 128 rows).
+pub const MEDIUM: TensorCoreTiling = TensorCoreTiling {
+    name: "medium",
+    partition: (2, 2, 2),
+    stage: (2, 2),
+};
+
+/// 16x64 outputs per cube, four warps of 16x16 each taking 8 K tiles per stage: M <= 64
+/// (decode), where the work is reading the weight and more cubes with deeper stages keep
+/// more of it in flight.
 pub const NARROW: TensorCoreTiling = TensorCoreTiling {
     name: "narrow",
-    partition: (1, 1, 4),
+    partition: (1, 1, 8),
     stage: (1, 4),
 };
+
+/// Every tiling the router may pick. The tests compare all of them bitwise.
+pub const TILINGS: [TensorCoreTiling; 3] = [NARROW, MEDIUM, WIDE];
+
+/// The tiling for `m` rows (per batch). Only speed depends on it.
+pub fn tiling_for_m(m: usize) -> TensorCoreTiling {
+    if m <= super::NARROW_MAX_M {
+        NARROW
+    } else if m <= super::MEDIUM_MAX_M {
+        MEDIUM
+    } else {
+        WIDE
+    }
+}
 
 /// The tensor-core instruction for `dtype`, in the order `(m, n, k)`, with the stage and
 /// register element type it runs in. `None` for dtypes this path does not take.
