@@ -3,6 +3,7 @@
 
 mod autodiff;
 mod bad_input;
+mod extremum;
 mod kernels_reduce;
 mod matmul;
 mod mode_switch;

@@ -54,8 +54,6 @@ fn sample<X: Backend>(device: &X::Device) -> Vec<(&'static str, Vec<u8>)> {
             "cast_f16_roundtrip",
             bits(a.clone().cast(FloatDType::F16).cast(FloatDType::F32)),
         ),
-        ("argmax", bits(a.clone().argmax(1))),
-        ("max_dim", bits(a.clone().max_dim(1))),
         ("cumsum", bits(a.clone().cumsum(1))),
         ("sort", bits(a.clone().sort(1))),
         ("gelu", bits(burn::tensor::activation::gelu(a.clone()))),

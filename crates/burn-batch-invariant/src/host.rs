@@ -1,12 +1,13 @@
 //! What `BatchInvariant<B>` needs from the backend it wraps.
 
+use batch_invariant_kernels::extremum::{launch_extremum_dim, ExtremumOp};
 use batch_invariant_kernels::matmul::launch::{launch_matmul, matmul_output_shape};
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
 use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
 use burn_backend::backend::Backend;
 use burn_backend::ops::FloatTensorOps;
-use burn_backend::tensor::FloatTensor;
-use burn_backend::{DType, TensorMetadata};
+use burn_backend::tensor::{FloatTensor, IntTensor};
+use burn_backend::{DType, IntDType, TensorMetadata};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -41,6 +42,16 @@ pub trait KernelHost: Backend {
     /// Inputs: the same dtype (f32, f16 or bf16), equal ranks of at least 2, matching inner
     /// dims, broadcastable batch dims.
     fn invariant_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The winning value and its index along `dim` (both keeping `dim` with length 1)
+    /// through `batch_invariant_kernels::extremum`. Inputs: f32, f16 or bf16; `dim` in range
+    /// and of non-zero length.
+    fn invariant_extremum(
+        tensor: FloatTensor<Self>,
+        dim: usize,
+        op: ExtremumOp,
+        index_dtype: IntDType,
+    ) -> (FloatTensor<Self>, IntTensor<Self>);
 }
 
 impl<R, F, I, BT> KernelHost for CubeBackend<R, F, I, BT>
@@ -115,6 +126,40 @@ where
         )
         .unwrap_or_else(|err| panic!("batch-invariant matmul launch: {err}"));
         Self::float_reshape(output, out_shape.into())
+    }
+
+    fn invariant_extremum(
+        tensor: CubeTensor<R>,
+        dim: usize,
+        op: ExtremumOp,
+        index_dtype: IntDType,
+    ) -> (CubeTensor<R>, CubeTensor<R>) {
+        let mut shape = tensor.shape();
+        shape[dim] = 1;
+        let dtype: DType = tensor.dtype;
+        let index_dtype: DType = index_dtype.into();
+        let alloc = |dtype: DType| {
+            empty_device_contiguous_dtype(
+                tensor.client.clone(),
+                tensor.device.clone(),
+                shape.clone(),
+                dtype,
+            )
+        };
+        let (values, indices) = (alloc(dtype), alloc(index_dtype));
+        let client = tensor.client.clone();
+        launch_extremum_dim(
+            &client,
+            tensor.binding(),
+            values.clone().binding(),
+            indices.clone().binding(),
+            dim,
+            op,
+            dtype.into(),
+            index_dtype.into(),
+        )
+        .unwrap_or_else(|err| panic!("batch-invariant extremum launch: {err}"));
+        (values, indices)
     }
 }
 

@@ -56,6 +56,9 @@ fn run_op<X: Backend>(x: &Tensor<X, 2>, op: &str) -> Tensor<X, 2> {
         "sum_dim" => x.clone().sum_dim(1),
         "softmax" => burn::tensor::activation::softmax(x.clone(), 1),
         "log_softmax" => burn::tensor::activation::log_softmax(x.clone(), 1),
+        "max_dim" => x.clone().max_dim(1),
+        // The index cast to float (M elements) keeps one closure type for every op.
+        "argmax" => x.clone().argmax(1).float(),
         other => unreachable!("bench op {other}"),
     }
 }
@@ -69,6 +72,8 @@ fn bench<B: KernelHost>(device: &B::Device) {
         ("mean_dim", 128256, &[1, 32, 256][..]),
         ("log_softmax", 128256, &[1, 32, 256, 2048][..]),
         ("softmax", 128256, &[1, 32, 256, 2048][..]),
+        ("max_dim", 4096, &[64, 1024, 16384][..]),
+        ("argmax", 128256, &[1, 32, 256][..]),
     ] {
         for &m in ms {
             let x = matrix::<B>(m, len, 3, device);

@@ -2,7 +2,8 @@
 //!
 //! Routed here: `float_sum_dim`, `float_mean_dim` (see `crate::routing::reduce_dim`) and
 //! `float_matmul` (`crate::routing::matmul`), and the full reductions `float_sum`,
-//! `float_mean` (run-to-run determinism, `crate::routing::reduce_dim`).
+//! `float_mean` (run-to-run determinism, `crate::routing::reduce_dim`), and the max/min family
+//! along a dim (`crate::routing::extremum`).
 
 use burn_backend::ops::{FloatTensorOps, GridSampleOptions};
 use burn_backend::tensor::{BoolTensor, Device, FloatTensor, IntTensor};
@@ -412,7 +413,7 @@ impl<B: KernelHost> FloatTensorOps<Self> for BatchInvariant<B> {
         B::float_cat(tensors, dim)
     }
     fn float_argmax(tensor: FloatTensor<Self>, dim: usize, out_dtype: IntDType) -> IntTensor<Self> {
-        B::float_argmax(tensor, dim, out_dtype)
+        routing::extremum::float_argmax::<B>(tensor, dim, out_dtype)
     }
     fn float_argtopk(
         tensor: FloatTensor<Self>,
@@ -426,39 +427,39 @@ impl<B: KernelHost> FloatTensorOps<Self> for BatchInvariant<B> {
         B::float_topk(tensor, dim, k)
     }
     fn float_argmin(tensor: FloatTensor<Self>, dim: usize, out_dtype: IntDType) -> IntTensor<Self> {
-        B::float_argmin(tensor, dim, out_dtype)
+        routing::extremum::float_argmin::<B>(tensor, dim, out_dtype)
     }
     fn float_max(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
         B::float_max(tensor)
     }
     fn float_max_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        B::float_max_dim(tensor, dim)
+        routing::extremum::float_max_dim::<B>(tensor, dim)
     }
     fn float_max_dim_with_indices(
         tensor: FloatTensor<Self>,
         dim: usize,
         indices_dtype: IntDType,
     ) -> (FloatTensor<Self>, IntTensor<Self>) {
-        B::float_max_dim_with_indices(tensor, dim, indices_dtype)
+        routing::extremum::float_max_dim_with_indices::<B>(tensor, dim, indices_dtype)
     }
     fn float_min(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
         B::float_min(tensor)
     }
     fn float_min_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        B::float_min_dim(tensor, dim)
+        routing::extremum::float_min_dim::<B>(tensor, dim)
     }
     fn float_min_dim_with_indices(
         tensor: FloatTensor<Self>,
         dim: usize,
         indices_dtype: IntDType,
     ) -> (FloatTensor<Self>, IntTensor<Self>) {
-        B::float_min_dim_with_indices(tensor, dim, indices_dtype)
+        routing::extremum::float_min_dim_with_indices::<B>(tensor, dim, indices_dtype)
     }
     fn float_max_abs(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
         B::float_max_abs(tensor)
     }
     fn float_max_abs_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        B::float_max_abs_dim(tensor, dim)
+        routing::extremum::float_max_abs_dim::<B>(tensor, dim)
     }
     fn float_any(tensor: FloatTensor<Self>, out_dtype: BoolDType) -> BoolTensor<Self> {
         B::float_any(tensor, out_dtype)

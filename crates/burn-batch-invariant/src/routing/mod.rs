@@ -3,6 +3,7 @@
 //! they implement.
 
 pub(crate) mod checks;
+pub(crate) mod extremum;
 pub(crate) mod matmul;
 pub(crate) mod reduce_dim;
 pub(crate) mod softmax;

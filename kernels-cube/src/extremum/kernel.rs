@@ -1,0 +1,100 @@
+//! The `#[cube]` code of the extremum selections: one group of `lanes` threads per output.
+
+use cubecl::prelude::*;
+use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
+use cubecl::std::FastDivmod;
+
+/// Threads in one cube: `lanes` per output row, `CUBE_UNITS / lanes` rows per cube.
+pub const CUBE_UNITS: u32 = 256;
+
+/// Whether candidate `(bv, bi)` beats `(av, ai)` in the module's total order. `ai == len`
+/// marks an empty candidate (a lane past the end of a short row), which everything beats.
+/// `min` flips the comparison of numbers; NaN beats numbers either way.
+#[cube]
+fn beats(bv: f32, bi: usize, av: f32, ai: usize, len: usize, #[comptime] min: bool) -> bool {
+    let mut better = false;
+    if bi < len {
+        if ai >= len {
+            better = true;
+        } else if av.is_nan() {
+            better = bv.is_nan() && bi < ai;
+        } else if bv.is_nan() {
+            better = true;
+        } else if bv == av {
+            better = bi < ai;
+        } else if comptime!(min) {
+            better = bv < av;
+        } else {
+            better = bv > av;
+        }
+    }
+    better
+}
+
+/// `values` and `indices` are contiguous with the input's shape and `dim` set to 1.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+pub fn extremum_lanes_kernel<F: Float, I: Int>(
+    input: &Tensor<F>,
+    values: &mut Tensor<F>,
+    indices: &mut Tensor<I>,
+    out_shape: Sequence<FastDivmod<usize>>,
+    row_strides: Sequence<usize>,
+    reduce_len: usize,
+    reduce_stride: usize,
+    num_rows: usize,
+    #[comptime] lanes: usize,
+    #[comptime] min: bool,
+    #[comptime] abs: bool,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    let lane = UNIT_POS_X as usize;
+    let local_row = UNIT_POS_Y as usize;
+    let rows_per_cube = comptime!(CUBE_UNITS as usize / lanes);
+    let row = CUBE_POS * rows_per_cube + local_row;
+    let in_range = row < num_rows;
+
+    let mut best_v = 0.0f32;
+    let mut best_i = reduce_len;
+    if in_range {
+        let base = index_offset_contiguous_fastdivmod(row, &out_shape, &row_strides, 1usize);
+        let mut j = lane;
+        while j < reduce_len {
+            let mut v = f32::cast_from(input[base + j * reduce_stride]);
+            if comptime!(abs) {
+                v = v.abs();
+            }
+            if beats(v, j, best_v, best_i, reduce_len, min) {
+                best_v = v;
+                best_i = j;
+            }
+            j += lanes;
+        }
+    }
+
+    let mut shared_v = SharedMemory::<f32>::new(comptime!(CUBE_UNITS as usize));
+    let mut shared_i = SharedMemory::<usize>::new(comptime!(CUBE_UNITS as usize));
+    let slot = local_row * lanes;
+    shared_v[slot + lane] = best_v;
+    shared_i[slot + lane] = best_i;
+    sync_cube();
+
+    let mut step = comptime!(lanes / 2).runtime();
+    while step > 0 {
+        if lane < step {
+            let (av, ai) = (shared_v[slot + lane], shared_i[slot + lane]);
+            let (bv, bi) = (shared_v[slot + lane + step], shared_i[slot + lane + step]);
+            if beats(bv, bi, av, ai, reduce_len, min) {
+                shared_v[slot + lane] = bv;
+                shared_i[slot + lane] = bi;
+            }
+        }
+        sync_cube();
+        step /= 2;
+    }
+
+    if in_range && lane == 0 {
+        values[row] = F::cast_from(shared_v[slot]);
+        indices[row] = I::cast_from(shared_i[slot]);
+    }
+}

@@ -1,0 +1,35 @@
+//! Max, min and max-|x| along one dimension, with the index of the winner.
+//!
+//! # Why the order does not matter here, and what does
+//!
+//! Selecting an extremum rounds nothing, so any order of comparisons finds the same value;
+//! what can differ between strategies is *which* entry wins a tie, and what a NaN does.
+//! Both are fixed by one total order on `(value, index)` pairs, which every thread and every
+//! step of the fold uses:
+//!
+//! * a NaN beats every number (max and min alike: NaN propagates), the first NaN beats
+//!   later ones;
+//! * otherwise the larger value wins for max and max-|x| (the smaller for min);
+//! * equal values (including `-0.0` against `+0.0`) go to the **smallest index**.
+//!
+//! With a total order the winner is the same whichever pairs are compared first, so the
+//! result cannot depend on the batch, the grid or the mapping. For the values this also
+//! means `-0.0` vs `+0.0` ties return the first one's sign.
+//!
+//! The kernel uses the reduce module's lane count (`lanes_for_len`): lane `t` scans entries
+//! `t, t + P, ...` and the `P` candidates are folded pairwise in shared memory.
+
+pub mod cpu_reference;
+pub mod kernel;
+pub mod launch;
+
+pub use launch::{launch_extremum_dim, ExtremumError};
+
+/// Which extremum to select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExtremumOp {
+    Max,
+    Min,
+    /// The largest `|x|`; the value written is `|x|`.
+    MaxAbs,
+}

@@ -1,0 +1,187 @@
+//! The max/min family along a dim through `BatchInvariant<B>`: bitwise invariance to the
+//! batch along every dim, exact agreement with the reference scan (values and indices, ties
+//! to the smallest index, NaN first), and the `Tensor` API entry points.
+
+use batch_invariant_kernels::extremum::{cpu_reference, ExtremumOp};
+use burn::tensor::{FloatDType, Int, Tensor};
+use burn_batch_invariant_tests::*;
+
+const OPS: [ExtremumOp; 3] = [ExtremumOp::Max, ExtremumOp::Min, ExtremumOp::MaxAbs];
+
+type Pair<B> = (
+    Tensor<BatchInvariant<B>, 2>,
+    Tensor<BatchInvariant<B>, 2, Int>,
+);
+
+fn apply<B: KernelHost>(x: Tensor<BatchInvariant<B>, 2>, dim: usize, op: ExtremumOp) -> Pair<B> {
+    match op {
+        ExtremumOp::Max => x.max_dim_with_indices(dim),
+        ExtremumOp::Min => x.min_dim_with_indices(dim),
+        ExtremumOp::MaxAbs => (x.clone().max_abs_dim(dim), x.abs().argmax(dim)),
+    }
+}
+
+/// Values drawn from a few levels so that ties are everywhere.
+fn tied_values(len: usize, seed: u64) -> Vec<f32> {
+    random_values(len, seed)
+        .into_iter()
+        .map(|v| (v * 4.0).round() / 4.0)
+        .collect()
+}
+
+fn invariance_and_reference<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let batch = 257;
+    for dtype in float_dtypes::<B>(device) {
+        for len in [1usize, 5, 1000, 4097, 8193] {
+            let data = tied_values(batch * len, 300 + len as u64);
+            // Last dim: rows of `len`; first dim: the stored-transposed layout.
+            let rows = tensor::<BatchInvariant<B>, 2>(data.clone(), [batch, len], dtype, device);
+            let cols = tensor::<BatchInvariant<B>, 2>(
+                transposed_values(&data, batch, len),
+                [len, batch],
+                dtype,
+                device,
+            );
+            for (x, dim, what) in [(rows, 1, "last dim"), (cols, 0, "first dim")] {
+                let bdim = 1 - dim;
+                let exact = values(x.clone());
+                let shape = x.dims();
+                for op in OPS {
+                    let (v, i) = apply::<B>(x.clone(), dim, op);
+                    let reference = cpu_reference::extremum_dim(&exact, &shape, dim, op);
+                    let (got_v, got_i) = (
+                        values(v.clone()),
+                        i.clone()
+                            .into_data()
+                            .convert::<i64>()
+                            .to_vec::<i64>()
+                            .unwrap(),
+                    );
+                    for (r, ((gv, gi), (rv, ri))) in
+                        got_v.iter().zip(&got_i).zip(&reference).enumerate()
+                    {
+                        assert!(
+                            *gi as usize == *ri && (gv == rv || (gv.is_nan() && rv.is_nan())),
+                            "{what} len {len} {dtype:?} {op:?} output {r}: ({gv}, {gi}) vs reference ({rv}, {ri})"
+                        );
+                    }
+                    for m in [1, 2, 3, 7, 64, batch] {
+                        let (pv, pi) = apply::<B>(x.clone().narrow(bdim, 0, m), dim, op);
+                        assert!(
+                            bits(pv) == bits(v.clone().narrow(bdim, 0, m))
+                                && bits(pi) == bits(i.clone().narrow(bdim, 0, m)),
+                            "{what} len {len} {dtype:?} {op:?}: the first {m} rows differ from inside a batch of {batch}"
+                        );
+                    }
+                }
+                let am = x.clone().argmax(dim);
+                assert!(
+                    bits(am) == bits(apply::<B>(x.clone(), dim, ExtremumOp::Max).1),
+                    "argmax vs max_dim_with_indices"
+                );
+                let an = x.clone().argmin(dim);
+                assert!(
+                    bits(an) == bits(apply::<B>(x, dim, ExtremumOp::Min).1),
+                    "argmin vs min_dim_with_indices"
+                );
+            }
+        }
+    }
+}
+
+fn special_values<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let nan = f32::NAN;
+    // Rows: ties, a NaN in the middle, signed zeros, all equal.
+    let data = vec![
+        1.0, 3.0, 3.0, -5.0, 3.0, //
+        2.0, nan, 9.0, nan, -9.0, //
+        -0.0, 0.0, -0.0, 0.0, -0.0, //
+        7.0, 7.0, 7.0, 7.0, 7.0,
+    ];
+    let x = tensor::<BatchInvariant<B>, 2>(data.clone(), [4, 5], FloatDType::F32, device);
+    let exact: Vec<f64> = data.iter().map(|&v| f64::from(v)).collect();
+    for op in OPS {
+        let (v, i) = apply::<B>(x.clone(), 1, op);
+        let reference = cpu_reference::extremum_dim(&exact, &[4, 5], 1, op);
+        let got_i = i.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+        let got_v = v.into_data().to_vec::<f32>().unwrap();
+        for r in 0..4 {
+            let (rv, ri) = reference[r];
+            assert_eq!(got_i[r] as usize, ri, "{op:?} row {r}: index");
+            assert!(
+                (rv.is_nan() && got_v[r].is_nan())
+                    || (f64::from(got_v[r]) == rv
+                        && got_v[r].is_sign_negative() == rv.is_sign_negative()),
+                "{op:?} row {r}: {} vs {rv}",
+                got_v[r]
+            );
+        }
+    }
+}
+
+fn bad_input<B: KernelHost>(device: &B::Device) {
+    use burn::tensor::ops::FloatTensorOps;
+    let _mode = mode_shared();
+    let t = Tensor::<BatchInvariant<B>, 2>::zeros([3, 4], device)
+        .slice([0..3, 0..0])
+        .into_primitive()
+        .tensor();
+    let msg =
+        panic_message(move || BatchInvariant::<B>::float_argmax(t, 1, burn::tensor::IntDType::I32));
+    assert!(
+        msg.contains("float_argmax") && msg.contains("length 0") && msg.contains("[3, 0]"),
+        "{msg}"
+    );
+    let t = Tensor::<BatchInvariant<B>, 2>::zeros([3, 4], device)
+        .into_primitive()
+        .tensor();
+    let msg = panic_message(move || BatchInvariant::<B>::float_max_dim(t, 2));
+    assert!(
+        msg.contains("float_max_dim") && msg.contains("dim 2"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn extremum_is_batch_invariant_and_matches_reference() {
+    on_test_backend!(invariance_and_reference);
+}
+
+#[test]
+fn extremum_special_values_ties_and_nan() {
+    on_test_backend!(special_values);
+}
+
+#[test]
+fn extremum_bad_input_names_the_op() {
+    on_test_backend!(bad_input);
+}
+
+/// `quiet_softmax` is a `Tensor`-level composite of `max_dim` and `sum_dim`, both routed,
+/// and elementwise ops: invariant without a kernel of its own.
+fn quiet_softmax_invariance<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let (batch, len) = (257, 1000);
+    let x = tensor::<BatchInvariant<B>, 2>(
+        random_values(batch * len, 77),
+        [batch, len],
+        FloatDType::F32,
+        device,
+    );
+    let full = burn::tensor::activation::quiet_softmax(x.clone(), 1);
+    for m in [1, 2, 3, 7, 64] {
+        let part = burn::tensor::activation::quiet_softmax(x.clone().narrow(0, 0, m), 1);
+        assert!(
+            bits(part) == bits(full.clone().narrow(0, 0, m)),
+            "quiet_softmax: the first {m} rows differ from inside a batch of {batch}"
+        );
+    }
+}
+
+#[test]
+fn extremum_makes_quiet_softmax_invariant() {
+    on_test_backend!(quiet_softmax_invariance);
+}
