@@ -35,7 +35,7 @@ fn poisoned_outputs<R: CubeRuntime>(device: &R::Device) {
             } else {
                 tensor::<Plain<R>, 2>(data, [rows, len], dtype, device)
             };
-            for op in [ReduceOp::Mean, ReduceOp::Sum] {
+            for op in [ReduceOp::Mean, ReduceOp::Sum, ReduceOp::Prod] {
                 let input = primitive(x.clone());
                 let out = nan_poison(&input.client, device, vec![rows, 1], input.dtype);
                 let client = input.client.clone();
@@ -67,6 +67,7 @@ fn poisoned_outputs<R: CubeRuntime>(device: &R::Device) {
                 let through_burn = match op {
                     ReduceOp::Mean => through_burn.mean_dim(1),
                     ReduceOp::Sum => through_burn.sum_dim(1),
+                    ReduceOp::Prod => through_burn.prod_dim(1),
                 };
                 let (direct, routed) = (values(got.clone()), values(through_burn.clone()));
                 assert!(

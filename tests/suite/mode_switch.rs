@@ -157,15 +157,17 @@ fn off_means_inner_backend<B: KernelHost>(device: &B::Device) {
         let inner = match op {
             ReduceOp::Mean => x_inner.clone().mean_dim(dim),
             ReduceOp::Sum => x_inner.clone().sum_dim(dim),
+            ReduceOp::Prod => x_inner.clone().prod_dim(dim),
         };
         let wrapped = match op {
             ReduceOp::Mean => x_wrapped.clone().mean_dim(dim),
             ReduceOp::Sum => x_wrapped.clone().sum_dim(dim),
+            ReduceOp::Prod => x_wrapped.clone().prod_dim(dim),
         };
         (bits(inner), bits(wrapped))
     };
     let _off = mode::scoped(false);
-    for op in [ReduceOp::Mean, ReduceOp::Sum] {
+    for op in [ReduceOp::Mean, ReduceOp::Sum, ReduceOp::Prod] {
         for dim in [0, 1] {
             let (inner, wrapped) = run(op, dim);
             assert!(

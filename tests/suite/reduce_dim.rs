@@ -17,6 +17,7 @@ fn apply<B: burn::tensor::backend::Backend, const D: usize>(
 ) -> Tensor<B, D> {
     match op {
         ReduceOp::Sum => x.sum_dim(dim),
+        ReduceOp::Prod => x.prod_dim(dim),
         ReduceOp::Mean => x.mean_dim(dim),
     }
 }
@@ -272,6 +273,7 @@ fn full_reductions_are_deterministic<B: KernelHost>(device: &B::Device) {
             for op in [ReduceOp::Sum, ReduceOp::Mean] {
                 let f = |t: Tensor<BatchInvariant<B>, 2>| match op {
                     ReduceOp::Sum => t.sum(),
+                    ReduceOp::Prod => t.prod(),
                     ReduceOp::Mean => t.mean(),
                 };
                 let first = f(x.clone());
@@ -309,4 +311,65 @@ fn full_reductions_are_deterministic<B: KernelHost>(device: &B::Device) {
 #[test]
 fn reduce_full_sum_and_mean_are_deterministic() {
     on_test_backend!(full_reductions_are_deterministic);
+}
+
+/// `float_prod_dim` and `float_prod`: the sum's order with `*` for `+`. Values near 1 keep
+/// products of 4097 entries in range, so the bits carry information.
+fn products_are_invariant<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let batch = 257;
+    for dtype in float_dtypes::<B>(device) {
+        for len in [1usize, 5, 1000, 4097] {
+            let data: Vec<f32> = random_values(batch * len, 500 + len as u64)
+                .into_iter()
+                .map(|v| 1.0 + v / 64.0)
+                .collect();
+            let x = tensor::<BatchInvariant<B>, 2>(data, [batch, len], dtype, device);
+            let exact = values(x.clone());
+            for (dim, bdim) in [(1usize, 0usize), (0, 1)] {
+                let full = x.clone().prod_dim(dim);
+                let shape = x.dims();
+                let reference = cpu_reference::reduce_dim(&exact, &shape, dim, ReduceOp::Prod);
+                let got = values(full.clone());
+                for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
+                    if r.abs() > max_finite(dtype) {
+                        assert!(
+                            g.is_infinite(),
+                            "prod {dtype:?} output {i}: {g}, reference {r} overflows"
+                        );
+                        continue;
+                    }
+                    let tol = cpu_reference::tolerance(
+                        shape[dim],
+                        r.abs(),
+                        *r,
+                        ReduceOp::Prod,
+                        mantissa_bits(dtype),
+                    );
+                    assert!(
+                        (g - r).abs() <= tol,
+                        "prod dim {dim} len {len} {dtype:?} output {i}: {g} vs {r} (bound {tol})"
+                    );
+                }
+                let max = shape[bdim];
+                for m in [1, 2, 3, 7, 64, 257].into_iter().filter(|&m| m <= max) {
+                    let part = x.clone().narrow(bdim, 0, m).prod_dim(dim);
+                    assert!(
+                        bits(part) == bits(full.clone().narrow(bdim, 0, m)),
+                        "prod dim {dim} len {len} {dtype:?}: the first {m} rows differ"
+                    );
+                }
+            }
+            let whole = x.clone().prod();
+            assert!(
+                bits(whole.clone()) == bits(x.clone().prod()),
+                "prod twice differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn reduce_prod_dim_is_batch_invariant() {
+    on_test_backend!(products_are_invariant);
 }

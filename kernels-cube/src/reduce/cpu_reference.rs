@@ -19,10 +19,11 @@ pub fn reduce_dim(data: &[f64], shape: &[usize], dim: usize, op: ReduceOp) -> Ve
     let mut out = Vec::with_capacity(outer * inner);
     for o in 0..outer {
         for i in 0..inner {
-            let sum: f64 = (0..len).map(|j| data[(o * len + j) * inner + i]).sum();
+            let row = (0..len).map(|j| data[(o * len + j) * inner + i]);
             out.push(match op {
-                ReduceOp::Sum => sum,
-                ReduceOp::Mean => sum / len as f64,
+                ReduceOp::Sum => row.sum(),
+                ReduceOp::Mean => row.sum::<f64>() / len as f64,
+                ReduceOp::Prod => row.product(),
             });
         }
     }
@@ -56,10 +57,18 @@ pub fn tolerance(
 ) -> f64 {
     let u32_ = unit_roundoff(23);
     let lanes = lanes_for_len(len);
-    let levels = len.div_ceil(lanes) as f64 + lanes.trailing_zeros() as f64 + 1.0;
+    let levels = match op {
+        // A sum's error is bounded along the chain that builds it; a product's relative
+        // errors multiply, so every one of its `len - 1` multiplies counts.
+        ReduceOp::Prod => (len + lanes) as f64,
+        _ => len.div_ceil(lanes) as f64 + lanes.trailing_zeros() as f64 + 1.0,
+    };
     let scale = match op {
         ReduceOp::Sum => abs_sum,
         ReduceOp::Mean => abs_sum / len as f64,
+        // Products: every multiply is one relative roundoff of the running product, so the
+        // scale is the result itself (pass `|reference|` as `abs_sum`).
+        ReduceOp::Prod => abs_sum,
     };
     levels * u32_ * scale + unit_roundoff(out_mantissa_bits) * reference.abs()
 }

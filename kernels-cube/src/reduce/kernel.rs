@@ -44,6 +44,7 @@ pub fn reduce_lanes_kernel<F: Float>(
     num_rows: usize,
     #[comptime] lanes: usize,
     #[comptime] mean: bool,
+    #[comptime] prod: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let lane = UNIT_POS_X as usize;
@@ -52,12 +53,16 @@ pub fn reduce_lanes_kernel<F: Float>(
     let row = CUBE_POS * rows_per_cube + local_row;
     let in_range = row < num_rows;
 
-    let mut partial = 0.0f32;
+    let mut partial = identity(prod);
     if in_range {
         let base = row_offset(row, &out_shape, &row_strides);
         let mut j = lane;
         while j < reduce_len {
-            partial += f32::cast_from(input[base + j * reduce_stride]);
+            partial = combine(
+                partial,
+                f32::cast_from(input[base + j * reduce_stride]),
+                prod,
+            );
             j += lanes;
         }
     }
@@ -71,7 +76,7 @@ pub fn reduce_lanes_kernel<F: Float>(
     let mut step = comptime!(lanes / 2).runtime();
     while step > 0 {
         if lane < step {
-            shared[slot + lane] = shared[slot + lane] + shared[slot + lane + step];
+            shared[slot + lane] = combine(shared[slot + lane], shared[slot + lane + step], prod);
         }
         sync_cube();
         step /= 2;
@@ -100,6 +105,7 @@ pub fn reduce_unit_kernel<F: Float>(
     num_rows: usize,
     #[comptime] lanes: usize,
     #[comptime] mean: bool,
+    #[comptime] prod: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let row = ABSOLUTE_POS;
@@ -111,7 +117,7 @@ pub fn reduce_unit_kernel<F: Float>(
     let mut partials = Array::<f32>::new(lanes);
     #[unroll]
     for t in 0..lanes {
-        partials[t] = 0.0f32;
+        partials[t] = identity(prod);
     }
 
     let full_chunks = reduce_len / lanes;
@@ -119,7 +125,11 @@ pub fn reduce_unit_kernel<F: Float>(
         let start = base + chunk * lanes * reduce_stride;
         #[unroll]
         for t in 0..lanes {
-            partials[t] += f32::cast_from(input[start + t * reduce_stride]);
+            partials[t] = combine(
+                partials[t],
+                f32::cast_from(input[start + t * reduce_stride]),
+                prod,
+            );
         }
     }
     let done = full_chunks * lanes;
@@ -127,21 +137,25 @@ pub fn reduce_unit_kernel<F: Float>(
     #[unroll]
     for t in 0..lanes {
         if done + t < reduce_len {
-            partials[t] += f32::cast_from(input[start + t * reduce_stride]);
+            partials[t] = combine(
+                partials[t],
+                f32::cast_from(input[start + t * reduce_stride]),
+                prod,
+            );
         }
     }
 
     // The same fold as `reduce_lanes_kernel`: partial `i` gains `i + s`, `s` = lanes/2, ..., 1.
     if comptime!(lanes == 256) {
-        fold_registers(&mut partials, 128usize);
-        fold_registers(&mut partials, 64usize);
-        fold_registers(&mut partials, 32usize);
+        fold_registers(&mut partials, 128usize, prod);
+        fold_registers(&mut partials, 64usize, prod);
+        fold_registers(&mut partials, 32usize, prod);
     }
-    fold_registers(&mut partials, 16usize);
-    fold_registers(&mut partials, 8usize);
-    fold_registers(&mut partials, 4usize);
-    fold_registers(&mut partials, 2usize);
-    fold_registers(&mut partials, 1usize);
+    fold_registers(&mut partials, 16usize, prod);
+    fold_registers(&mut partials, 8usize, prod);
+    fold_registers(&mut partials, 4usize, prod);
+    fold_registers(&mut partials, 2usize, prod);
+    fold_registers(&mut partials, 1usize, prod);
 
     let total = partials[0];
     if comptime!(mean) {
@@ -153,11 +167,31 @@ pub fn reduce_unit_kernel<F: Float>(
 
 /// One step of the fold of [`reduce_unit_kernel`], unrolled so the partials stay in registers.
 #[cube]
-fn fold_registers(partials: &mut Array<f32>, #[comptime] step: usize) {
+fn fold_registers(partials: &mut Array<f32>, #[comptime] step: usize, #[comptime] prod: bool) {
     #[unroll]
     for t in 0..step {
-        partials[t] = partials[t] + partials[t + step];
+        partials[t] = combine(partials[t], partials[t + step], prod);
     }
+}
+
+/// The partials' starting value: 0 for sums, 1 for products.
+#[cube]
+fn identity(#[comptime] prod: bool) -> f32 {
+    let mut v = 0.0f32;
+    if comptime!(prod) {
+        v = 1.0f32;
+    }
+    v
+}
+
+/// The one operation of the order: `a + b`, or `a * b` for products.
+#[cube]
+fn combine(a: f32, b: f32, #[comptime] prod: bool) -> f32 {
+    let mut v = a + b;
+    if comptime!(prod) {
+        v = a * b;
+    }
+    v
 }
 
 // `reduce_unit_kernel` spells out the fold steps for these two partial counts.

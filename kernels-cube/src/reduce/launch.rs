@@ -97,6 +97,7 @@ pub fn launch_reduce_dim<R: Runtime>(
         .map(|d| if d == dim { 0 } else { input.strides[d] })
         .collect();
     let mean = op == ReduceOp::Mean;
+    let prod = op == ReduceOp::Prod;
 
     // The lanes mapping wants consecutive threads on consecutive elements; anything else
     // (strided rows, rows shorter than the lane count) is served better by one thread per row.
@@ -120,6 +121,7 @@ pub fn launch_reduce_dim<R: Runtime>(
                 num_rows,
                 lanes,
                 mean,
+                prod,
                 dtype,
             );
         } else {
@@ -138,6 +140,7 @@ pub fn launch_reduce_dim<R: Runtime>(
                 num_rows,
                 lanes,
                 mean,
+                prod,
                 dtype,
             );
         }

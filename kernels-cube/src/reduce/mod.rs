@@ -54,4 +54,6 @@ pub enum ReduceOp {
     Sum,
     /// Sum divided by the reduced length.
     Mean,
+    /// Product of the elements, in the same order with `*` for `+` (partials start at 1).
+    Prod,
 }

@@ -296,10 +296,10 @@ impl<B: KernelHost> FloatTensorOps<Self> for BatchInvariant<B> {
         routing::reduce_dim::float_sum_dim::<B>(tensor, dim)
     }
     fn float_prod(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
-        B::float_prod(tensor)
+        routing::reduce_dim::float_prod::<B>(tensor)
     }
     fn float_prod_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        B::float_prod_dim(tensor, dim)
+        routing::reduce_dim::float_prod_dim::<B>(tensor, dim)
     }
     fn float_mean(tensor: FloatTensor<Self>) -> FloatTensor<Self> {
         routing::reduce_dim::float_mean::<B>(tensor)

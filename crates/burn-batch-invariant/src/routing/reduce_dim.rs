@@ -30,6 +30,20 @@ pub(crate) fn float_mean_dim<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) 
 /// can differ. Here the tensor is flattened and reduced as one row: the order depends on the
 /// element count alone. (One row is one cube: slower than a grid-wide reduction on tensors
 /// of many millions of elements, the price of a fixed order without a second pass.)
+pub(crate) fn float_prod_dim<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
+    if !mode::is_enabled() {
+        return B::float_prod_dim(tensor, dim);
+    }
+    reduce_dim::<B>("float_prod_dim", tensor, dim, ReduceOp::Prod)
+}
+
+pub(crate) fn float_prod<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<B> {
+    if !mode::is_enabled() {
+        return B::float_prod(tensor);
+    }
+    full_reduce::<B>("float_prod", tensor, ReduceOp::Prod)
+}
+
 pub(crate) fn float_sum<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<B> {
     if !mode::is_enabled() {
         return B::float_sum(tensor);
@@ -53,6 +67,7 @@ fn full_reduce<B: KernelHost>(op: &str, tensor: FloatTensor<B>, kind: ReduceOp) 
         return match kind {
             ReduceOp::Sum => B::float_sum(tensor),
             ReduceOp::Mean => B::float_mean(tensor),
+            ReduceOp::Prod => B::float_prod(tensor),
         };
     }
     let flat = B::float_reshape(tensor, Shape::new([count]));
