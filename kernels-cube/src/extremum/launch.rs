@@ -3,12 +3,11 @@
 use core::fmt;
 
 use cubecl::prelude::*;
-use cubecl::std::FastDivmod;
 
 use super::kernel::{extremum_lanes_kernel, CUBE_UNITS};
 use super::ExtremumOp;
 use crate::reduce::lanes_for_len;
-use crate::reduce::launch::{contiguous_strides, cube_count, max_offset};
+use crate::reduce::launch::{check_contiguous, cube_count, max_offset, row_args};
 
 /// Why [`launch_extremum_dim`] refused its arguments (programming errors: the Burn layer
 /// validates user input first).
@@ -79,13 +78,11 @@ pub fn launch_extremum_dim<R: Runtime>(
         .map(|d| if d == dim { 1 } else { shape[d] })
         .collect();
     for out in [&values, &indices] {
-        let out_shape: Vec<usize> = out.shape.iter().copied().collect();
-        let out_strides: Vec<usize> = out.strides.iter().copied().collect();
-        if out_shape != expected || out_strides != contiguous_strides(&expected) {
+        if let Err((shape, strides)) = check_contiguous(out, &expected) {
             return Err(ExtremumError::BadOutput {
                 expected,
-                shape: out_shape,
-                strides: out_strides,
+                shape,
+                strides,
             });
         }
     }
@@ -94,13 +91,7 @@ pub fn launch_extremum_dim<R: Runtime>(
         return Ok(());
     }
     let address_type = AddressType::from_len(max_offset(&shape, &strides).max(num_rows));
-    let mut shape_arg: SequenceArg<R, FastDivmod<usize>> = SequenceArg::new();
-    for &d in &expected {
-        shape_arg.push(d);
-    }
-    let row_strides: SequenceArg<R, usize> = (0..rank)
-        .map(|d| if d == dim { 0 } else { strides[d] })
-        .collect();
+    let (shape_arg, row_strides) = row_args::<R>(&expected, &strides, dim);
     let lanes = lanes_for_len(reduce_len);
     let rows_per_cube = CUBE_UNITS as usize / lanes;
     let cubes = num_rows.div_ceil(rows_per_cube);

@@ -65,13 +65,11 @@ pub fn launch_reduce_dim<R: Runtime>(
     let expected: Vec<usize> = (0..rank)
         .map(|d| if d == dim { 1 } else { input.shape[d] })
         .collect();
-    let out_shape: Vec<usize> = output.shape.iter().copied().collect();
-    let out_strides: Vec<usize> = output.strides.iter().copied().collect();
-    if out_shape != expected || out_strides != contiguous_strides(&expected) {
+    if let Err((shape, strides)) = check_contiguous(&output, &expected) {
         return Err(ReduceDimError::BadOutput {
             expected,
-            shape: out_shape,
-            strides: out_strides,
+            shape,
+            strides,
         });
     }
 
@@ -89,13 +87,7 @@ pub fn launch_reduce_dim<R: Runtime>(
         .max(num_rows),
     );
 
-    let mut shape_arg: SequenceArg<R, FastDivmod<usize>> = SequenceArg::new();
-    for &d in &expected {
-        shape_arg.push(d);
-    }
-    let row_strides: SequenceArg<R, usize> = (0..rank)
-        .map(|d| if d == dim { 0 } else { input.strides[d] })
-        .collect();
+    let (shape_arg, row_strides) = row_args::<R>(&expected, &input.strides, dim);
     let mean = op == ReduceOp::Mean;
     let prod = op == ReduceOp::Prod;
 
@@ -146,6 +138,38 @@ pub fn launch_reduce_dim<R: Runtime>(
         }
     }
     Ok(())
+}
+
+/// `Err((shape, strides))` unless `output` is contiguous with shape `expected`.
+pub(crate) fn check_contiguous<R: Runtime>(
+    output: &TensorBinding<R>,
+    expected: &[usize],
+) -> Result<(), (Vec<usize>, Vec<usize>)> {
+    let shape: Vec<usize> = output.shape.iter().copied().collect();
+    let strides: Vec<usize> = output.strides.iter().copied().collect();
+    if shape == expected && strides == contiguous_strides(expected) {
+        Ok(())
+    } else {
+        Err((shape, strides))
+    }
+}
+
+/// The kernel arguments that locate the first input element of each output row of a
+/// reduction along `dim`: the output shape (`dim` set to 1) and the input strides with
+/// `dim`'s zeroed (see `kernel::row_offset`).
+pub(crate) fn row_args<R: Runtime>(
+    out_shape: &[usize],
+    in_strides: &[usize],
+    dim: usize,
+) -> (SequenceArg<R, FastDivmod<usize>>, SequenceArg<R, usize>) {
+    let mut shape_arg: SequenceArg<R, FastDivmod<usize>> = SequenceArg::new();
+    for &d in out_shape {
+        shape_arg.push(d);
+    }
+    let row_strides: SequenceArg<R, usize> = (0..out_shape.len())
+        .map(|d| if d == dim { 0 } else { in_strides[d] })
+        .collect();
+    (shape_arg, row_strides)
 }
 
 /// Row-major strides of a contiguous tensor.
