@@ -151,7 +151,7 @@ pub fn choose_path<R: Runtime>(
     let aligned = |b: &TensorBinding<R>| {
         b.strides
             .iter()
-            .all(|&s| s == 1 || (s * dtype.size()) % 16 == 0)
+            .all(|&s| s == 1 || (s * dtype.size()).is_multiple_of(16))
     };
     let loader = if aligned(lhs) && aligned(rhs) {
         Loader::Tma
@@ -292,8 +292,8 @@ fn launch_portable<R: Runtime>(
         lhs_batch.push(0);
         rhs_batch.push(0);
     }
-    for d in 0..rank - 2 {
-        batch_shape.push(out_shape[d]);
+    for (d, &extent) in out_shape[..rank - 2].iter().enumerate() {
+        batch_shape.push(extent);
         lhs_batch.push(if lhs.shape[d] == 1 { 0 } else { lhs.strides[d] });
         rhs_batch.push(if rhs.shape[d] == 1 { 0 } else { rhs.strides[d] });
     }
