@@ -13,6 +13,7 @@
 //!
 //! This crate depends on cubecl only; the Burn side lives in `burn-batch-invariant`.
 
+pub mod attention;
 pub mod extremum;
 pub mod matmul;
 pub mod reduce;

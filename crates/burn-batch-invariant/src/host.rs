@@ -1,5 +1,6 @@
 //! What `BatchInvariant<B>` needs from the backend it wraps.
 
+use batch_invariant_kernels::attention::{launch_attention, AttentionOptions};
 use batch_invariant_kernels::extremum::{launch_extremum_dim, ExtremumOp};
 use batch_invariant_kernels::matmul::launch::{launch_matmul, matmul_output_shape};
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
@@ -8,6 +9,7 @@ use burn_backend::backend::Backend;
 use burn_backend::ops::FloatTensorOps;
 use burn_backend::tensor::{FloatTensor, IntTensor};
 use burn_backend::{DType, IntDType, TensorMetadata};
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -52,6 +54,20 @@ pub trait KernelHost: Backend {
         op: ExtremumOp,
         index_dtype: IntDType,
     ) -> (FloatTensor<Self>, IntTensor<Self>);
+
+    /// Attention through `batch_invariant_kernels::attention`, into a new contiguous
+    /// `[batch, heads, seq_q, d_v]` tensor. Inputs: rank-4 query, key and value of one
+    /// dtype (f32, f16 or bf16) with matching extents and head dims in the kernel's range;
+    /// `mask` (non-zero = masked) and `bias` already `[batch, heads, seq_q, seq_k]` in that
+    /// dtype; a valid softcap.
+    fn invariant_attention(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        mask: Option<FloatTensor<Self>>,
+        bias: Option<FloatTensor<Self>>,
+        options: AttentionOptions,
+    ) -> FloatTensor<Self>;
 }
 
 impl<R, F, I, BT> KernelHost for CubeBackend<R, F, I, BT>
@@ -160,6 +176,37 @@ where
         )
         .unwrap_or_else(|err| panic!("batch-invariant extremum launch: {err}"));
         (values, indices)
+    }
+
+    fn invariant_attention(
+        query: CubeTensor<R>,
+        key: CubeTensor<R>,
+        value: CubeTensor<R>,
+        mask: Option<CubeTensor<R>>,
+        bias: Option<CubeTensor<R>>,
+        options: AttentionOptions,
+    ) -> CubeTensor<R> {
+        let dtype: DType = query.dtype;
+        let mut shape = query.shape();
+        shape[3] = value.meta.shape()[3];
+        let output =
+            empty_device_contiguous_dtype(query.client.clone(), query.device.clone(), shape, dtype);
+        let client = query.client.clone();
+        // The kernel reads plain row-major operands; a copy does not change any value.
+        let binding = |t: CubeTensor<R>| into_contiguous(t).binding();
+        launch_attention(
+            &client,
+            binding(query),
+            binding(key),
+            binding(value),
+            mask.map(binding),
+            bias.map(binding),
+            output.clone().binding(),
+            options,
+            dtype.into(),
+        )
+        .unwrap_or_else(|err| panic!("batch-invariant attention launch: {err}"));
+        output
     }
 }
 

@@ -24,3 +24,11 @@ pub use host::KernelHost;
 
 /// The kernels crate, re-exported for its `cpu_reference` modules and constants.
 pub use batch_invariant_kernels as kernels;
+
+/// The fixed `(queries, keys)` block size of the invariant attention, the counterpart of
+/// vLLM's `get_batch_invariant_attention_block_size()`. Keys are also split into chunks of
+/// [`kernels::attention::KEY_SPLIT`] by absolute position; `docs/contract.md` gives the
+/// whole order.
+pub fn attention_block_size() -> (usize, usize) {
+    kernels::attention::attention_block_size()
+}

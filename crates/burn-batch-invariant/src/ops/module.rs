@@ -3,7 +3,7 @@
 use burn_backend::ops::*;
 use burn_backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 
-use crate::{BatchInvariant, KernelHost};
+use crate::{routing, BatchInvariant, KernelHost};
 
 impl<B: KernelHost> ModuleOps<Self> for BatchInvariant<B> {
     // default-body: layer_norm
@@ -445,7 +445,7 @@ impl<B: KernelHost> ModuleOps<Self> for BatchInvariant<B> {
         attn_bias: Option<FloatTensor<Self>>,
         options: AttentionModuleOptions,
     ) -> FloatTensor<Self> {
-        B::attention(query, key, value, mask, attn_bias, options)
+        routing::attention::attention::<B>(query, key, value, mask, attn_bias, options)
     }
     fn ctc_loss(
         log_probs: FloatTensor<Self>,

@@ -2,6 +2,7 @@
 //! their input. One module per kernel family; the functions are named after the Burn method
 //! they implement.
 
+pub(crate) mod attention;
 pub(crate) mod checks;
 pub(crate) mod extremum;
 pub(crate) mod matmul;

@@ -1,0 +1,324 @@
+//! The `#[cube]` code of the invariant attention (order in the module docs).
+
+use cubecl::prelude::*;
+
+use super::{BLOCK_K, BLOCK_Q, KEY_SPLIT};
+
+/// Threads per cube of the partials kernel: one per (query, key) pair of a block.
+pub const CUBE_UNITS: usize = BLOCK_Q * BLOCK_K;
+
+/// Head-dim elements staged in shared memory at a time (keys and values).
+pub const PIECE: usize = 128;
+
+/// Threads per cube of the combine kernel.
+pub const COMBINE_UNITS: usize = 256;
+
+/// Runtime option flags (bits of `flags`). Runtime, not comptime, so that every option set
+/// runs the same compiled arithmetic.
+pub const FLAG_CAUSAL: u32 = 1;
+pub const FLAG_MASK: u32 = 2;
+pub const FLAG_BIAS: u32 = 4;
+pub const FLAG_SOFTCAP: u32 = 8;
+
+/// Problem extents shared by both kernels.
+#[derive(CubeType, CubeLaunch, Clone, Copy)]
+pub struct Extents {
+    /// Queries per (batch, head).
+    pub seq_q: usize,
+    /// Keys per (batch, head).
+    pub seq_k: usize,
+    /// Blocks of `BLOCK_Q` queries per (batch, head).
+    pub q_blocks: usize,
+    /// Chunks of `KEY_SPLIT` keys.
+    pub chunks: usize,
+    /// First (batch x head, query block) group of this slab.
+    pub first_group: usize,
+    /// Groups in this slab.
+    pub groups: usize,
+}
+
+/// One cube per (group of this slab, chunk): the chunk state of each of the group's queries.
+/// `stats[2 * s] = m`, `stats[2 * s + 1] = l`, `accs[s * dim_v + c] = acc_c` with
+/// `s = (local_group * BLOCK_Q + query_in_block) * chunks + chunk`.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+pub fn attention_partials_kernel<F: Float>(
+    query: &Tensor<F>,
+    key: &Tensor<F>,
+    value: &Tensor<F>,
+    mask: &Tensor<F>,
+    bias: &Tensor<F>,
+    stats: &mut Array<f32>,
+    accs: &mut Array<f32>,
+    ext: Extents,
+    scale: f32,
+    softcap: f32,
+    flags: u32,
+    #[comptime] dim: usize,
+    #[comptime] dim_v: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    if CUBE_POS >= ext.groups * ext.chunks {
+        terminate!(); // a whole spare cube of a 2-D grid: no thread of it syncs
+    }
+    let bq = comptime!(BLOCK_Q);
+    let bk = comptime!(BLOCK_K);
+    let units = comptime!(CUBE_UNITS);
+    let acc_len = comptime!(dim_v.div_ceil(BLOCK_K));
+    // Head dims are walked in pieces of PIECE through shared memory (one piece for heads up
+    // to 128); the dot product still runs over d in increasing order, piece after piece.
+    let piece = comptime!(PIECE);
+    let k_pieces = comptime!(dim.div_ceil(PIECE));
+    let v_pieces = comptime!(dim_v.div_ceil(PIECE));
+    // K rows padded by one so that the 16 keys of a block fall in different banks.
+    let k_pitch = comptime!(PIECE + 1);
+
+    let kj = UNIT_POS_X as usize;
+    let qi = UNIT_POS_Y as usize;
+    let tid = qi * bk + kj;
+    let local_group = CUBE_POS / ext.chunks;
+    let chunk = CUBE_POS % ext.chunks;
+    let group = ext.first_group + local_group;
+    let bh = group / ext.q_blocks;
+    let q0 = (group % ext.q_blocks) * bq;
+    let row = q0 + qi;
+    let row_ok = row < ext.seq_q;
+    let causal = (flags & FLAG_CAUSAL) != 0;
+    let has_mask = (flags & FLAG_MASK) != 0;
+    let has_bias = (flags & FLAG_BIAS) != 0;
+    let has_softcap = (flags & FLAG_SOFTCAP) != 0;
+
+    let k_start = chunk * comptime!(KEY_SPLIT);
+    let mut k_end = k_start + comptime!(KEY_SPLIT);
+    if k_end > ext.seq_k {
+        k_end = ext.seq_k;
+    }
+    if causal {
+        // Past the last key the block's last query may see, every block is a no-op.
+        let mut rows_end = q0 + bq;
+        if rows_end > ext.seq_q {
+            rows_end = ext.seq_q;
+        }
+        let mut limit = 0;
+        if rows_end + ext.seq_k > ext.seq_q {
+            limit = rows_end + ext.seq_k - ext.seq_q;
+        }
+        if limit < k_end {
+            k_end = limit;
+        }
+    }
+
+    let mut q_s = SharedMemory::<f32>::new(comptime!(BLOCK_Q * dim));
+    let mut kv_s = SharedMemory::<f32>::new(comptime!(BLOCK_K * (PIECE + 1)));
+    let mut score_s = SharedMemory::<f32>::new(comptime!(CUBE_UNITS));
+    let mut p_s = SharedMemory::<f32>::new(comptime!(CUBE_UNITS));
+    let mut live_s = SharedMemory::<u32>::new(comptime!(CUBE_UNITS));
+
+    let q_base = (bh * ext.seq_q + q0) * dim;
+    let mut i = tid;
+    while i < comptime!(BLOCK_Q * dim) {
+        let mut x = 0.0f32;
+        if q0 + i / dim < ext.seq_q {
+            x = f32::cast_from(query[q_base + i]);
+        }
+        q_s[i] = x;
+        i += units;
+    }
+
+    let mut m = f32::min_value();
+    let mut l = 0.0f32;
+    let mut acc = Array::<f32>::new(acc_len);
+    for t in 0..acc_len {
+        acc[t] = 0.0;
+    }
+
+    let mut kb = k_start;
+    while kb < k_end {
+        // Scores of the block, one (query, key) pair per thread, keys through shared memory.
+        let key_pos = kb + kj;
+        let mut s = 0.0f32;
+        for kp in 0..k_pieces {
+            let d0 = kp * piece;
+            let width = min(piece, dim - d0);
+            let mut i = tid;
+            while i < bk * width {
+                let j = i / width;
+                let mut x = 0.0f32;
+                if kb + j < k_end {
+                    x = f32::cast_from(key[(bh * ext.seq_k + kb + j) * dim + d0 + i % width]);
+                }
+                kv_s[j * k_pitch + i % width] = x;
+                i += units;
+            }
+            sync_cube();
+            for d in 0..width {
+                s += q_s[qi * dim + d0 + d] * kv_s[kj * k_pitch + d];
+            }
+            if kp + 1 < k_pieces {
+                sync_cube();
+            }
+        }
+        let mut live = row_ok && key_pos < k_end;
+        if causal {
+            live = live && key_pos + ext.seq_q <= row + ext.seq_k;
+        }
+        s *= scale;
+        if has_softcap {
+            s = softcap * f32::tanh(s / softcap);
+        }
+        if live && (has_mask || has_bias) {
+            let at = (bh * ext.seq_q + row) * ext.seq_k + key_pos;
+            if has_mask && f32::cast_from(mask[at]) != 0.0 {
+                live = false;
+            }
+            if has_bias {
+                s += f32::cast_from(bias[at]);
+            }
+        }
+        if s < f32::min_value() {
+            live = false; // -inf: a masked score, as Burn's fallback treats it
+        }
+        score_s[tid] = s;
+        let mut live_flag = 0u32;
+        if live {
+            live_flag = 1u32;
+        }
+        live_s[tid] = live_flag;
+        sync_cube();
+
+        // Block statistics (every thread of a query row forms the same ones) and weights.
+        let mut any = false;
+        let mut block_max = f32::min_value();
+        for j in 0..bk {
+            if live_s[qi * bk + j] != 0 {
+                any = true;
+                block_max = f32::max(block_max, score_s[qi * bk + j]);
+            }
+        }
+        let m_new = f32::max(m, block_max);
+        let mut p = 0.0f32;
+        if live {
+            p = f32::exp(s - m_new);
+        }
+        p_s[tid] = p;
+        let mut alpha = 1.0f32;
+        if any {
+            alpha = f32::exp(m - m_new);
+        }
+
+        // Weighted values, piece by piece of the value dim.
+        for vp in 0..v_pieces {
+            let c0 = vp * piece;
+            let width = min(piece, dim_v - c0);
+            let mut i = tid;
+            while i < bk * width {
+                let j = i / width;
+                let mut x = 0.0f32;
+                if kb + j < k_end {
+                    x = f32::cast_from(value[(bh * ext.seq_k + kb + j) * dim_v + c0 + i % width]);
+                }
+                kv_s[j * piece + i % width] = x;
+                i += units;
+            }
+            sync_cube();
+            if any {
+                if vp == 0 {
+                    let mut row_sum = 0.0f32;
+                    for j in 0..bk {
+                        if live_s[qi * bk + j] != 0 {
+                            row_sum += p_s[qi * bk + j];
+                        }
+                    }
+                    l = l * alpha + row_sum;
+                }
+                for t in 0..acc_len {
+                    let c = kj + t * bk;
+                    if c >= c0 && c < c0 + width {
+                        let mut a = acc[t] * alpha;
+                        for j in 0..bk {
+                            if live_s[qi * bk + j] != 0 {
+                                a += p_s[qi * bk + j] * kv_s[j * piece + c - c0];
+                            }
+                        }
+                        acc[t] = a;
+                    }
+                }
+            }
+            sync_cube();
+        }
+        if any {
+            m = m_new;
+        }
+        kb += bk;
+    }
+
+    if row_ok {
+        let slot = (local_group * bq + qi) * ext.chunks + chunk;
+        if kj == 0 {
+            stats[2 * slot] = m;
+            stats[2 * slot + 1] = l;
+        }
+        for t in 0..acc_len {
+            let c = kj + t * bk;
+            if c < dim_v {
+                accs[slot * dim_v + c] = acc[t];
+            }
+        }
+    }
+}
+
+/// One thread per (query, output column) of the slab: merges the query's chunk states in
+/// chunk order and writes `acc / l` (0 when no key took part).
+#[cube(launch_unchecked, address_type = "dynamic")]
+pub fn attention_combine_kernel<F: Float>(
+    stats: &Array<f32>,
+    accs: &Array<f32>,
+    output: &mut Tensor<F>,
+    ext: Extents,
+    #[comptime] dim_v: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let idx = CUBE_POS * comptime!(COMBINE_UNITS) + UNIT_POS as usize;
+    if idx >= ext.groups * comptime!(BLOCK_Q * dim_v) {
+        terminate!();
+    }
+    let c = idx % dim_v;
+    let local_row = idx / dim_v; // local_group * BLOCK_Q + query_in_block
+    let group = ext.first_group + local_row / comptime!(BLOCK_Q);
+    let bh = group / ext.q_blocks;
+    let row = (group % ext.q_blocks) * comptime!(BLOCK_Q) + local_row % comptime!(BLOCK_Q);
+    if row >= ext.seq_q {
+        terminate!();
+    }
+
+    let mut have = false;
+    let mut m = f32::min_value();
+    let mut l = 0.0f32;
+    let mut acc = 0.0f32;
+    for chunk in 0..ext.chunks {
+        let slot = local_row * ext.chunks + chunk;
+        let l_c = stats[2 * slot + 1];
+        if l_c != 0.0 {
+            let m_c = stats[2 * slot];
+            let acc_c = accs[slot * dim_v + c];
+            if have {
+                let m_new = f32::max(m, m_c);
+                let a = f32::exp(m - m_new);
+                let b = f32::exp(m_c - m_new);
+                l = l * a + l_c * b;
+                acc = acc * a + acc_c * b;
+                m = m_new;
+            } else {
+                m = m_c;
+                l = l_c;
+                acc = acc_c;
+                have = true;
+            }
+        }
+    }
+    let mut out = 0.0f32;
+    if have {
+        out = acc / l;
+    }
+    output[(bh * ext.seq_q + row) * dim_v + c] = F::cast_from(out);
+}

@@ -1,0 +1,67 @@
+//! Scaled dot-product attention in a batch-invariant order.
+//!
+//! # The fixed order
+//!
+//! Every output row (one query of one batch entry and head) is computed by the same
+//! sequence of f32 operations, which depends only on the head dims, the dtype, the options
+//! and the **absolute positions** of the keys the query may see. It never depends on the
+//! batch, the number of heads, the number of queries, or where the query sits among them.
+//!
+//! 1. Keys are cut, by absolute position, into chunks of [`KEY_SPLIT`] (512) keys, and each
+//!    chunk into blocks of [`BLOCK_K`] (16) keys. A chunk starts at `c * 512` and a block at
+//!    `c * 512 + b * 16`, whatever the key length.
+//! 2. Score of a (query, key) pair: `s = sum_d q_d * k_d` in increasing `d` (f32), then
+//!    `s *= scale`, then `s = softcap * tanh(s / softcap)` if set, then `s += bias`.
+//!    The key *takes part* when it is inside the key length, allowed by the causal rule
+//!    (`key + seq_q <= query + seq_k`, aligned to the bottom-right like Burn's), not set in
+//!    the mask, and `s` is not `-inf`.
+//! 3. Per chunk, an online softmax over its blocks in order, starting from the empty state
+//!    (`m = f32::MIN`, `l = 0`, `acc = 0`). A block in which no key takes part leaves the
+//!    state untouched. Otherwise, with `m' = max(m, max of the block's scores)` and
+//!    `alpha = exp(m - m')`: `p_j = exp(s_j - m')`; `l = l * alpha + (p_0 + p_1 + ...)`;
+//!    `acc = acc * alpha + p_0 v_0 + p_1 v_1 + ...`, keys in increasing order, only those
+//!    that take part; `m = m'`.
+//! 4. The chunk states are merged in chunk order. An empty chunk (`l = 0`) is skipped; the
+//!    first non-empty one is copied; the next ones are merged with
+//!    `m' = max(m, m_c)`, `l = l * exp(m - m') + l_c * exp(m_c - m')` and the same for `acc`.
+//! 5. `out = acc / l`, or 0 for a row in which no key took part (as Burn's fallback gives),
+//!    then a cast to the output dtype.
+//!
+//! A key that does not take part changes nothing, bit for bit, and an empty chunk is
+//! skipped, so a decode step (one query against a cache of `n` keys) performs exactly the
+//! operations of query `n - 1` inside a causal prefill of any longer length, and a sequence
+//! padded on the right with masked keys performs those of the same sequence alone. (Padding
+//! on the left moves the absolute positions, and with them the block boundaries.)
+//!
+//! # Mapping
+//!
+//! Always two kernels, for every shape, so that a decode step and a prefill run the same
+//! compiled code: [`kernel::attention_partials_kernel`], one cube of 16 x 16 threads per
+//! (batch x head, block of [`BLOCK_Q`] queries, chunk), writes each query's chunk state
+//! to a scratch buffer; [`kernel::attention_combine_kernel`] merges them and writes the
+//! output. Queries and chunks that the causal rule rules out entirely are not launched
+//! work (their state is written empty). The options that select arithmetic (mask, bias,
+//! causal, softcap) are runtime flags, not compile-time ones, for the same reason. Large
+//! problems are launched in slabs of queries so that the scratch stays under
+//! [`launch::SCRATCH_BYTES`]; a slab changes which cube computes a row, not how.
+
+pub mod cpu_reference;
+pub mod kernel;
+pub mod launch;
+
+pub use launch::{
+    launch_attention, launch_attention_with_scratch, AttentionError, AttentionOptions, MAX_HEAD_DIM,
+};
+
+/// Queries per cube (the seed's `BLOCK_M`).
+pub const BLOCK_Q: usize = 16;
+/// Keys per block of the online softmax (the seed's `BLOCK_N`).
+pub const BLOCK_K: usize = 16;
+/// Keys per chunk: the unit of the key split, aligned to absolute key positions.
+pub const KEY_SPLIT: usize = 512;
+
+/// The fixed block size of the invariant attention, `(queries, keys)`, as the seed's
+/// `get_batch_invariant_attention_block_size()` exposes it.
+pub const fn attention_block_size() -> (usize, usize) {
+    (BLOCK_Q, BLOCK_K)
+}
