@@ -16,9 +16,12 @@ for line in sys.stdin:
 
 rm -rf .gpu && mkdir -p .gpu
 cp "$suite" .gpu/suite
-cp target/release/ab_ops target/release/bench target/release/bench_matmul .gpu/
-strip .gpu/suite .gpu/ab_ops .gpu/bench .gpu/bench_matmul
-gzip -9 .gpu/suite .gpu/ab_ops .gpu/bench .gpu/bench_matmul
+bins="ab_ops ab_generate bench bench_matmul bench_attention"
+for bin in $bins; do
+    if [ -f "target/release/$bin" ]; then cp "target/release/$bin" .gpu/; fi
+done
+strip .gpu/*
+gzip -9 .gpu/*
 cp scripts/gpu-run.sh .gpu/run.sh
 if [ -f ../shared/anchors/anchors_torch.py ]; then cp ../shared/anchors/anchors_torch.py .gpu/; fi
 du -sh .gpu

@@ -3,27 +3,33 @@
 #   bash .gpu/run.sh
 # Runs the suite on CUDA, the A/B example with the mode on and off, the benchmark and the
 # reference timings (anchors_torch.py), and writes everything plus report.md under $OUT
-# (eight files at most: what the device tool brings back).
+# (eight files at most: what the device tool brings back). ab_generate exits non-zero when
+# BatchInvariant lets a prompt's tokens or logits change with its batch.
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}") # absolute: the script changes directory below
 mkdir -p "$OUT"
-PARTS=" ${BI_GPU_PARTS:-suite ab bench matmul anchors} " # a subset keeps a call short
+PARTS=" ${BI_GPU_PARTS:-suite ab generate bench matmul attention anchors} " # a subset keeps a call short
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 TMP=$(mktemp -d) # logs that only feed report.md: $OUT brings back 8 files at most
 cd .gpu
 for f in *.gz; do gunzip -f "$f"; done
-chmod +x suite ab_ops bench bench_matmul
+chmod +x suite ab_* bench* 2>/dev/null
 
 device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)
-tests_rc=skipped; ab_rc=skipped; bench_rc=skipped; matmul_rc=skipped
+tests_rc=skipped; ab_rc=skipped; gen_rc=skipped; bench_rc=skipped; matmul_rc=skipped; attn_rc=skipped
 if part suite; then
-    BI_TEST_BACKEND=cuda ./suite --nocapture >"$OUT/tests.log" 2>&1
+    # BI_SUITE_FILTER: run only the tests whose names contain it (e.g. attention).
+    BI_TEST_BACKEND=cuda ./suite ${BI_SUITE_FILTER:-} --nocapture >"$OUT/tests.log" 2>&1
     tests_rc=$?
 fi
 if part ab; then
     ./ab_ops --cuda >"$OUT/ab_ops.txt" 2>&1
     ab_rc=$?
     BURN_BATCH_INVARIANT=0 ./ab_ops --cuda >"$TMP/ab_ops_mode_off.txt" 2>&1
+fi
+if part generate; then
+    ./ab_generate --cuda >"$TMP/ab_generate.txt" 2>&1
+    gen_rc=$?
 fi
 if part bench; then
     ./bench --cuda --json "$OUT/bench.json" >"$TMP/bench.txt" 2>&1
@@ -32,6 +38,10 @@ fi
 if part matmul; then
     timeout 300 ./bench_matmul --cuda ${BI_MATMUL_FLAGS:-} --json "$OUT/bench_matmul.json" >"$TMP/bench_matmul.txt" 2>&1
     matmul_rc=$?
+fi
+if part attention; then
+    timeout 300 ./bench_attention --cuda --json "$OUT/attention.json" >"$TMP/bench_attention.txt" 2>&1
+    attn_rc=$?
 fi
 anchors_rc=skipped
 if [ -f anchors_torch.py ] && part anchors; then
@@ -42,15 +52,18 @@ fi
 {
     echo "# GPU run $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "device: $device"
-    echo "suite exit: $tests_rc; ab_ops exit: $ab_rc; bench exit: $bench_rc; bench_matmul exit: $matmul_rc; anchors exit: $anchors_rc"
+    echo "suite exit: $tests_rc; ab_ops exit: $ab_rc; bench exit: $bench_rc; bench_matmul exit: $matmul_rc; bench_attention exit: $attn_rc; ab_generate exit: $gen_rc; anchors exit: $anchors_rc"
     echo; echo "## tests"; grep -E '^test |test result|panicked|assert' "$OUT/tests.log" | head -80
     echo; echo "## ab_ops (mode on)"; cat "$OUT/ab_ops.txt" 2>/dev/null
     echo; echo "## ab_ops (BURN_BATCH_INVARIANT=0)"; cat "$TMP/ab_ops_mode_off.txt" 2>/dev/null
+    echo; echo "## ab_generate"; cat "$TMP/ab_generate.txt" 2>/dev/null
     echo; echo "## bench"; cat "$TMP/bench.txt" 2>/dev/null
     echo; echo "## bench_matmul"; cat "$TMP/bench_matmul.txt" 2>/dev/null
+    echo; echo "## bench_attention"; cat "$TMP/bench_attention.txt" 2>/dev/null
     echo; echo "## anchors"; [ -f "$OUT/anchors.txt" ] && grep -v '^\s*$' "$OUT/anchors.txt" | tail -40
 } >"$OUT/report.md"
 cat "$OUT/report.md"
 [ "$tests_rc" != 0 ] && [ "$tests_rc" != skipped ] && exit 1
 [ "$ab_rc" != 0 ] && [ "$ab_rc" != skipped ] && exit 1
+[ "$gen_rc" != 0 ] && [ "$gen_rc" != skipped ] && exit 1
 exit 0

@@ -1,4 +1,7 @@
-//! Shared pieces of the examples: runtime selection and deterministic data.
+//! Shared pieces of the examples: runtime selection, deterministic data, a small SVG plot
+//! and the transformer of `ab_generate`.
+
+pub mod transformer;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
@@ -50,4 +53,130 @@ pub fn max_abs_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>
         .zip(&b)
         .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
         .fold(0.0, f64::max)
+}
+
+/// One line of a plot: a name and its (x, y) points.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A small SVG line plot (log2 x axis, linear y axis from 0), written next to a benchmark's
+/// JSON so that the comparison the user wants (throughput against batch size, default vs
+/// invariant) can be looked at rather than read.
+pub fn svg_plot(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 400.0;
+    const L: f64 = 70.0; // left margin
+    const B: f64 = 50.0; // bottom margin
+    const T: f64 = 40.0; // top margin
+    const R: f64 = 170.0; // right margin (legend)
+    const COLORS: [&str; 6] = [
+        "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    ];
+    let all = || series.iter().flat_map(|s| s.points.iter().copied());
+    let (x_min, x_max) = all().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| (a.min(x), b.max(x)));
+    let y_max = all()
+        .fold(0.0f64, |m, (_, y)| m.max(y))
+        .max(f64::MIN_POSITIVE)
+        * 1.1;
+    let (lx0, lx1) = (x_min.max(1e-9).log2(), x_max.max(1e-9).log2());
+    let px = |x: f64| {
+        let span = (lx1 - lx0).max(1e-9);
+        L + (x.max(1e-9).log2() - lx0) / span * (W - L - R)
+    };
+    let py = |y: f64| H - B - y / y_max * (H - B - T);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" font-size=\"15\">{}</text>\n\
+         <line x1=\"{L}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{L}\" y1=\"{T}\" x2=\"{L}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n\
+         <text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{}</text>\n",
+        L,
+        escape(title),
+        H - B,
+        W - R,
+        H - B,
+        H - B,
+        (L + W - R) / 2.0,
+        H - 12.0,
+        escape(x_label),
+        (H - B + T) / 2.0,
+        (H - B + T) / 2.0,
+        escape(y_label),
+    );
+    for i in 0..=4 {
+        let y = y_max * f64::from(i) / 4.0;
+        svg += &format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n<line x1=\"{L}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\n",
+            L - 6.0,
+            py(y) + 4.0,
+            short(y),
+            py(y),
+            W - R,
+            py(y)
+        );
+    }
+    let mut xs: Vec<f64> = all().map(|(x, _)| x).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    for x in xs {
+        svg += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            px(x),
+            H - B + 16.0,
+            short(x)
+        );
+    }
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let path: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            path.join(" ")
+        );
+        for &(x, y) in &s.points {
+            svg += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>\n",
+                px(x),
+                py(y)
+            );
+        }
+        let ly = T + 18.0 * i as f64;
+        svg += &format!(
+            "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/>\n<text x=\"{}\" y=\"{}\">{}</text>\n",
+            W - R + 10.0,
+            W - R + 30.0,
+            W - R + 36.0,
+            ly + 4.0,
+            escape(&s.name)
+        );
+    }
+    svg + "</svg>\n"
+}
+
+fn short(v: f64) -> String {
+    if v == 0.0 || (v.abs() >= 0.01 && v.abs() < 10000.0) {
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.1e}")
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// `[i/n] what` on stderr: progress for sweeps that take minutes.
+pub fn progress(i: usize, n: usize, what: &str) {
+    eprintln!("[{i}/{n}] {what}");
 }

@@ -12,6 +12,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, FloatDType, Tensor, TensorData};
 use burn_batch_invariant_tests::*;
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::{tensor::CubeTensor, CubeBackend, CubeRuntime};
 
 const HEADS: usize = 2;
@@ -363,8 +364,9 @@ fn accuracy_and_options<B: KernelHost>(device: &B::Device) {
 
 type Plain<R> = CubeBackend<R, f32, i32, u32>;
 
+/// The kernel takes plain row-major operands; Burn may pitch the rows of a new tensor.
 fn primitive<R: CubeRuntime>(t: Tensor<Plain<R>, 4>) -> CubeTensor<R> {
-    t.into_primitive().tensor()
+    into_contiguous(t.into_primitive().tensor())
 }
 
 /// Direct launches into NaN-poisoned outputs, with the default scratch and with a scratch

@@ -13,3 +13,4 @@ mod passthrough;
 mod problem;
 mod reduce_dim;
 mod softmax;
+mod transformer;

@@ -1,0 +1,210 @@
+//! Benchmark: the invariant attention against Burn's default attention (its autotuned flash
+//! kernel on CUDA) on the same tensors, prefill and decode, over batch sizes. Prints a
+//! table, writes JSON (`--json PATH`) and, next to it, an SVG plot of throughput against
+//! batch size (`PATH` with `.svg`).
+//!
+//!     cargo run --release -p burn-batch-invariant-examples --bin bench_attention -- --cuda --json attention.json
+//!
+//! `--quick` runs small shapes (for a CPU/lavapipe smoke run). Shapes follow
+//! ../shared/anchors: prefill is 32 heads x 2048 tokens x head dim 128, bf16, causal;
+//! decode is one query against 4096 cached keys. Timing as in `bench`: median over samples
+//! of `sync; N calls; sync`, after warm-up calls that absorb Burn's autotuning.
+
+use std::time::Instant;
+
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
+use burn_batch_invariant::{BatchInvariant, KernelHost};
+use burn_batch_invariant_examples::{on_backend, progress, svg_plot, values, Series};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct Row {
+    phase: &'static str,
+    batch: usize,
+    heads: usize,
+    seq_q: usize,
+    seq_k: usize,
+    head_dim: usize,
+    dtype: String,
+    burn_default_ms: f64,
+    batch_invariant_ms: f64,
+    /// batch_invariant_ms / burn_default_ms: below 1 means we are faster.
+    ratio: f64,
+    /// Prefill: useful TFLOP/s (causal half counted). Decode: TB/s of K+V read.
+    burn_default_throughput: f64,
+    batch_invariant_throughput: f64,
+}
+
+fn time_ms<X: Backend>(device: &X::Device, mut f: impl FnMut() -> Tensor<X, 4>) -> f64 {
+    let start = Instant::now();
+    for _ in 0..3 {
+        let _ = f();
+    }
+    X::sync(device).unwrap();
+    let once = start.elapsed().as_secs_f64() / 3.0;
+    let calls = ((0.02 / once.max(1e-6)) as usize).clamp(1, 50);
+    let mut samples: Vec<f64> = (0..7)
+        .map(|_| {
+            X::sync(device).unwrap();
+            let start = Instant::now();
+            for _ in 0..calls {
+                let _ = f();
+            }
+            X::sync(device).unwrap();
+            start.elapsed().as_secs_f64() * 1e3 / calls as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn operand<X: Backend>(
+    shape: [usize; 4],
+    seed: u64,
+    dtype: FloatDType,
+    device: &X::Device,
+) -> Tensor<X, 4> {
+    let n = shape.iter().product();
+    let t = Tensor::<X, 4>::from_data(TensorData::new(values(n, seed), shape), device);
+    t.cast(dtype)
+}
+
+fn bench<B: KernelHost>(device: &B::Device) {
+    let quick = std::env::args().any(|a| a == "--quick");
+    println!("device: {}", B::name(device));
+    let dtype = if B::supports_dtype(device, DType::BF16) {
+        FloatDType::BF16
+    } else {
+        FloatDType::F32
+    };
+    let (heads, prefill_len, cache_len, dim) = if quick {
+        (4, 128, 256, 64)
+    } else {
+        (32, 2048, 4096, 128)
+    };
+    let prefill_batches: &[usize] = if quick { &[1, 2] } else { &[1, 2, 4, 8] };
+    let decode_batches: &[usize] = if quick { &[1, 4] } else { &[1, 8, 32, 64] };
+    let mut cases = Vec::new();
+    for &b in prefill_batches {
+        cases.push(("prefill", b, prefill_len, prefill_len, true));
+    }
+    for &b in decode_batches {
+        cases.push(("decode", b, 1, cache_len, false));
+    }
+    let mut rows = Vec::new();
+    let total = cases.len();
+    for (i, (phase, batch, seq_q, seq_k, causal)) in cases.into_iter().enumerate() {
+        progress(i + 1, total, &format!("{phase} batch {batch}"));
+        let opts = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: causal,
+        };
+        let q = operand::<B>([batch, heads, seq_q, dim], 1, dtype, device);
+        let k = operand::<B>([batch, heads, seq_k, dim], 2, dtype, device);
+        let v = operand::<B>([batch, heads, seq_k, dim], 3, dtype, device);
+        let inv = |t: &Tensor<B, 4>| {
+            Tensor::<BatchInvariant<B>, 4>::from_data(t.to_data(), device).cast(dtype)
+        };
+        let (qi, ki, vi) = (inv(&q), inv(&k), inv(&v));
+        let burn_default_ms = time_ms::<B>(device, || {
+            attention(q.clone(), k.clone(), v.clone(), None, None, opts)
+        });
+        let batch_invariant_ms = time_ms::<BatchInvariant<B>>(device, || {
+            attention(qi.clone(), ki.clone(), vi.clone(), None, None, opts)
+        });
+        let elem = if dtype == FloatDType::F32 { 4.0 } else { 2.0 };
+        let throughput = |ms: f64| {
+            if phase == "prefill" {
+                // QK^T and PV, 2 flops per multiply-add, half the pairs under the causal mask.
+                let pairs = (batch * heads * seq_q * seq_k) as f64 / if causal { 2.0 } else { 1.0 };
+                4.0 * pairs * dim as f64 / (ms * 1e-3) / 1e12
+            } else {
+                2.0 * (batch * heads * seq_k * dim) as f64 * elem / (ms * 1e-3) / 1e12
+            }
+        };
+        rows.push(Row {
+            phase,
+            batch,
+            heads,
+            seq_q,
+            seq_k,
+            head_dim: dim,
+            dtype: format!("{dtype:?}"),
+            burn_default_ms,
+            batch_invariant_ms,
+            ratio: batch_invariant_ms / burn_default_ms,
+            burn_default_throughput: throughput(burn_default_ms),
+            batch_invariant_throughput: throughput(batch_invariant_ms),
+        });
+    }
+    println!(
+        "{:<8} {:>5} {:>6} {:>6} {:>12} {:>13} {:>7} {:>12} {:>12}",
+        "phase",
+        "batch",
+        "seq_q",
+        "seq_k",
+        "burn ms",
+        "invariant ms",
+        "ratio",
+        "burn thr",
+        "inv thr"
+    );
+    for r in &rows {
+        let unit = if r.phase == "prefill" { "TF/s" } else { "TB/s" };
+        println!(
+            "{:<8} {:>5} {:>6} {:>6} {:>12.4} {:>13.4} {:>7.2} {:>7.3} {unit} {:>7.3} {unit}",
+            r.phase,
+            r.batch,
+            r.seq_q,
+            r.seq_k,
+            r.burn_default_ms,
+            r.batch_invariant_ms,
+            r.ratio,
+            r.burn_default_throughput,
+            r.batch_invariant_throughput
+        );
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--json") {
+        let path = args.get(i + 1).expect("--json needs a path");
+        let json = serde_json::json!({ "device": B::name(device), "rows": rows });
+        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
+        let mut series = Vec::new();
+        for (phase, unit) in [("prefill", "TFLOP/s"), ("decode", "TB/s K+V")] {
+            for (who, pick) in [
+                (
+                    "Burn default",
+                    (|r: &Row| r.burn_default_throughput) as fn(&Row) -> f64,
+                ),
+                ("BatchInvariant", |r: &Row| r.batch_invariant_throughput),
+            ] {
+                series.push(Series {
+                    name: format!("{phase} {who} ({unit})"),
+                    points: rows
+                        .iter()
+                        .filter(|r| r.phase == phase)
+                        .map(|r| (r.batch as f64, pick(r)))
+                        .collect(),
+                });
+            }
+        }
+        let svg_path = std::path::Path::new(path).with_extension("svg");
+        let title = format!(
+            "attention throughput vs batch size, {dtype:?}, {}",
+            B::name(device)
+        );
+        std::fs::write(
+            &svg_path,
+            svg_plot(&title, "batch size", "throughput", &series),
+        )
+        .expect("write svg");
+        println!("wrote {path} and {}", svg_path.display());
+    }
+}
+
+fn main() {
+    on_backend!(bench);
+}
