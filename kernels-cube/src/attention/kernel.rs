@@ -37,6 +37,106 @@ pub struct Extents {
     pub groups: usize,
 }
 
+/// Stages keys `kb..kb + BLOCK_K`, dims `d0..d0 + width`, in shared memory (zeros past
+/// `k_end`), then adds `q_d * k_d` for those dims to the thread's score in increasing `d`.
+/// Every thread of the cube must call it (it synchronises the cube). Loops are unrolled at
+/// compile time so that loads overlap; the additions stay in order.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn score_piece<F: Float>(
+    key: &Tensor<F>,
+    kv_s: &mut SharedMemory<f32>,
+    q_s: &SharedMemory<f32>,
+    key_row0: usize,
+    kb: usize,
+    k_end: usize,
+    score: f32,
+    #[comptime] dim: usize,
+    #[comptime] d0: usize,
+    #[comptime] width: usize,
+) -> f32 {
+    let kj = UNIT_POS_X as usize;
+    let qi = UNIT_POS_Y as usize;
+    let tid = qi * comptime!(BLOCK_K) + kj;
+    let pitch = comptime!(PIECE + 1);
+    #[unroll]
+    for r in 0..comptime!((BLOCK_K * width).div_ceil(CUBE_UNITS)) {
+        let i = tid + r * comptime!(CUBE_UNITS);
+        if i < comptime!(BLOCK_K * width) {
+            let j = i / width;
+            let mut x = 0.0f32;
+            if kb + j < k_end {
+                x = f32::cast_from(key[(key_row0 + kb + j) * dim + d0 + i % width]);
+            }
+            kv_s[j * pitch + i % width] = x;
+        }
+    }
+    sync_cube();
+    let mut s = score;
+    #[unroll]
+    for d in 0..width {
+        s += q_s[qi * dim + d0 + d] * kv_s[kj * pitch + d];
+    }
+    s
+}
+
+/// Stages values `kb..kb + BLOCK_K`, columns `c0..c0 + width`, in shared memory, then
+/// updates the thread's accumulators of those columns: `acc = acc * alpha + p_0 v_0 + ...`
+/// over the keys that take part, in increasing key order. Every thread of the cube must
+/// call it.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn value_piece<F: Float>(
+    value: &Tensor<F>,
+    kv_s: &mut SharedMemory<f32>,
+    p_s: &SharedMemory<f32>,
+    live_s: &SharedMemory<u32>,
+    acc: &mut Array<f32>,
+    value_row0: usize,
+    kb: usize,
+    k_end: usize,
+    alpha: f32,
+    any: bool,
+    #[comptime] dim_v: usize,
+    #[comptime] c0: usize,
+    #[comptime] width: usize,
+) {
+    let kj = UNIT_POS_X as usize;
+    let qi = UNIT_POS_Y as usize;
+    let bk = comptime!(BLOCK_K);
+    let tid = qi * bk + kj;
+    #[unroll]
+    for r in 0..comptime!((BLOCK_K * width).div_ceil(CUBE_UNITS)) {
+        let i = tid + r * comptime!(CUBE_UNITS);
+        if i < comptime!(BLOCK_K * width) {
+            let j = i / width;
+            let mut x = 0.0f32;
+            if kb + j < k_end {
+                x = f32::cast_from(value[(value_row0 + kb + j) * dim_v + c0 + i % width]);
+            }
+            kv_s[j * width + i % width] = x;
+        }
+    }
+    sync_cube();
+    if any {
+        #[unroll]
+        for t in 0..comptime!(dim_v.div_ceil(BLOCK_K)) {
+            let c = kj + t * bk;
+            if c >= c0 && c < c0 + width {
+                let mut a = acc[t] * alpha;
+                #[unroll]
+                for j in 0..bk {
+                    if live_s[qi * bk + j] != 0 {
+                        a += p_s[qi * bk + j] * kv_s[j * width + c - c0];
+                    }
+                }
+                acc[t] = a;
+            }
+        }
+    }
+    sync_cube();
+}
+
 /// One cube per (group of this slab, chunk): the chunk state of each of the group's queries.
 /// `stats[2 * s] = m`, `stats[2 * s + 1] = l`, `accs[s * dim_v + c] = acc_c` with
 /// `s = (local_group * BLOCK_Q + query_in_block) * chunks + chunk`.
@@ -67,11 +167,10 @@ pub fn attention_partials_kernel<F: Float>(
     let acc_len = comptime!(dim_v.div_ceil(BLOCK_K));
     // Head dims are walked in pieces of PIECE through shared memory (one piece for heads up
     // to 128); the dot product still runs over d in increasing order, piece after piece.
-    let piece = comptime!(PIECE);
-    let k_pieces = comptime!(dim.div_ceil(PIECE));
-    let v_pieces = comptime!(dim_v.div_ceil(PIECE));
-    // K rows padded by one so that the 16 keys of a block fall in different banks.
-    let k_pitch = comptime!(PIECE + 1);
+    let k_width0 = comptime!(dim.min(PIECE));
+    let k_width1 = comptime!(dim - dim.min(PIECE));
+    let v_width0 = comptime!(dim_v.min(PIECE));
+    let v_width1 = comptime!(dim_v - dim_v.min(PIECE));
 
     let kj = UNIT_POS_X as usize;
     let qi = UNIT_POS_Y as usize;
@@ -115,48 +214,40 @@ pub fn attention_partials_kernel<F: Float>(
     let mut live_s = SharedMemory::<u32>::new(comptime!(CUBE_UNITS));
 
     let q_base = (bh * ext.seq_q + q0) * dim;
-    let mut i = tid;
-    while i < comptime!(BLOCK_Q * dim) {
-        let mut x = 0.0f32;
-        if q0 + i / dim < ext.seq_q {
-            x = f32::cast_from(query[q_base + i]);
+    #[unroll]
+    for r in 0..comptime!((BLOCK_Q * dim).div_ceil(CUBE_UNITS)) {
+        let i = tid + r * units;
+        if i < comptime!(BLOCK_Q * dim) {
+            let mut x = 0.0f32;
+            if q0 + i / dim < ext.seq_q {
+                x = f32::cast_from(query[q_base + i]);
+            }
+            q_s[i] = x;
         }
-        q_s[i] = x;
-        i += units;
     }
 
     let mut m = f32::min_value();
     let mut l = 0.0f32;
     let mut acc = Array::<f32>::new(acc_len);
+    #[unroll]
     for t in 0..acc_len {
         acc[t] = 0.0;
     }
 
     let mut kb = k_start;
     while kb < k_end {
-        // Scores of the block, one (query, key) pair per thread, keys through shared memory.
+        // Scores of the block, one (query, key) pair per thread, keys through shared memory
+        // in at most two pieces of the head dim (MAX_HEAD_DIM = 2 * PIECE).
         let key_pos = kb + kj;
-        let mut s = 0.0f32;
-        for kp in 0..k_pieces {
-            let d0 = kp * piece;
-            let width = min(piece, dim - d0);
-            let mut i = tid;
-            while i < bk * width {
-                let j = i / width;
-                let mut x = 0.0f32;
-                if kb + j < k_end {
-                    x = f32::cast_from(key[(bh * ext.seq_k + kb + j) * dim + d0 + i % width]);
-                }
-                kv_s[j * k_pitch + i % width] = x;
-                i += units;
-            }
+        let key_row0 = bh * ext.seq_k;
+        let mut s = score_piece(
+            key, &mut kv_s, &q_s, key_row0, kb, k_end, 0.0f32, dim, 0usize, k_width0,
+        );
+        if comptime!(k_width1 > 0) {
             sync_cube();
-            for d in 0..width {
-                s += q_s[qi * dim + d0 + d] * kv_s[kj * k_pitch + d];
-            }
-            if kp + 1 < k_pieces {
-                sync_cube();
-            }
+            s = score_piece(
+                key, &mut kv_s, &q_s, key_row0, kb, k_end, s, dim, k_width0, k_width1,
+            );
         }
         let mut live = row_ok && key_pos < k_end;
         if causal {
@@ -189,6 +280,7 @@ pub fn attention_partials_kernel<F: Float>(
         // Block statistics (every thread of a query row forms the same ones) and weights.
         let mut any = false;
         let mut block_max = f32::min_value();
+        #[unroll]
         for j in 0..bk {
             if live_s[qi * bk + j] != 0 {
                 any = true;
@@ -207,44 +299,27 @@ pub fn attention_partials_kernel<F: Float>(
         }
 
         // Weighted values, piece by piece of the value dim.
-        for vp in 0..v_pieces {
-            let c0 = vp * piece;
-            let width = min(piece, dim_v - c0);
-            let mut i = tid;
-            while i < bk * width {
-                let j = i / width;
-                let mut x = 0.0f32;
-                if kb + j < k_end {
-                    x = f32::cast_from(value[(bh * ext.seq_k + kb + j) * dim_v + c0 + i % width]);
-                }
-                kv_s[j * piece + i % width] = x;
-                i += units;
-            }
-            sync_cube();
-            if any {
-                if vp == 0 {
-                    let mut row_sum = 0.0f32;
-                    for j in 0..bk {
-                        if live_s[qi * bk + j] != 0 {
-                            row_sum += p_s[qi * bk + j];
-                        }
-                    }
-                    l = l * alpha + row_sum;
-                }
-                for t in 0..acc_len {
-                    let c = kj + t * bk;
-                    if c >= c0 && c < c0 + width {
-                        let mut a = acc[t] * alpha;
-                        for j in 0..bk {
-                            if live_s[qi * bk + j] != 0 {
-                                a += p_s[qi * bk + j] * kv_s[j * piece + c - c0];
-                            }
-                        }
-                        acc[t] = a;
-                    }
+        let value_row0 = bh * ext.seq_k;
+        value_piece(
+            value, &mut kv_s, &p_s, &live_s, &mut acc, value_row0, kb, k_end, alpha, any, dim_v,
+            0usize, v_width0,
+        );
+        if comptime!(v_width1 > 0) {
+            value_piece(
+                value, &mut kv_s, &p_s, &live_s, &mut acc, value_row0, kb, k_end, alpha, any,
+                dim_v, v_width0, v_width1,
+            );
+        }
+        // After the value pieces' syncs every weight of the block is visible.
+        if any {
+            let mut row_sum = 0.0f32;
+            #[unroll]
+            for j in 0..bk {
+                if live_s[qi * bk + j] != 0 {
+                    row_sum += p_s[qi * bk + j];
                 }
             }
-            sync_cube();
+            l = l * alpha + row_sum;
         }
         if any {
             m = m_new;
