@@ -1,9 +1,13 @@
 //! The problem this library fixes, shown on the runtime under test: Burn's own backend
 //! gives row 0 a different result depending on the batch size, the decorator's routed ops
 //! never do. The Burn half is the negative control: it proves the comparison used all over
-//! this suite can see a difference.
+//! this suite can see a difference. Which of Burn's ops vary changes from run to run with
+//! its autotuner (on the H100 the reductions and even the matmul have come out invariant in
+//! some runs), so the control also compares the attention decode step with the prefill.
 
 use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{FloatDType, Tensor};
 use burn_batch_invariant::mode;
 use burn_batch_invariant_tests::*;
@@ -52,6 +56,39 @@ fn variant_batches<X: Backend>(device: &X::Device) -> Vec<(String, Vec<usize>)> 
         .filter(|&m| bits(x.clone().narrow(0, 0, m).matmul(w.clone()).narrow(0, 0, 1)) != alone)
         .collect();
     found.push(("matmul 256x256".to_string(), diff));
+
+    // Attention: the decode step of query n - 1 against n keys vs the same query inside a
+    // causal prefill (Burn's kernels change with the key length; ours do not).
+    let t = |seed| {
+        tensor::<X, 4>(
+            random_values(2 * 600 * 16, seed),
+            [1, 2, 600, 16],
+            FloatDType::F32,
+            device,
+        )
+    };
+    let (q, k, v) = (t(21), t(22), t(23));
+    let opts = |is_causal| AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal,
+    };
+    let prefill = attention(q.clone(), k.clone(), v.clone(), None, None, opts(true));
+    let diff = [1, 17, 100, 513, 600]
+        .into_iter()
+        .filter(|&n| {
+            let step = attention(
+                q.clone().narrow(2, n - 1, 1),
+                k.clone().narrow(2, 0, n),
+                v.clone().narrow(2, 0, n),
+                None,
+                None,
+                opts(false),
+            );
+            bits(step) != bits(prefill.clone().narrow(2, n - 1, 1))
+        })
+        .collect();
+    found.push(("attention decode vs prefill (n keys)".to_string(), diff));
     found
 }
 
@@ -66,7 +103,7 @@ fn burn_default_varies_decorator_does_not<B: KernelHost>(device: &B::Device) {
         B::name(device)
     );
     for ((name, b), (_, o)) in burn.iter().zip(&ours) {
-        println!("  {name:<28} Burn default: {b:?}   BatchInvariant: {o:?}");
+        println!("  {name:<36} Burn default: {b:?}   BatchInvariant: {o:?}");
     }
     assert!(
         burn.iter().any(|(_, b)| !b.is_empty()),

@@ -40,9 +40,10 @@ fn differing<X: burn::tensor::backend::Backend>(
 fn generation_is_batch_invariant<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     let _serial = serial();
-    let dtypes = float_dtypes::<B>(device);
-    // f32 everywhere; on CUDA also bf16, the dtype models are served in.
-    for dtype in dtypes.into_iter().filter(|d| *d != FloatDType::F16) {
+    // f32: Burn's default backend autotunes every new shape of the negative control, which
+    // makes each extra dtype cost minutes on CUDA; `ab_generate --cuda` runs the full model
+    // in bf16.
+    for dtype in [FloatDType::F32] {
         for (label, tokens, logits) in differing::<BatchInvariant<B>>(device, dtype) {
             assert!(
                 tokens == 0 && logits == 0,
