@@ -45,6 +45,29 @@ pub fn matrix<B: Backend>(rows: usize, cols: usize, seed: u64, device: &B::Devic
     )
 }
 
+/// Median wall-clock milliseconds per call of `f` over `samples` samples of
+/// `sync; calls x f; sync`. Warm up first: Burn autotunes a shape on its first calls.
+pub fn median_ms<X: Backend, T>(
+    device: &X::Device,
+    calls: usize,
+    samples: usize,
+    mut f: impl FnMut() -> T,
+) -> f64 {
+    let mut times: Vec<f64> = (0..samples)
+        .map(|_| {
+            X::sync(device).unwrap();
+            let start = std::time::Instant::now();
+            for _ in 0..calls {
+                let _ = f();
+            }
+            X::sync(device).unwrap();
+            start.elapsed().as_secs_f64() * 1e3 / calls as f64
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 /// Largest absolute difference between two tensors' values.
 pub fn max_abs_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f64 {
     let a = a.into_data().convert::<f32>().to_vec::<f32>().unwrap();

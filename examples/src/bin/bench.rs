@@ -8,11 +8,9 @@
 //! is device time plus Burn's per-call host overhead (a few microseconds), the same for
 //! both columns.
 
-use std::time::Instant;
-
 use burn::tensor::{backend::Backend, Tensor};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
-use burn_batch_invariant_examples::{matrix, on_backend};
+use burn_batch_invariant_examples::{matrix, median_ms, on_backend};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -33,21 +31,7 @@ fn time_ms<X: Backend>(device: &X::Device, mut f: impl FnMut() -> Tensor<X, 2>) 
     for _ in 0..5 {
         let _ = f();
     }
-    X::sync(device).unwrap();
-    let calls = 20;
-    let mut samples: Vec<f64> = (0..15)
-        .map(|_| {
-            X::sync(device).unwrap();
-            let start = Instant::now();
-            for _ in 0..calls {
-                let _ = f();
-            }
-            X::sync(device).unwrap();
-            start.elapsed().as_secs_f64() * 1e3 / calls as f64
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+    median_ms::<X, _>(device, 20, 15, f)
 }
 
 fn run_op<X: Backend>(x: &Tensor<X, 2>, op: &str) -> Tensor<X, 2> {

@@ -16,7 +16,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
-use burn_batch_invariant_examples::{on_backend, progress, svg_plot, values, Series};
+use burn_batch_invariant_examples::{median_ms, on_backend, progress, svg_plot, values, Series};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -45,19 +45,7 @@ fn time_ms<X: Backend>(device: &X::Device, mut f: impl FnMut() -> Tensor<X, 4>) 
     X::sync(device).unwrap();
     let once = start.elapsed().as_secs_f64() / 3.0;
     let calls = ((0.02 / once.max(1e-6)) as usize).clamp(1, 50);
-    let mut samples: Vec<f64> = (0..7)
-        .map(|_| {
-            X::sync(device).unwrap();
-            let start = Instant::now();
-            for _ in 0..calls {
-                let _ = f();
-            }
-            X::sync(device).unwrap();
-            start.elapsed().as_secs_f64() * 1e3 / calls as f64
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+    median_ms::<X, _>(device, calls, 7, f)
 }
 
 fn operand<X: Backend>(

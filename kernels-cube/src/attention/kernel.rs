@@ -37,6 +37,38 @@ pub struct Extents {
     pub groups: usize,
 }
 
+/// Copies rows `first_row .. first_row + BLOCK_K` of a row-major tensor with rows of
+/// `row_len`, columns `col0 .. col0 + width`, to `smem[j * pitch + c]` as f32, with zeros for
+/// rows `j >= rows` (past the key range), then synchronises the cube. Unrolled at compile
+/// time so that every thread has its loads in flight at once.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_block<F: Float>(
+    tensor: &Tensor<F>,
+    smem: &mut SharedMemory<f32>,
+    first_row: usize,
+    rows: usize,
+    #[comptime] row_len: usize,
+    #[comptime] col0: usize,
+    #[comptime] width: usize,
+    #[comptime] pitch: usize,
+) {
+    let tid = UNIT_POS_Y as usize * comptime!(BLOCK_K) + UNIT_POS_X as usize;
+    #[unroll]
+    for r in 0..comptime!((BLOCK_K * width).div_ceil(CUBE_UNITS)) {
+        let i = tid + r * comptime!(CUBE_UNITS);
+        if i < comptime!(BLOCK_K * width) {
+            let j = i / width;
+            let mut x = 0.0f32;
+            if j < rows {
+                x = f32::cast_from(tensor[(first_row + j) * row_len + col0 + i % width]);
+            }
+            smem[j * pitch + i % width] = x;
+        }
+    }
+    sync_cube();
+}
+
 /// Stages keys `kb..kb + BLOCK_K`, dims `d0..d0 + width`, in shared memory (zeros past
 /// `k_end`), then adds `q_d * k_d` for those dims to the thread's score in increasing `d`.
 /// Every thread of the cube must call it (it synchronises the cube). Loops are unrolled at
@@ -57,21 +89,8 @@ fn score_piece<F: Float>(
 ) -> f32 {
     let kj = UNIT_POS_X as usize;
     let qi = UNIT_POS_Y as usize;
-    let tid = qi * comptime!(BLOCK_K) + kj;
     let pitch = comptime!(PIECE + 1);
-    #[unroll]
-    for r in 0..comptime!((BLOCK_K * width).div_ceil(CUBE_UNITS)) {
-        let i = tid + r * comptime!(CUBE_UNITS);
-        if i < comptime!(BLOCK_K * width) {
-            let j = i / width;
-            let mut x = 0.0f32;
-            if kb + j < k_end {
-                x = f32::cast_from(key[(key_row0 + kb + j) * dim + d0 + i % width]);
-            }
-            kv_s[j * pitch + i % width] = x;
-        }
-    }
-    sync_cube();
+    stage_block(key, kv_s, key_row0 + kb, k_end - kb, dim, d0, width, pitch);
     let mut s = score;
     #[unroll]
     for d in 0..width {
@@ -104,20 +123,16 @@ fn value_piece<F: Float>(
     let kj = UNIT_POS_X as usize;
     let qi = UNIT_POS_Y as usize;
     let bk = comptime!(BLOCK_K);
-    let tid = qi * bk + kj;
-    #[unroll]
-    for r in 0..comptime!((BLOCK_K * width).div_ceil(CUBE_UNITS)) {
-        let i = tid + r * comptime!(CUBE_UNITS);
-        if i < comptime!(BLOCK_K * width) {
-            let j = i / width;
-            let mut x = 0.0f32;
-            if kb + j < k_end {
-                x = f32::cast_from(value[(value_row0 + kb + j) * dim_v + c0 + i % width]);
-            }
-            kv_s[j * width + i % width] = x;
-        }
-    }
-    sync_cube();
+    stage_block(
+        value,
+        kv_s,
+        value_row0 + kb,
+        k_end - kb,
+        dim_v,
+        c0,
+        width,
+        width,
+    );
     if any {
         #[unroll]
         for t in 0..comptime!(dim_v.div_ceil(BLOCK_K)) {
