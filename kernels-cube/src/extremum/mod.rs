@@ -23,7 +23,7 @@ pub mod cpu_reference;
 pub mod kernel;
 pub mod launch;
 
-pub use launch::{launch_extremum_dim, ExtremumError};
+pub use launch::launch_extremum_dim;
 
 /// Which extremum to select.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -54,38 +54,17 @@ pub fn launch_reduce_dim<R: Runtime>(
     op: ReduceOp,
     dtype: StorageType,
 ) -> Result<(), ReduceDimError> {
-    let rank = input.shape.len();
-    if dim >= rank {
-        return Err(ReduceDimError::DimOutOfRange { dim, rank });
-    }
-    let reduce_len = input.shape[dim];
-    if reduce_len == 0 {
-        return Err(ReduceDimError::EmptyReduction { dim });
-    }
-    let expected: Vec<usize> = (0..rank)
-        .map(|d| if d == dim { 1 } else { input.shape[d] })
-        .collect();
-    if let Err((shape, strides)) = check_contiguous(&output, &expected) {
-        return Err(ReduceDimError::BadOutput {
-            expected,
-            shape,
-            strides,
-        });
-    }
-
+    let shape: Vec<usize> = input.shape.iter().copied().collect();
+    let expected = check_reduction(&shape, dim, &[&output])?;
+    let reduce_len = shape[dim];
     let num_rows: usize = expected.iter().product();
     if num_rows == 0 {
         return Ok(());
     }
     let reduce_stride = input.strides[dim];
 
-    let address_type = AddressType::from_len(
-        max_offset(
-            &input.shape.iter().copied().collect::<Vec<_>>(),
-            &input.strides.iter().copied().collect::<Vec<_>>(),
-        )
-        .max(num_rows),
-    );
+    let strides: Vec<usize> = input.strides.iter().copied().collect();
+    let address_type = AddressType::from_len(max_offset(&shape, &strides).max(num_rows));
 
     let (shape_arg, row_strides) = row_args::<R>(&expected, &input.strides, dim);
     let mean = op == ReduceOp::Mean;
@@ -141,7 +120,36 @@ pub fn launch_reduce_dim<R: Runtime>(
 }
 
 /// `Err((shape, strides))` unless `output` is contiguous with shape `expected`.
-pub(crate) fn check_contiguous<R: Runtime>(
+/// The checks every reduction along `dim` makes: `dim` in range and of non-zero length,
+/// and each output contiguous with the input's shape and `dim` set to 1 (returned).
+pub(crate) fn check_reduction<R: Runtime>(
+    shape: &[usize],
+    dim: usize,
+    outputs: &[&TensorBinding<R>],
+) -> Result<Vec<usize>, ReduceDimError> {
+    let rank = shape.len();
+    if dim >= rank {
+        return Err(ReduceDimError::DimOutOfRange { dim, rank });
+    }
+    if shape[dim] == 0 {
+        return Err(ReduceDimError::EmptyReduction { dim });
+    }
+    let expected: Vec<usize> = (0..rank)
+        .map(|d| if d == dim { 1 } else { shape[d] })
+        .collect();
+    for output in outputs {
+        if let Err((shape, strides)) = check_contiguous(output, &expected) {
+            return Err(ReduceDimError::BadOutput {
+                expected,
+                shape,
+                strides,
+            });
+        }
+    }
+    Ok(expected)
+}
+
+fn check_contiguous<R: Runtime>(
     output: &TensorBinding<R>,
     expected: &[usize],
 ) -> Result<(), (Vec<usize>, Vec<usize>)> {
