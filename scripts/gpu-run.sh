@@ -8,7 +8,7 @@
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}") # absolute: the script changes directory below
 mkdir -p "$OUT"
-PARTS=" ${BI_GPU_PARTS:-suite ab generate bench matmul attention anchors} " # a subset keeps a call short
+PARTS=" ${BI_GPU_PARTS:-suite ab generate bench fused matmul attention anchors} " # a subset keeps a call short
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 TMP=$(mktemp -d) # logs that only feed report.md: $OUT brings back 8 files at most
 cd .gpu
@@ -16,7 +16,7 @@ for f in *.gz; do gunzip -f "$f"; done
 chmod +x suite ab_* bench* 2>/dev/null
 
 device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)
-tests_rc=skipped; ab_rc=skipped; gen_rc=skipped; bench_rc=skipped; matmul_rc=skipped; attn_rc=skipped
+tests_rc=skipped; ab_rc=skipped; gen_rc=skipped; bench_rc=skipped; fused_rc=skipped; matmul_rc=skipped; attn_rc=skipped
 if part suite; then
     # BI_SUITE_FILTER: run only the tests whose names contain it (e.g. attention).
     BI_TEST_BACKEND=cuda ./suite ${BI_SUITE_FILTER:-} --nocapture >"$OUT/tests.log" 2>&1
@@ -35,6 +35,14 @@ if part bench; then
     ./bench --cuda --json "$OUT/bench.json" >"$TMP/bench.txt" 2>&1
     bench_rc=$?
 fi
+if part fused; then
+    # Burn's fused backend: its own kernels against BatchInvariant<Fusion<..>>, and the A/B
+    # table on it (BI_TEST_FUSION=fused narrows the suite to the fused form).
+    timeout 300 ./bench --cuda --fused --json "$OUT/bench_fused.json" >"$TMP/bench_fused.txt" 2>&1
+    fused_rc=$?
+    timeout 240 ./ab_ops --cuda --fused >"$TMP/ab_ops_fused.txt" 2>&1
+    [ $? != 0 ] && fused_rc=1
+fi
 if part matmul; then
     timeout 300 ./bench_matmul --cuda ${BI_MATMUL_FLAGS:-} --json "$OUT/bench_matmul.json" >"$TMP/bench_matmul.txt" 2>&1
     matmul_rc=$?
@@ -52,12 +60,14 @@ fi
 {
     echo "# GPU run $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "device: $device"
-    echo "suite exit: $tests_rc; ab_ops exit: $ab_rc; bench exit: $bench_rc; bench_matmul exit: $matmul_rc; bench_attention exit: $attn_rc; ab_generate exit: $gen_rc; anchors exit: $anchors_rc"
+    echo "suite exit: $tests_rc; ab_ops exit: $ab_rc; bench exit: $bench_rc; fused exit: $fused_rc; bench_matmul exit: $matmul_rc; bench_attention exit: $attn_rc; ab_generate exit: $gen_rc; anchors exit: $anchors_rc"
     echo; echo "## tests"; grep -E '^test |test result|panicked|assert' "$OUT/tests.log" | head -80
     echo; echo "## ab_ops (mode on)"; cat "$OUT/ab_ops.txt" 2>/dev/null
     echo; echo "## ab_ops (BURN_BATCH_INVARIANT=0)"; cat "$TMP/ab_ops_mode_off.txt" 2>/dev/null
     echo; echo "## ab_generate"; cat "$TMP/ab_generate.txt" 2>/dev/null
     echo; echo "## bench"; cat "$TMP/bench.txt" 2>/dev/null
+    echo; echo "## bench --fused"; cat "$TMP/bench_fused.txt" 2>/dev/null
+    echo; echo "## ab_ops --fused"; cat "$TMP/ab_ops_fused.txt" 2>/dev/null
     echo; echo "## bench_matmul"; cat "$TMP/bench_matmul.txt" 2>/dev/null
     echo; echo "## bench_attention"; cat "$TMP/bench_attention.txt" 2>/dev/null
     echo; echo "## anchors"; [ -f "$OUT/anchors.txt" ] && grep -v '^\s*$' "$OUT/anchors.txt" | tail -40
@@ -66,4 +76,5 @@ cat "$OUT/report.md"
 [ "$tests_rc" != 0 ] && [ "$tests_rc" != skipped ] && exit 1
 [ "$ab_rc" != 0 ] && [ "$ab_rc" != skipped ] && exit 1
 [ "$gen_rc" != 0 ] && [ "$gen_rc" != skipped ] && exit 1
+[ "$fused_rc" != 0 ] && [ "$fused_rc" != skipped ] && exit 1
 exit 0

@@ -8,7 +8,7 @@ stops being used. This script reads every ops trait of burn-backend 0.21.0 and
 
   --check     fails (exit 1) when an impl file in crates/burn-batch-invariant/src/ops/
               lacks a method of its trait, required or defaulted, that is not listed on a
-              `// default-body: a, b` line, or when burn-cubecl overrides a method listed
+              `// default-body: a, b` line, or when burn-cubecl or burn-fusion overrides a method listed
               there (then the mode switched off would not compute what `B` computes);
               this is what CI runs;
   --generate  prints a forwarding impl for one trait, the starting point of a new
@@ -49,12 +49,15 @@ def burn_backend_ops_dir():
     return os.path.join(registry_crate("burn-backend-0.21.0"), "src", "backend", "ops")
 
 
-def burn_cubecl_overrides():
-    """Names of the methods burn-cubecl's ops impls write."""
-    names = set()
-    for path in glob.glob(os.path.join(registry_crate("burn-cubecl-0.21.0"), "src", "ops", "*.rs")):
-        with open(path) as f:
-            names.update(re.findall(r"^    fn\s+(\w+)", f.read(), flags=re.M))
+def inner_overrides():
+    """Names of the methods the backends we wrap write in their ops impls: burn-cubecl's
+    CubeBackend and burn-fusion's Fusion (both can be the inner backend)."""
+    names = {}
+    for crate in ("burn-cubecl-0.21.0", "burn-fusion-0.21.0"):
+        for path in glob.glob(os.path.join(registry_crate(crate), "src", "ops", "*.rs")):
+            with open(path) as f:
+                for name in re.findall(r"^    fn\s+(\w+)", f.read(), flags=re.M):
+                    names.setdefault(name, crate.rsplit("-", 1)[0])
     return names
 
 
@@ -135,7 +138,7 @@ def trait_methods(trait):
 
 def check():
     missing, overridden = [], []
-    cubecl = burn_cubecl_overrides()
+    inner = inner_overrides()
     for trait, (_, ours) in TRAITS.items():
         with open(os.path.join(OURS, ours)) as f:
             text = f.read()
@@ -147,8 +150,8 @@ def check():
             if name in kept:
                 if not default:
                     missing.append("%s::%s (listed as default-body but has no default)" % (trait, name))
-                elif name in cubecl:
-                    overridden.append("%s::%s" % (trait, name))
+                elif name in inner:
+                    overridden.append("%s::%s (%s)" % (trait, name, inner[name]))
             elif name not in have:
                 missing.append("%s::%s%s" % (trait, name, " (defaulted)" if default else ""))
     if missing:
@@ -156,7 +159,7 @@ def check():
         for m in missing:
             print("  " + m)
     if overridden:
-        print("default-body methods that burn-cubecl overrides (mode off would differ from B):")
+        print("default-body methods that an inner backend overrides (mode off would differ from B):")
         for m in overridden:
             print("  " + m)
     if missing or overridden:

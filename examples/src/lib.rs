@@ -13,14 +13,22 @@ pub fn use_cuda() -> bool {
             .unwrap_or(false)
 }
 
-/// Runs `$body::<B>(&device)` on the chosen runtime's plain CubeBackend.
+/// `--fused`: wrap Burn's fused backend (`Fusion<CubeBackend>`, what `burn::backend::Cuda`
+/// and `Wgpu` are with Burn's default features) instead of the plain `CubeBackend`.
+pub fn use_fused() -> bool {
+    std::env::args().any(|a| a == "--fused")
+}
+
+/// Runs `$body::<B>(&device)` on the chosen runtime's plain CubeBackend, or on its fused
+/// form with `--fused`.
 #[macro_export]
 macro_rules! on_backend {
     ($body:ident) => {
-        if $crate::use_cuda() {
-            $body::<burn_batch_invariant::CudaBase>(&Default::default())
-        } else {
-            $body::<burn_batch_invariant::WgpuBase>(&Default::default())
+        match ($crate::use_cuda(), $crate::use_fused()) {
+            (true, false) => $body::<burn_batch_invariant::CudaBase>(&Default::default()),
+            (true, true) => $body::<burn_batch_invariant::CudaFused>(&Default::default()),
+            (false, false) => $body::<burn_batch_invariant::WgpuBase>(&Default::default()),
+            (false, true) => $body::<burn_batch_invariant::WgpuFused>(&Default::default()),
         }
     };
 }

@@ -142,13 +142,25 @@ impl<B: Backend> TinyLm<B> {
     /// Logits `[batch, seq, vocab]` for right-padded token rows of lengths `lens`. Padded
     /// keys are masked; padded queries give logits nobody reads.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>, lens: &[usize]) -> Tensor<B, 3> {
+        self.forward_embedded(self.embed(tokens), lens)
+    }
+
+    /// Token plus position embeddings `[batch, seq, d_model]`: the model's input as floats,
+    /// where training takes input gradients.
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let device = tokens.device();
         let [batch, seq] = tokens.dims();
-        let (heads, d) = (self.config.heads, self.config.d_model);
         let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
             .unsqueeze::<2>()
             .expand([batch, seq]);
-        let mut x = self.tokens.forward(tokens) + self.positions.forward(positions);
+        self.tokens.forward(tokens) + self.positions.forward(positions)
+    }
+
+    /// Logits for embedded inputs (see [`TinyLm::embed`]).
+    pub fn forward_embedded(&self, mut x: Tensor<B, 3>, lens: &[usize]) -> Tensor<B, 3> {
+        let device = x.device();
+        let [batch, seq, _] = x.dims();
+        let (heads, d) = (self.config.heads, self.config.d_model);
         let padding: Vec<bool> = lens
             .iter()
             .flat_map(|&len| (0..seq).map(move |j| j >= len))
@@ -181,6 +193,25 @@ impl<B: Backend> TinyLm<B> {
 
     pub fn config(&self) -> LmConfig {
         self.config
+    }
+
+    /// Every weight matrix (embeddings, projections, LM head), for reading gradients.
+    pub fn weights(&self) -> Vec<Tensor<B, 2>> {
+        let mut weights = vec![self.tokens.weight.val(), self.positions.weight.val()];
+        for block in &self.blocks {
+            for linear in [
+                &block.query,
+                &block.key,
+                &block.value,
+                &block.out,
+                &block.up,
+                &block.down,
+            ] {
+                weights.push(linear.weight.val());
+            }
+        }
+        weights.push(self.head.weight.val());
+        weights
     }
 }
 

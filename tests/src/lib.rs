@@ -24,20 +24,48 @@ pub fn runtime() -> TestRuntime {
     }
 }
 
+/// Environment variable choosing which form of the runtime's backend the backend-level tests
+/// wrap: `both` (default: the plain `CubeBackend`, then Burn's fused `Fusion<CubeBackend>`),
+/// `plain` or `fused`.
+pub const FUSION_VAR: &str = "BI_TEST_FUSION";
+
+/// Whether the backend-level tests run on the plain backend and on the fused one.
+pub fn backend_forms() -> (bool, bool) {
+    match std::env::var(FUSION_VAR).as_deref() {
+        Err(_) | Ok("both") => (true, true),
+        Ok("plain") => (true, false),
+        Ok("fused") => (false, true),
+        Ok(other) => panic!("{FUSION_VAR}={other:?}: expected `both`, `plain` or `fused`"),
+    }
+}
+
 /// Runs a test body `fn case<B: KernelHost>(device: &B::Device)` on the selected runtime's
-/// plain CubeBackend; the body builds `BatchInvariant<B>` itself where it needs it.
+/// plain `CubeBackend` and on its fused form (`BI_TEST_FUSION` narrows that); the body
+/// builds `BatchInvariant<B>` itself where it needs it. Every backend-level test thereby
+/// runs on both inner backends a user can wrap.
 #[macro_export]
 macro_rules! on_test_backend {
-    ($case:ident) => {
+    ($case:ident) => {{
+        let (plain, fused) = $crate::backend_forms();
         match $crate::runtime() {
             $crate::TestRuntime::Wgpu => {
-                $case::<burn_batch_invariant::WgpuBase>(&Default::default())
+                if plain {
+                    $case::<burn_batch_invariant::WgpuBase>(&Default::default());
+                }
+                if fused {
+                    $case::<burn_batch_invariant::WgpuFused>(&Default::default());
+                }
             }
             $crate::TestRuntime::Cuda => {
-                $case::<burn_batch_invariant::CudaBase>(&Default::default())
+                if plain {
+                    $case::<burn_batch_invariant::CudaBase>(&Default::default());
+                }
+                if fused {
+                    $case::<burn_batch_invariant::CudaFused>(&Default::default());
+                }
             }
         }
-    };
+    }};
 }
 
 /// Runs a kernel-level test body `fn case<R: CubeRuntime>(device: &R::Device)` on the

@@ -2,7 +2,7 @@
 //! batches of 2, 3 and 7 sequences of mixed lengths (causal and bidirectional); a decode
 //! step vs the same position of a prefill, across the 512-key chunk boundary and with every
 //! option; accuracy against the f64 reference for every option; slabs; poisoned outputs;
-//! bad input.
+//! broadcast mask and bias read in place; bad input.
 
 use batch_invariant_kernels::attention::{
     cpu_reference, launch_attention, launch_attention_with_scratch, AttentionError,
@@ -430,6 +430,79 @@ fn poisoned_outputs_and_slabs<R: CubeRuntime>(device: &R::Device) {
     );
 }
 
+/// A padding mask `[b, 1, 1, k]` and a bias `[1, h, 1, k]` expanded to the scores' shape
+/// are stride-0 views; the kernel reads them in place and must give the bits of their
+/// materialised copies.
+fn broadcast_views_match_copies<R: CubeRuntime>(device: &R::Device) {
+    use burn::tensor::ops::FloatTensorOps;
+    let (b, h, sq, sk, d) = (3, 2, 19, 40, 8);
+    let t = |seed, shape: [usize; 4]| {
+        let n = shape.iter().product();
+        primitive(tensor::<Plain<R>, 4>(
+            random_values(n, seed),
+            shape,
+            FloatDType::F32,
+            device,
+        ))
+    };
+    let (q, k, v) = (
+        t(41, [b, h, sq, d]),
+        t(42, [b, h, sk, d]),
+        t(43, [b, h, sk, d]),
+    );
+    let padding: Vec<f32> = (0..b * sk)
+        .map(|i| {
+            if i % sk >= sk - 7 * (i / sk) {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = primitive(Tensor::<Plain<R>, 4>::from_data(
+        TensorData::new(padding, [b, 1, 1, sk]),
+        device,
+    ));
+    let bias = t(44, [1, h, 1, sk]);
+    let scores: burn::tensor::Shape = [b, h, sq, sk].into();
+    let mask_view = Plain::<R>::float_expand(mask, scores.clone());
+    let bias_view = Plain::<R>::float_expand(bias, scores);
+    assert!(
+        mask_view.meta.strides().contains(&0) && bias_view.meta.strides().contains(&0),
+        "expand should give stride-0 views"
+    );
+    let client = q.client.clone();
+    let options = AttentionOptions {
+        scale: 0.3,
+        softcap: None,
+        causal: true,
+    };
+    let run = |mask: CubeTensor<R>, bias: CubeTensor<R>| {
+        let out = nan_poison(&client, device, vec![b, h, sq, d], q.dtype);
+        launch_attention(
+            &client,
+            q.clone().binding(),
+            k.clone().binding(),
+            v.clone().binding(),
+            Some(mask.binding()),
+            Some(bias.binding()),
+            out.clone().binding(),
+            options,
+            q.dtype.into(),
+        )
+        .expect("launch");
+        bits(Tensor::<Plain<R>, 4>::from_primitive(
+            burn::tensor::TensorPrimitive::Float(out),
+        ))
+    };
+    let views = run(mask_view.clone(), bias_view.clone());
+    let copies = run(into_contiguous(mask_view), into_contiguous(bias_view));
+    assert!(
+        views == copies,
+        "broadcast views and their copies give different bits"
+    );
+}
+
 fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
     let t = |shape: [usize; 4]| primitive(Tensor::<Plain<R>, 4>::zeros(shape, device));
     let (q, k, v) = (t([1, 2, 3, 8]), t([1, 2, 5, 8]), t([1, 2, 5, 8]));
@@ -461,6 +534,26 @@ fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
     let err = run(&q, &k, &t([1, 2, 3, 7]), options);
     assert!(
         matches!(err, Err(AttentionError::BadOperand { name: "output", .. })),
+        "{err:?}"
+    );
+    // A transposed mask is neither contiguous nor a broadcast view.
+    let transposed = {
+        use burn::tensor::ops::FloatTensorOps;
+        Plain::<R>::float_swap_dims(t([1, 2, 5, 3]), 2, 3)
+    };
+    let err = launch_attention(
+        &client,
+        q.clone().binding(),
+        k.clone().binding(),
+        v.clone().binding(),
+        Some(transposed.binding()),
+        None,
+        t([1, 2, 3, 8]).binding(),
+        options,
+        dtype,
+    );
+    assert!(
+        matches!(err, Err(AttentionError::BadOperand { name: "mask", .. })),
         "{err:?}"
     );
     let softcap = AttentionOptions {
@@ -550,6 +643,11 @@ fn attention_accuracy_and_options() {
 #[test]
 fn kernel_attention_writes_every_output_in_any_slab() {
     on_test_runtime!(poisoned_outputs_and_slabs);
+}
+
+#[test]
+fn kernel_attention_reads_broadcast_mask_and_bias_in_place() {
+    on_test_runtime!(broadcast_views_match_copies);
 }
 
 #[test]

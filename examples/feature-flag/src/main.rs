@@ -14,15 +14,17 @@ use burn::tensor::activation::{gelu, log_softmax};
 use burn::tensor::backend::Backend as BackendTrait;
 use burn::tensor::{Distribution, Tensor};
 
-// The only lines that change with the feature.
-#[cfg(all(not(feature = "batch-invariant"), not(feature = "cuda")))]
-type Backend = burn::backend::Wgpu;
-#[cfg(all(feature = "batch-invariant", not(feature = "cuda")))]
-type Backend = burn_batch_invariant::WgpuInvariant;
-#[cfg(all(not(feature = "batch-invariant"), feature = "cuda"))]
-type Backend = burn::backend::Cuda;
-#[cfg(all(feature = "batch-invariant", feature = "cuda"))]
-type Backend = burn_batch_invariant::CudaInvariant;
+// The only lines that change with the feature. `burn::backend::Wgpu` is Burn's fused wgpu
+// backend here (Burn's `fusion` feature is on, as it is by default), so the invariant
+// alias wraps exactly what the application ran before.
+#[cfg(not(feature = "cuda"))]
+type Base = burn::backend::Wgpu;
+#[cfg(feature = "cuda")]
+type Base = burn::backend::Cuda;
+#[cfg(not(feature = "batch-invariant"))]
+type Backend = Base;
+#[cfg(feature = "batch-invariant")]
+type Backend = burn_batch_invariant::BatchInvariant<Base>;
 
 struct Classifier<B: BackendTrait> {
     hidden: Linear<B>,

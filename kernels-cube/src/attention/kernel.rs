@@ -27,6 +27,8 @@ pub struct Extents {
     pub seq_q: usize,
     /// Keys per (batch, head).
     pub seq_k: usize,
+    /// Heads per batch entry (to split `batch x head` for the mask's and bias's strides).
+    pub heads: usize,
     /// Blocks of `BLOCK_Q` queries per (batch, head).
     pub q_blocks: usize,
     /// Chunks of `KEY_SPLIT` keys.
@@ -35,6 +37,13 @@ pub struct Extents {
     pub first_group: usize,
     /// Groups in this slab.
     pub groups: usize,
+}
+
+/// Offset of score `(b, h, row, key)` in a mask or bias laid out by its strides (zero
+/// along broadcast dims).
+#[cube]
+fn broadcast_offset<F: Float>(t: &Tensor<F>, b: usize, h: usize, row: usize, key: usize) -> usize {
+    b * t.stride(0) + h * t.stride(1) + row * t.stride(2) + key * t.stride(3)
 }
 
 /// Copies rows `first_row .. first_row + BLOCK_K` of a row-major tensor with rows of
@@ -273,12 +282,14 @@ pub fn attention_partials_kernel<F: Float>(
             s = softcap * f32::tanh(s / softcap);
         }
         if live && (has_mask || has_bias) {
-            let at = (bh * ext.seq_q + row) * ext.seq_k + key_pos;
-            if has_mask && f32::cast_from(mask[at]) != 0.0 {
+            // Mask and bias are read through their strides: a padding mask `[b, 1, 1, k]`
+            // broadcast to the scores costs its own size, not `b x h x q x k`.
+            let (b, h) = (bh / ext.heads, bh % ext.heads);
+            if has_mask && f32::cast_from(mask[broadcast_offset(mask, b, h, row, key_pos)]) != 0.0 {
                 live = false;
             }
             if has_bias {
-                s += f32::cast_from(bias[at]);
+                s += f32::cast_from(bias[broadcast_offset(bias, b, h, row, key_pos)]);
             }
         }
         if s < f32::min_value() {

@@ -59,7 +59,8 @@ impl fmt::Display for AttentionError {
         match self {
             Self::BadOperand { name, expected, shape, strides } => write!(
                 f,
-                "{name} must be contiguous with shape {expected:?}, got shape {shape:?} strides {strides:?}"
+                "{name} must be contiguous{} with shape {expected:?}, got shape {shape:?} strides {strides:?}",
+                if matches!(*name, "mask" | "bias") { " (or a broadcast view of a contiguous tensor)" } else { "" }
             ),
             Self::HeadDim { dim, dim_v } => write!(
                 f,
@@ -101,10 +102,46 @@ fn check_operand<R: Runtime>(
     Ok(())
 }
 
+/// A mask or bias of shape `expected` may broadcast: it must be a contiguous tensor of a
+/// shape with extents 1 or `expected`'s, viewed with stride 0 along the broadcast dims
+/// (what `expand` makes). The kernel then reads at most that tensor's own elements.
+pub fn is_broadcast_layout(expected: &[usize], strides: &[usize]) -> bool {
+    let mut contiguous = 1;
+    for (&extent, &stride) in expected.iter().zip(strides).rev() {
+        if extent == 1 || stride == 0 {
+            continue;
+        }
+        if stride != contiguous {
+            return false;
+        }
+        contiguous *= extent;
+    }
+    expected.len() == strides.len()
+}
+
+fn check_broadcast_operand<R: Runtime>(
+    name: &'static str,
+    binding: &TensorBinding<R>,
+    expected: [usize; 4],
+) -> Result<(), AttentionError> {
+    let shape: Vec<usize> = binding.shape.iter().copied().collect();
+    let strides: Vec<usize> = binding.strides.iter().copied().collect();
+    if shape != expected || !is_broadcast_layout(&expected, &strides) {
+        return Err(AttentionError::BadOperand {
+            name,
+            expected: expected.to_vec(),
+            shape,
+            strides,
+        });
+    }
+    Ok(())
+}
+
 /// `softmax(q k^T * scale (softcapped, masked, biased)) v` for contiguous
 /// `query [b, h, seq_q, d]`, `key [b, h, seq_k, d]`, `value [b, h, seq_k, d_v]`, optional
 /// `mask` (non-zero = masked) and `bias`, both `[b, h, seq_q, seq_k]` in the operands'
-/// float dtype, into the contiguous `output [b, h, seq_q, d_v]`.
+/// float dtype, contiguous or broadcast views of contiguous tensors
+/// ([`is_broadcast_layout`]), into the contiguous `output [b, h, seq_q, d_v]`.
 #[allow(clippy::too_many_arguments)]
 pub fn launch_attention<R: Runtime>(
     client: &ComputeClient<R>,
@@ -162,10 +199,10 @@ pub fn launch_attention_with_scratch<R: Runtime>(
     check_operand("value", &value, [batch, heads, seq_k, dim_v])?;
     check_operand("output", &output, [batch, heads, seq_q, dim_v])?;
     if let Some(mask) = &mask {
-        check_operand("mask", mask, [batch, heads, seq_q, seq_k])?;
+        check_broadcast_operand("mask", mask, [batch, heads, seq_q, seq_k])?;
     }
     if let Some(bias) = &bias {
-        check_operand("bias", bias, [batch, heads, seq_q, seq_k])?;
+        check_broadcast_operand("bias", bias, [batch, heads, seq_q, seq_k])?;
     }
     if dim == 0 || dim_v == 0 || dim > MAX_HEAD_DIM || dim_v > MAX_HEAD_DIM {
         return Err(AttentionError::HeadDim { dim, dim_v });
@@ -234,7 +271,8 @@ pub fn launch_attention_with_scratch<R: Runtime>(
     let mut first_group = 0;
     while first_group < total_groups {
         let groups = slab_groups.min(total_groups - first_group);
-        let extents = || ExtentsLaunch::new(seq_q, seq_k, q_blocks, chunks, first_group, groups);
+        let extents =
+            || ExtentsLaunch::new(seq_q, seq_k, heads, q_blocks, chunks, first_group, groups);
         unsafe {
             if chunks > 0 {
                 attention_partials_kernel::launch_unchecked(

@@ -50,7 +50,8 @@ pub mod kernel;
 pub mod launch;
 
 pub use launch::{
-    launch_attention, launch_attention_with_scratch, AttentionError, AttentionOptions, MAX_HEAD_DIM,
+    is_broadcast_layout, launch_attention, launch_attention_with_scratch, AttentionError,
+    AttentionOptions, MAX_HEAD_DIM,
 };
 
 /// Queries per cube (the seed's `BLOCK_M`).

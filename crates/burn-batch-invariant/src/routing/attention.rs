@@ -90,8 +90,9 @@ pub(crate) fn attention<B: KernelHost>(
     let scores = Shape::new([batch, heads, seq_q, seq_k]);
     let mask = mask.map(|mask| {
         check_broadcast(OP, "mask", &mask.shape(), &scores);
-        let mask = B::bool_expand(mask, scores.clone());
-        B::bool_into_float(mask, float_dtype(dtype))
+        // Convert at the mask's own size, then broadcast as a view (no copy).
+        let mask = B::bool_into_float(mask, float_dtype(dtype));
+        B::float_expand(mask, scores.clone())
     });
     let bias = attn_bias.map(|bias| {
         check_broadcast(OP, "attn_bias", &bias.shape(), &scores);

@@ -1,6 +1,11 @@
-//! What `BatchInvariant<B>` needs from the backend it wraps.
+//! What `BatchInvariant<B>` needs from the backend it wraps, and its two implementations:
+//! the plain `CubeBackend` (here) launches the kernels directly, `Fusion<B>` (`fusion.rs`)
+//! registers them in its stream.
 
-use batch_invariant_kernels::attention::{launch_attention, AttentionOptions};
+#[cfg(feature = "fusion")]
+mod fusion;
+
+use batch_invariant_kernels::attention::{is_broadcast_layout, launch_attention, AttentionOptions};
 use batch_invariant_kernels::extremum::{launch_extremum_dim, ExtremumOp};
 use batch_invariant_kernels::matmul::launch::{launch_matmul, matmul_output_shape};
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
@@ -59,7 +64,7 @@ pub trait KernelHost: Backend {
     /// `[batch, heads, seq_q, d_v]` tensor. Inputs: rank-4 query, key and value of one
     /// dtype (f32, f16 or bf16) with matching extents and head dims in the kernel's range;
     /// `mask` (non-zero = masked) and `bias` already `[batch, heads, seq_q, seq_k]` in that
-    /// dtype; a valid softcap.
+    /// dtype (broadcast views welcome: they are read through their strides); a valid softcap.
     fn invariant_attention(
         query: FloatTensor<Self>,
         key: FloatTensor<Self>,
@@ -192,15 +197,24 @@ where
         let output =
             empty_device_contiguous_dtype(query.client.clone(), query.device.clone(), shape, dtype);
         let client = query.client.clone();
-        // The kernel reads plain row-major operands; a copy does not change any value.
+        // The kernel reads plain row-major operands; a copy does not change any value. A
+        // mask or bias that is a broadcast view (a padding mask `[b, 1, 1, k]` expanded) is
+        // read as it is: copying it would cost `b x h x q x k` elements.
         let binding = |t: CubeTensor<R>| into_contiguous(t).binding();
+        let broadcast_binding = |t: CubeTensor<R>| {
+            if is_broadcast_layout(t.meta.shape(), t.meta.strides()) {
+                t.binding()
+            } else {
+                binding(t)
+            }
+        };
         launch_attention(
             &client,
             binding(query),
             binding(key),
             binding(value),
-            mask.map(binding),
-            bias.map(binding),
+            mask.map(broadcast_binding),
+            bias.map(broadcast_binding),
             output.clone().binding(),
             options,
             dtype.into(),
