@@ -119,8 +119,16 @@ fn sequences_are_batch_invariant<B: KernelHost>(device: &B::Device) {
 fn decode_matches_prefill<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     let _serial = serial();
+    // Head dim 160 walks the prefill's shared memory in two pieces (128 + 32); the decode
+    // kernel reads it in one loop: the order over d must still agree.
+    for (dim, dim_v) in [(16, 16), (160, 72)] {
+        decode_matches_prefill_for::<B>(device, dim, dim_v);
+    }
+}
+
+fn decode_matches_prefill_for<B: KernelHost>(device: &B::Device, dim: usize, dim_v: usize) {
     type BI<B> = BatchInvariant<B>;
-    let (len, dim) = (KEY_SPLIT + 90, 16);
+    let len = KEY_SPLIT + 90;
     let positions = [
         0,
         1,
@@ -133,7 +141,7 @@ fn decode_matches_prefill<B: KernelHost>(device: &B::Device) {
         len - 1,
     ];
     for dtype in float_dtypes::<B>(device) {
-        let t = |seed, n| {
+        let t = |seed, n, dim| {
             tensor::<BI<B>, 4>(
                 random_values(HEADS * n * dim, seed),
                 [1, HEADS, n, dim],
@@ -141,7 +149,7 @@ fn decode_matches_prefill<B: KernelHost>(device: &B::Device) {
                 device,
             )
         };
-        let (q, k, v) = (t(11, len), t(12, len), t(13, len));
+        let (q, k, v) = (t(11, len, dim), t(12, len, dim), t(13, len, dim_v));
         let bias = tensor::<BI<B>, 4>(
             random_values(HEADS * len * len, 14),
             [1, HEADS, len, len],
@@ -184,7 +192,7 @@ fn decode_matches_prefill<B: KernelHost>(device: &B::Device) {
                 );
                 assert!(
                     bits(step) == bits(prefill.clone().narrow(2, i, 1)),
-                    "{dtype:?} {name}: the decode step at position {i} differs from the prefill"
+                    "{dtype:?} {name} d {dim}/{dim_v}: the decode step at position {i} differs from the prefill"
                 );
             }
         }
@@ -370,9 +378,16 @@ fn primitive<R: CubeRuntime>(t: Tensor<Plain<R>, 4>) -> CubeTensor<R> {
 }
 
 /// Direct launches into NaN-poisoned outputs, with the default scratch and with a scratch
-/// so small that every query block is its own slab: every element written, same bits.
+/// so small that every query block is its own slab: every element written, same bits. For
+/// a prefill and for a decode step (one query: the decode kernel).
 fn poisoned_outputs_and_slabs<R: CubeRuntime>(device: &R::Device) {
-    let (b, h, sq, sk, d, dv) = (2, 3, 37, KEY_SPLIT + 30, 16, 24);
+    for sq in [37, 1] {
+        poisoned_outputs_and_slabs_for::<R>(device, sq);
+    }
+}
+
+fn poisoned_outputs_and_slabs_for<R: CubeRuntime>(device: &R::Device, sq: usize) {
+    let (b, h, sk, d, dv) = (2, 3, KEY_SPLIT + 30, 16, 24);
     let t = |seed, shape: [usize; 4]| {
         let n = shape.iter().product();
         primitive(tensor::<Plain<R>, 4>(
@@ -417,7 +432,7 @@ fn poisoned_outputs_and_slabs<R: CubeRuntime>(device: &R::Device) {
                 .unwrap();
         assert!(
             data.iter().all(|x| !x.is_nan()),
-            "scratch {scratch}: an output element was left unwritten"
+            "{sq} queries, scratch {scratch}: an output element was left unwritten"
         );
         results.push(data);
     }
@@ -426,7 +441,7 @@ fn poisoned_outputs_and_slabs<R: CubeRuntime>(device: &R::Device) {
             .iter()
             .map(|x| x.to_bits())
             .eq(results[1].iter().map(|x| x.to_bits())),
-        "slabs change the bits"
+        "{sq} queries: slabs change the bits"
     );
 }
 

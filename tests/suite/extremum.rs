@@ -2,7 +2,7 @@
 //! batch along every dim, exact agreement with the reference scan (values and indices, ties
 //! to the smallest index, NaN first), and the `Tensor` API entry points.
 
-use batch_invariant_kernels::extremum::{cpu_reference, ExtremumOp};
+use batch_invariant_kernels::extremum::{cpu_reference, ExtremumOp, CHUNK_LEN};
 use burn::tensor::{FloatDType, Int, Tensor};
 use burn_batch_invariant_tests::*;
 
@@ -122,6 +122,55 @@ fn special_values<B: KernelHost>(device: &B::Device) {
     }
 }
 
+/// Rows long enough to be split into chunks (`extremum::CHUNK_LEN`): ties and NaNs in
+/// different chunks must resolve as in one pass (first NaN, then smallest index), and the
+/// rows must not change with the batch.
+fn long_row_special_values<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let len = 3 * CHUNK_LEN + 5;
+    let mut data = vec![0.0f32; 3 * len];
+    for at in [CHUNK_LEN + 4, 2 * CHUNK_LEN + 3, 3 * CHUNK_LEN + 1] {
+        data[at] = 7.0; // row 0: tied maxima in chunks 1, 2 and 3
+    }
+    data[len + 100] = 7.0; // row 1: NaNs in chunks 2 and 3 beat a larger value in chunk 0
+    data[len + 2 * CHUNK_LEN + 9] = f32::NAN;
+    data[len + 3 * CHUNK_LEN + 2] = f32::NAN;
+    for (j, v) in data[2 * len..].iter_mut().enumerate() {
+        *v = if j % 2 == 0 { -0.0 } else { 0.0 }; // row 2: signed zeros everywhere
+    }
+    data[2 * len + 3 * CHUNK_LEN] = -3.0;
+    let x = tensor::<BatchInvariant<B>, 2>(data.clone(), [3, len], FloatDType::F32, device);
+    let exact: Vec<f64> = data.iter().map(|&v| f64::from(v)).collect();
+    for op in OPS {
+        let (v, i) = apply::<B>(x.clone(), 1, op);
+        let reference = cpu_reference::extremum_dim(&exact, &[3, len], 1, op);
+        let got_i = i
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap();
+        let got_v = v.clone().into_data().to_vec::<f32>().unwrap();
+        for r in 0..3 {
+            let (rv, ri) = reference[r];
+            assert_eq!(got_i[r] as usize, ri, "{op:?} long row {r}: index");
+            assert!(
+                (rv.is_nan() && got_v[r].is_nan())
+                    || (f64::from(got_v[r]) == rv
+                        && got_v[r].is_sign_negative() == rv.is_sign_negative()),
+                "{op:?} long row {r}: {} vs {rv}",
+                got_v[r]
+            );
+            let (av, ai) = apply::<B>(x.clone().narrow(0, r, 1), 1, op);
+            assert!(
+                bits(av) == bits(v.clone().narrow(0, r, 1))
+                    && bits(ai) == bits(i.clone().narrow(0, r, 1)),
+                "{op:?} long row {r} alone differs from the same row in a batch of 3"
+            );
+        }
+    }
+}
+
 fn bad_input<B: KernelHost>(device: &B::Device) {
     use burn::tensor::ops::FloatTensorOps;
     let _mode = mode_shared();
@@ -153,6 +202,11 @@ fn extremum_is_batch_invariant_and_matches_reference() {
 #[test]
 fn extremum_special_values_ties_and_nan() {
     on_test_backend!(special_values);
+}
+
+#[test]
+fn extremum_long_rows_split_into_chunks() {
+    on_test_backend!(long_row_special_values);
 }
 
 #[test]

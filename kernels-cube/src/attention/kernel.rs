@@ -39,6 +39,84 @@ pub struct Extents {
     pub groups: usize,
 }
 
+/// A score after the options, and whether its key takes part.
+#[derive(CubeType)]
+struct Score {
+    value: f32,
+    live: bool,
+}
+
+/// What every kernel does to a raw dot product `dot` of query `row` and key `key_pos`:
+/// causal cut, `* scale`, softcap, mask, bias, and `-inf` as masked (as Burn's fallback
+/// treats it). `live` says whether the key is in range to begin with. One function, so that
+/// the prefill and decode kernels cannot drift apart.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn finish_score<F: Float>(
+    dot: f32,
+    live: bool,
+    mask: &Tensor<F>,
+    bias: &Tensor<F>,
+    ext: &Extents,
+    bh: usize,
+    row: usize,
+    key_pos: usize,
+    scale: f32,
+    softcap: f32,
+    flags: u32,
+) -> Score {
+    let mut live = live;
+    if (flags & FLAG_CAUSAL) != 0 {
+        live = live && key_pos + ext.seq_q <= row + ext.seq_k;
+    }
+    let mut s = dot * scale;
+    if (flags & FLAG_SOFTCAP) != 0 {
+        s = softcap * f32::tanh(s / softcap);
+    }
+    let has_mask = (flags & FLAG_MASK) != 0;
+    let has_bias = (flags & FLAG_BIAS) != 0;
+    if live && (has_mask || has_bias) {
+        // Mask and bias are read through their strides: a padding mask `[b, 1, 1, k]`
+        // broadcast to the scores costs its own size, not `b x h x q x k`.
+        let (b, h) = (bh / ext.heads, bh % ext.heads);
+        if has_mask && f32::cast_from(mask[broadcast_offset(mask, b, h, row, key_pos)]) != 0.0 {
+            live = false;
+        }
+        if has_bias {
+            s += f32::cast_from(bias[broadcast_offset(bias, b, h, row, key_pos)]);
+        }
+    }
+    if s < f32::min_value() {
+        live = false;
+    }
+    Score { value: s, live }
+}
+
+/// End of the keys chunk `k_start..` holds for queries before `rows_end`: the chunk's end,
+/// cut under causal masking where the last of those queries stops seeing keys (every block
+/// past it would be a no-op).
+#[cube]
+fn chunk_end(ext: &Extents, k_start: usize, rows_end: usize, flags: u32) -> usize {
+    let mut k_end = k_start + comptime!(KEY_SPLIT);
+    if k_end > ext.seq_k {
+        k_end = ext.seq_k;
+    }
+    if (flags & FLAG_CAUSAL) != 0 {
+        let mut rows_end = rows_end;
+        if rows_end > ext.seq_q {
+            rows_end = ext.seq_q;
+        }
+        let mut limit = 0;
+        if rows_end + ext.seq_k > ext.seq_q {
+            limit = rows_end + ext.seq_k - ext.seq_q;
+        }
+        if limit < k_end {
+            k_end = limit;
+        }
+    }
+    k_end
+}
+
 /// Offset of score `(b, h, row, key)` in a mask or bias laid out by its strides (zero
 /// along broadcast dims).
 #[cube]
@@ -206,30 +284,8 @@ pub fn attention_partials_kernel<F: Float>(
     let q0 = (group % ext.q_blocks) * bq;
     let row = q0 + qi;
     let row_ok = row < ext.seq_q;
-    let causal = (flags & FLAG_CAUSAL) != 0;
-    let has_mask = (flags & FLAG_MASK) != 0;
-    let has_bias = (flags & FLAG_BIAS) != 0;
-    let has_softcap = (flags & FLAG_SOFTCAP) != 0;
-
     let k_start = chunk * comptime!(KEY_SPLIT);
-    let mut k_end = k_start + comptime!(KEY_SPLIT);
-    if k_end > ext.seq_k {
-        k_end = ext.seq_k;
-    }
-    if causal {
-        // Past the last key the block's last query may see, every block is a no-op.
-        let mut rows_end = q0 + bq;
-        if rows_end > ext.seq_q {
-            rows_end = ext.seq_q;
-        }
-        let mut limit = 0;
-        if rows_end + ext.seq_k > ext.seq_q {
-            limit = rows_end + ext.seq_k - ext.seq_q;
-        }
-        if limit < k_end {
-            k_end = limit;
-        }
-    }
+    let k_end = chunk_end(&ext, k_start, q0 + bq, flags);
 
     let mut q_s = SharedMemory::<f32>::new(comptime!(BLOCK_Q * dim));
     let mut kv_s = SharedMemory::<f32>::new(comptime!(BLOCK_K * (PIECE + 1)));
@@ -273,28 +329,21 @@ pub fn attention_partials_kernel<F: Float>(
                 key, &mut kv_s, &q_s, key_row0, kb, k_end, s, dim, k_width0, k_width1,
             );
         }
-        let mut live = row_ok && key_pos < k_end;
-        if causal {
-            live = live && key_pos + ext.seq_q <= row + ext.seq_k;
-        }
-        s *= scale;
-        if has_softcap {
-            s = softcap * f32::tanh(s / softcap);
-        }
-        if live && (has_mask || has_bias) {
-            // Mask and bias are read through their strides: a padding mask `[b, 1, 1, k]`
-            // broadcast to the scores costs its own size, not `b x h x q x k`.
-            let (b, h) = (bh / ext.heads, bh % ext.heads);
-            if has_mask && f32::cast_from(mask[broadcast_offset(mask, b, h, row, key_pos)]) != 0.0 {
-                live = false;
-            }
-            if has_bias {
-                s += f32::cast_from(bias[broadcast_offset(bias, b, h, row, key_pos)]);
-            }
-        }
-        if s < f32::min_value() {
-            live = false; // -inf: a masked score, as Burn's fallback treats it
-        }
+        let score = finish_score(
+            s,
+            row_ok && key_pos < k_end,
+            mask,
+            bias,
+            &ext,
+            bh,
+            row,
+            key_pos,
+            scale,
+            softcap,
+            flags,
+        );
+        let live = score.live;
+        s = score.value;
         score_s[tid] = s;
         let mut live_flag = 0u32;
         if live {
@@ -365,6 +414,134 @@ pub fn attention_partials_kernel<F: Float>(
                 accs[slot * dim_v + c] = acc[t];
             }
         }
+    }
+}
+
+/// The partials kernel for one query per (batch, head), a decode step: one cube of
+/// [`CUBE_UNITS`] threads per (batch x head of this slab, chunk). It performs, for its one
+/// query, exactly the operations of [`attention_partials_kernel`] in the same order (each
+/// score a sequential dot product over `d`, [`finish_score`], then per block of
+/// [`BLOCK_K`] keys the same statistics, weights and accumulator updates), so a decode step
+/// gives the bits of the same position in a prefill; the suite checks it. What changes is
+/// the thread mapping: all threads first compute the chunk's scores, one key each, then
+/// thread `c` carries output column `c` through the chunk's blocks. The prefill mapping
+/// would leave 15 of every 16 threads idle here. Writes the chunk state to the same slots
+/// as the prefill kernel (query 0 of each group).
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_partials_kernel<F: Float>(
+    query: &Tensor<F>,
+    key: &Tensor<F>,
+    value: &Tensor<F>,
+    mask: &Tensor<F>,
+    bias: &Tensor<F>,
+    stats: &mut Array<f32>,
+    accs: &mut Array<f32>,
+    ext: Extents,
+    scale: f32,
+    softcap: f32,
+    flags: u32,
+    #[comptime] dim: usize,
+    #[comptime] dim_v: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    if CUBE_POS >= ext.groups * ext.chunks {
+        terminate!();
+    }
+    let bk = comptime!(BLOCK_K);
+    let units = comptime!(CUBE_UNITS);
+    let tid = UNIT_POS as usize;
+    let local_group = CUBE_POS / ext.chunks;
+    let chunk = CUBE_POS % ext.chunks;
+    let bh = ext.first_group + local_group; // one query block per (batch, head)
+    let k_start = chunk * comptime!(KEY_SPLIT);
+    let k_end = chunk_end(&ext, k_start, 1usize, flags);
+
+    let mut q_s = SharedMemory::<f32>::new(comptime!(dim));
+    let mut score_s = SharedMemory::<f32>::new(comptime!(KEY_SPLIT));
+    let mut live_s = SharedMemory::<u32>::new(comptime!(KEY_SPLIT));
+    #[unroll]
+    for r in 0..comptime!(dim.div_ceil(CUBE_UNITS)) {
+        let i = tid + r * units;
+        if i < dim {
+            q_s[i] = f32::cast_from(query[bh * dim + i]);
+        }
+    }
+    sync_cube();
+
+    // Every score of the chunk, one key per thread: `sum_d q_d k_d` in increasing d.
+    #[unroll]
+    for r in 0..comptime!(KEY_SPLIT / CUBE_UNITS) {
+        let j = tid + r * units;
+        let key_pos = k_start + j;
+        let in_range = key_pos < k_end;
+        let mut dot = 0.0f32;
+        if in_range {
+            let base = (bh * ext.seq_k + key_pos) * dim;
+            #[unroll]
+            for d in 0..dim {
+                dot += q_s[d] * f32::cast_from(key[base + d]);
+            }
+        }
+        let score = finish_score(
+            dot, in_range, mask, bias, &ext, bh, 0usize, key_pos, scale, softcap, flags,
+        );
+        score_s[j] = score.value;
+        let mut live_flag = 0u32;
+        if score.live {
+            live_flag = 1u32;
+        }
+        live_s[j] = live_flag;
+    }
+    sync_cube();
+
+    // The online softmax over the chunk's blocks in order; thread c carries column c.
+    let c = tid;
+    let mut m = f32::min_value();
+    let mut l = 0.0f32;
+    let mut acc = 0.0f32;
+    let mut kb = k_start;
+    while kb < k_end {
+        let j0 = kb - k_start;
+        let mut any = false;
+        let mut block_max = f32::min_value();
+        #[unroll]
+        for j in 0..bk {
+            if live_s[j0 + j] != 0 {
+                any = true;
+                block_max = f32::max(block_max, score_s[j0 + j]);
+            }
+        }
+        if any {
+            let m_new = f32::max(m, block_max);
+            let alpha = f32::exp(m - m_new);
+            let mut row_sum = 0.0f32;
+            let mut a = acc * alpha;
+            let value_base = (bh * ext.seq_k + kb) * dim_v + c;
+            #[unroll]
+            for j in 0..bk {
+                if live_s[j0 + j] != 0 {
+                    let p = f32::exp(score_s[j0 + j] - m_new);
+                    row_sum += p;
+                    if c < dim_v {
+                        a += p * f32::cast_from(value[value_base + j * dim_v]);
+                    }
+                }
+            }
+            acc = a;
+            l = l * alpha + row_sum;
+            m = m_new;
+        }
+        kb += bk;
+    }
+
+    let slot = local_group * comptime!(BLOCK_Q) * ext.chunks + chunk;
+    if tid == 0 {
+        stats[2 * slot] = m;
+        stats[2 * slot + 1] = l;
+    }
+    if c < dim_v {
+        accs[slot * dim_v + c] = acc;
     }
 }
 

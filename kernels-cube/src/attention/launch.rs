@@ -5,8 +5,9 @@ use core::fmt;
 use cubecl::prelude::*;
 
 use super::kernel::{
-    attention_combine_kernel, attention_partials_kernel, ExtentsLaunch, COMBINE_UNITS, CUBE_UNITS,
-    FLAG_BIAS, FLAG_CAUSAL, FLAG_MASK, FLAG_SOFTCAP, PIECE,
+    attention_combine_kernel, attention_decode_partials_kernel, attention_partials_kernel,
+    ExtentsLaunch, COMBINE_UNITS, CUBE_UNITS, FLAG_BIAS, FLAG_CAUSAL, FLAG_MASK, FLAG_SOFTCAP,
+    PIECE,
 };
 use super::{BLOCK_K, BLOCK_Q, KEY_SPLIT};
 use crate::reduce::launch::{contiguous_strides, cube_count};
@@ -14,6 +15,10 @@ use crate::reduce::launch::{contiguous_strides, cube_count};
 /// Largest head dim (of queries/keys and of values): a thread keeps `d_v / 16` accumulators
 /// and a cube a block of queries in f32 shared memory (16 KiB at 256).
 pub const MAX_HEAD_DIM: usize = 256;
+// The decode kernel gives each output column one thread of its cube.
+const _: () = assert!(MAX_HEAD_DIM <= CUBE_UNITS);
+// And each key of a chunk one score slot, `KEY_SPLIT / CUBE_UNITS` keys per thread.
+const _: () = assert!(KEY_SPLIT % CUBE_UNITS == 0);
 
 /// Upper bound on the chunk-state scratch of one launch; larger problems run in slabs of
 /// query blocks.
@@ -274,7 +279,29 @@ pub fn launch_attention_with_scratch<R: Runtime>(
         let extents =
             || ExtentsLaunch::new(seq_q, seq_k, heads, q_blocks, chunks, first_group, groups);
         unsafe {
-            if chunks > 0 {
+            if chunks > 0 && seq_q == 1 {
+                // A decode step: the same operations in another thread mapping.
+                attention_decode_partials_kernel::launch_unchecked(
+                    client,
+                    cube_count(client, groups * chunks),
+                    CubeDim::new_1d(CUBE_UNITS as u32),
+                    address_type,
+                    query.clone().into_tensor_arg(),
+                    key.clone().into_tensor_arg(),
+                    value.clone().into_tensor_arg(),
+                    mask.clone().into_tensor_arg(),
+                    bias.clone().into_tensor_arg(),
+                    ArrayArg::from_raw_parts(stats.clone(), states * 2),
+                    ArrayArg::from_raw_parts(accs.clone(), states * dim_v),
+                    extents(),
+                    options.scale,
+                    softcap,
+                    flags,
+                    dim,
+                    dim_v,
+                    dtype,
+                );
+            } else if chunks > 0 {
                 attention_partials_kernel::launch_unchecked(
                     client,
                     cube_count(client, groups * chunks),

@@ -35,13 +35,18 @@
 //!
 //! # Mapping
 //!
-//! Always two kernels, for every shape, so that a decode step and a prefill run the same
-//! compiled code: [`kernel::attention_partials_kernel`], one cube of 16 x 16 threads per
-//! (batch x head, block of [`BLOCK_Q`] queries, chunk), writes each query's chunk state
-//! to a scratch buffer; [`kernel::attention_combine_kernel`] merges them and writes the
-//! output. Queries and chunks that the causal rule rules out entirely are not launched
-//! work (their state is written empty). The options that select arithmetic (mask, bias,
-//! causal, softcap) are runtime flags, not compile-time ones, for the same reason. Large
+//! Two kernels per launch: a partials kernel writes each query's chunk state to a scratch
+//! buffer, [`kernel::attention_combine_kernel`] merges them and writes the output. The
+//! partials kernel is [`kernel::attention_partials_kernel`], one cube of 16 x 16 threads per
+//! (batch x head, block of [`BLOCK_Q`] queries, chunk), or, when there is one query per
+//! (batch, head) (a decode step), [`kernel::attention_decode_partials_kernel`], one cube of
+//! 256 threads per (batch x head, chunk) that computes the chunk's scores one key per thread
+//! and then carries one output column per thread. Both perform the operations above in the
+//! same order through the same helpers (`finish_score`, `chunk_end`); the suite compares a
+//! decode step with the prefill bitwise. Queries and chunks that the causal rule rules out
+//! entirely are not launched work (their state is written empty). The options that select
+//! arithmetic (mask, bias, causal, softcap) are runtime flags, not compile-time ones, so
+//! that every option set runs the same compiled code. Large
 //! problems are launched in slabs of queries so that the scratch stays under
 //! [`launch::SCRATCH_BYTES`]; a slab changes which cube computes a row, not how.
 

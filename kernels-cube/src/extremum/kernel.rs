@@ -1,4 +1,5 @@
-//! The `#[cube]` code of the extremum selections: one group of `lanes` threads per output.
+//! The `#[cube]` code of the extremum selections: one group of `lanes` threads per output,
+//! or, for long rows, per chunk of a row followed by a combine.
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
@@ -31,7 +32,11 @@ fn beats(bv: f32, bi: usize, av: f32, ai: usize, len: usize, #[comptime] min: bo
     better
 }
 
-/// `values` and `indices` are contiguous with the input's shape and `dim` set to 1.
+/// One group of `lanes` threads per candidate: the winner of entries
+/// `chunk * chunk_len .. (chunk + 1) * chunk_len` of one row, written to
+/// `values[row * chunks + chunk]` and `indices[..]` (contiguous). With `chunks == 1` the
+/// candidates are the results: `values` and `indices` are then the outputs, contiguous with
+/// the input's shape and `dim` set to 1.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 pub fn extremum_lanes_kernel<F: Float, I: Int>(
@@ -42,7 +47,9 @@ pub fn extremum_lanes_kernel<F: Float, I: Int>(
     row_strides: Sequence<usize>,
     reduce_len: usize,
     reduce_stride: usize,
-    num_rows: usize,
+    num_candidates: usize,
+    chunks: usize,
+    chunk_len: usize,
     #[comptime] lanes: usize,
     #[comptime] min: bool,
     #[comptime] abs: bool,
@@ -51,15 +58,21 @@ pub fn extremum_lanes_kernel<F: Float, I: Int>(
     let lane = UNIT_POS_X as usize;
     let local_row = UNIT_POS_Y as usize;
     let rows_per_cube = comptime!(CUBE_UNITS as usize / lanes);
-    let row = CUBE_POS * rows_per_cube + local_row;
-    let in_range = row < num_rows;
+    let candidate = CUBE_POS * rows_per_cube + local_row;
+    let in_range = candidate < num_candidates;
 
     let mut best_v = 0.0f32;
     let mut best_i = reduce_len;
     if in_range {
+        let row = candidate / chunks;
+        let start = (candidate % chunks) * chunk_len;
+        let mut end = start + chunk_len;
+        if end > reduce_len {
+            end = reduce_len;
+        }
         let base = index_offset_contiguous_fastdivmod(row, &out_shape, &row_strides, 1usize);
-        let mut j = lane;
-        while j < reduce_len {
+        let mut j = start + lane;
+        while j < end {
             let mut v = f32::cast_from(input[base + j * reduce_stride]);
             if comptime!(abs) {
                 v = v.abs();
@@ -94,7 +107,41 @@ pub fn extremum_lanes_kernel<F: Float, I: Int>(
     }
 
     if in_range && lane == 0 {
-        values[row] = F::cast_from(shared_v[slot]);
-        indices[row] = I::cast_from(shared_i[slot]);
+        values[candidate] = F::cast_from(shared_v[slot]);
+        indices[candidate] = I::cast_from(shared_i[slot]);
     }
+}
+
+/// One thread per row: the winner among the row's `chunks` candidates (already `|x|` for
+/// max-|x|), into the contiguous outputs. Candidate values are the input's own values in
+/// its dtype, so the round trip through `F` is exact.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+pub fn extremum_combine_kernel<F: Float, I: Int>(
+    candidate_values: &Tensor<F>,
+    candidate_indices: &Tensor<I>,
+    values: &mut Tensor<F>,
+    indices: &mut Tensor<I>,
+    reduce_len: usize,
+    num_rows: usize,
+    chunks: usize,
+    #[comptime] min: bool,
+    #[define(F, I)] _dtypes: [StorageType; 2],
+) {
+    let row = ABSOLUTE_POS;
+    if row >= num_rows {
+        terminate!();
+    }
+    let mut best_v = 0.0f32;
+    let mut best_i = reduce_len;
+    for c in 0..chunks {
+        let v = f32::cast_from(candidate_values[row * chunks + c]);
+        let i = usize::cast_from(candidate_indices[row * chunks + c]);
+        if beats(v, i, best_v, best_i, reduce_len, min) {
+            best_v = v;
+            best_i = i;
+        }
+    }
+    values[row] = F::cast_from(best_v);
+    indices[row] = I::cast_from(best_i);
 }

@@ -2,10 +2,11 @@
 
 use cubecl::prelude::*;
 
-use super::kernel::{extremum_lanes_kernel, CUBE_UNITS};
+use super::kernel::{extremum_combine_kernel, extremum_lanes_kernel, CUBE_UNITS};
 use super::ExtremumOp;
-use crate::reduce::lanes_for_len;
+use super::CHUNK_LEN;
 use crate::reduce::launch::{check_reduction, cube_count, max_offset, row_args, ReduceDimError};
+use crate::reduce::{lanes_for_len, LONG_ROW_MIN_LEN};
 
 /// Writes the winner of `op` along `dim` of `input` (element type `dtype`, any strides) to
 /// `values` (same type) and its index along `dim` to `indices` (integer type `index_dtype`),
@@ -34,26 +35,66 @@ pub fn launch_extremum_dim<R: Runtime>(
     let (shape_arg, row_strides) = row_args::<R>(&expected, &strides, dim);
     let lanes = lanes_for_len(reduce_len);
     let rows_per_cube = CUBE_UNITS as usize / lanes;
-    let cubes = num_rows.div_ceil(rows_per_cube);
+    let (min, abs) = (op == ExtremumOp::Min, op == ExtremumOp::MaxAbs);
+    // Long rows are split into chunks so that a few rows still fill the GPU. The winner is
+    // the same whatever the split (the module's total order), so the rule is free; it
+    // depends on the row length alone all the same.
+    let chunks = if reduce_len >= LONG_ROW_MIN_LEN {
+        reduce_len.div_ceil(CHUNK_LEN)
+    } else {
+        1
+    };
+    let chunk_len = if chunks == 1 { reduce_len } else { CHUNK_LEN };
+    let candidates = num_rows * chunks;
+    let scratch = |elem: StorageType| {
+        let handle = client.empty(candidates * elem.size());
+        // SAFETY: a contiguous 1-D tensor of `candidates` elements of `elem` over a buffer
+        // of exactly that size.
+        unsafe { TensorBinding::from_raw_parts(handle, [1].into(), [candidates].into()) }
+    };
+    let (lane_values, lane_indices) = if chunks == 1 {
+        (values.clone(), indices.clone())
+    } else {
+        (scratch(dtype), scratch(index_dtype))
+    };
     unsafe {
         extremum_lanes_kernel::launch_unchecked(
             client,
-            cube_count(client, cubes),
+            cube_count(client, candidates.div_ceil(rows_per_cube)),
             CubeDim::new_2d(lanes as u32, rows_per_cube as u32),
             address_type,
             input.into_tensor_arg(),
-            values.into_tensor_arg(),
-            indices.into_tensor_arg(),
+            lane_values.clone().into_tensor_arg(),
+            lane_indices.clone().into_tensor_arg(),
             shape_arg,
             row_strides,
             reduce_len,
             strides[dim],
-            num_rows,
+            candidates,
+            chunks,
+            chunk_len,
             lanes,
-            op == ExtremumOp::Min,
-            op == ExtremumOp::MaxAbs,
+            min,
+            abs,
             [dtype, index_dtype],
         );
+        if chunks > 1 {
+            extremum_combine_kernel::launch_unchecked(
+                client,
+                cube_count(client, num_rows.div_ceil(CUBE_UNITS as usize)),
+                CubeDim::new_1d(CUBE_UNITS),
+                address_type,
+                lane_values.into_tensor_arg(),
+                lane_indices.into_tensor_arg(),
+                values.into_tensor_arg(),
+                indices.into_tensor_arg(),
+                reduce_len,
+                num_rows,
+                chunks,
+                min,
+                [dtype, index_dtype],
+            );
+        }
     }
     Ok(())
 }

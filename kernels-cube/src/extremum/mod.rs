@@ -17,13 +17,19 @@
 //! means `-0.0` vs `+0.0` ties return the first one's sign.
 //!
 //! The kernel uses the reduce module's lane count (`lanes_for_len`): lane `t` scans entries
-//! `t, t + P, ...` and the `P` candidates are folded pairwise in shared memory.
+//! `t, t + P, ...` and the `P` candidates are folded pairwise in shared memory. Rows of
+//! `LONG_ROW_MIN_LEN` (8192) entries or more are cut into chunks of [`CHUNK_LEN`], one group
+//! of lanes per chunk, and a second kernel folds each row's chunk winners in chunk order: a
+//! 128256-entry argmax then runs on 32 cubes instead of one.
 
 pub mod cpu_reference;
 pub mod kernel;
 pub mod launch;
 
 pub use launch::launch_extremum_dim;
+
+/// Entries per chunk of a long row (rows of `LONG_ROW_MIN_LEN` entries or more).
+pub const CHUNK_LEN: usize = 4096;
 
 /// Which extremum to select.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
