@@ -18,7 +18,7 @@ pub const MAX_HEAD_DIM: usize = 256;
 // The decode kernel gives each output column one thread of its cube.
 const _: () = assert!(MAX_HEAD_DIM <= CUBE_UNITS);
 // And each key of a chunk one score slot, `KEY_SPLIT / CUBE_UNITS` keys per thread.
-const _: () = assert!(KEY_SPLIT % CUBE_UNITS == 0);
+const _: () = assert!(KEY_SPLIT.is_multiple_of(CUBE_UNITS));
 
 /// Upper bound on the chunk-state scratch of one launch; larger problems run in slabs of
 /// query blocks.
