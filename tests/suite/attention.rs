@@ -377,6 +377,21 @@ fn primitive<R: CubeRuntime>(t: Tensor<Plain<R>, 4>) -> CubeTensor<R> {
     into_contiguous(t.into_primitive().tensor())
 }
 
+/// A contiguous f32 operand of `shape` with deterministic values, for direct launches.
+fn random_primitive<R: CubeRuntime>(
+    seed: u64,
+    shape: [usize; 4],
+    device: &R::Device,
+) -> CubeTensor<R> {
+    let n = shape.iter().product();
+    primitive(tensor::<Plain<R>, 4>(
+        random_values(n, seed),
+        shape,
+        FloatDType::F32,
+        device,
+    ))
+}
+
 /// Direct launches into NaN-poisoned outputs, with the default scratch and with a scratch
 /// so small that every query block is its own slab: every element written, same bits. For
 /// a prefill and for a decode step (one query: the decode kernel).
@@ -388,15 +403,7 @@ fn poisoned_outputs_and_slabs<R: CubeRuntime>(device: &R::Device) {
 
 fn poisoned_outputs_and_slabs_for<R: CubeRuntime>(device: &R::Device, sq: usize) {
     let (b, h, sk, d, dv) = (2, 3, KEY_SPLIT + 30, 16, 24);
-    let t = |seed, shape: [usize; 4]| {
-        let n = shape.iter().product();
-        primitive(tensor::<Plain<R>, 4>(
-            random_values(n, seed),
-            shape,
-            FloatDType::F32,
-            device,
-        ))
-    };
+    let t = |seed, shape| random_primitive::<R>(seed, shape, device);
     let (q, k, v) = (
         t(31, [b, h, sq, d]),
         t(32, [b, h, sk, d]),
@@ -451,15 +458,7 @@ fn poisoned_outputs_and_slabs_for<R: CubeRuntime>(device: &R::Device, sq: usize)
 fn broadcast_views_match_copies<R: CubeRuntime>(device: &R::Device) {
     use burn::tensor::ops::FloatTensorOps;
     let (b, h, sq, sk, d) = (3, 2, 19, 40, 8);
-    let t = |seed, shape: [usize; 4]| {
-        let n = shape.iter().product();
-        primitive(tensor::<Plain<R>, 4>(
-            random_values(n, seed),
-            shape,
-            FloatDType::F32,
-            device,
-        ))
-    };
+    let t = |seed, shape| random_primitive::<R>(seed, shape, device);
     let (q, k, v) = (
         t(41, [b, h, sq, d]),
         t(42, [b, h, sk, d]),

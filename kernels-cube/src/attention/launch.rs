@@ -12,6 +12,28 @@ use super::kernel::{
 use super::{BLOCK_K, BLOCK_Q, KEY_SPLIT};
 use crate::reduce::launch::{contiguous_strides, cube_count};
 
+/// The launch signature both partials kernels share (prefill and decode mappings).
+type PartialsLaunch<R> = unsafe fn(
+    &ComputeClient<R>,
+    CubeCount,
+    CubeDim,
+    AddressType,
+    TensorArg<R>,
+    TensorArg<R>,
+    TensorArg<R>,
+    TensorArg<R>,
+    TensorArg<R>,
+    ArrayArg<R>,
+    ArrayArg<R>,
+    ExtentsLaunch<R>,
+    f32,
+    f32,
+    u32,
+    usize,
+    usize,
+    StorageType,
+);
+
 /// Largest head dim (of queries/keys and of values): a thread keeps `d_v / 16` accumulators
 /// and a cube a block of queries in f32 shared memory (16 KiB at 256).
 pub const MAX_HEAD_DIM: usize = 256;
@@ -279,33 +301,24 @@ pub fn launch_attention_with_scratch<R: Runtime>(
         let extents =
             || ExtentsLaunch::new(seq_q, seq_k, heads, q_blocks, chunks, first_group, groups);
         unsafe {
-            if chunks > 0 && seq_q == 1 {
-                // A decode step: the same operations in another thread mapping.
-                attention_decode_partials_kernel::launch_unchecked(
+            if chunks > 0 {
+                // A decode step runs the same operations in another thread mapping.
+                let (partials, cube_dim) = if seq_q == 1 {
+                    (
+                        attention_decode_partials_kernel::launch_unchecked::<R>
+                            as PartialsLaunch<R>,
+                        CubeDim::new_1d(CUBE_UNITS as u32),
+                    )
+                } else {
+                    (
+                        attention_partials_kernel::launch_unchecked::<R> as PartialsLaunch<R>,
+                        CubeDim::new_2d(BLOCK_K as u32, (CUBE_UNITS / BLOCK_K) as u32),
+                    )
+                };
+                partials(
                     client,
                     cube_count(client, groups * chunks),
-                    CubeDim::new_1d(CUBE_UNITS as u32),
-                    address_type,
-                    query.clone().into_tensor_arg(),
-                    key.clone().into_tensor_arg(),
-                    value.clone().into_tensor_arg(),
-                    mask.clone().into_tensor_arg(),
-                    bias.clone().into_tensor_arg(),
-                    ArrayArg::from_raw_parts(stats.clone(), states * 2),
-                    ArrayArg::from_raw_parts(accs.clone(), states * dim_v),
-                    extents(),
-                    options.scale,
-                    softcap,
-                    flags,
-                    dim,
-                    dim_v,
-                    dtype,
-                );
-            } else if chunks > 0 {
-                attention_partials_kernel::launch_unchecked(
-                    client,
-                    cube_count(client, groups * chunks),
-                    CubeDim::new_2d(BLOCK_K as u32, (CUBE_UNITS / BLOCK_K) as u32),
+                    cube_dim,
                     address_type,
                     query.clone().into_tensor_arg(),
                     key.clone().into_tensor_arg(),

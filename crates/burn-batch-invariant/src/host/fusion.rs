@@ -20,7 +20,7 @@ use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
-use super::KernelHost;
+use super::{reduced_shape, KernelHost};
 
 /// Which invariant kernel a custom operation runs, with its non-tensor arguments. The
 /// tensors travel in the operation's `CustomOpIr`, in the order each arm reads them.
@@ -145,13 +145,6 @@ fn register<B: FusionBackend + KernelHost>(
 
 fn single<R: FusionRuntime>(mut outputs: Vec<FusionTensor<R>>) -> FusionTensor<R> {
     outputs.pop().expect("one output")
-}
-
-/// `tensor`'s shape with `dim` reduced to length 1.
-fn reduced_shape(tensor: &impl TensorMetadata, dim: usize) -> Shape {
-    let mut shape = tensor.shape();
-    shape[dim] = 1;
-    shape
 }
 
 impl<B: FusionBackend + KernelHost> KernelHost for Fusion<B> {

@@ -13,7 +13,7 @@ use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
 use burn_backend::backend::Backend;
 use burn_backend::ops::FloatTensorOps;
 use burn_backend::tensor::{FloatTensor, IntTensor};
-use burn_backend::{DType, IntDType, TensorMetadata};
+use burn_backend::{DType, IntDType, Shape, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -83,8 +83,7 @@ where
     BT: BoolElement,
 {
     fn invariant_reduce_dim(tensor: CubeTensor<R>, dim: usize, op: ReduceOp) -> CubeTensor<R> {
-        let mut shape = tensor.shape();
-        shape[dim] = 1;
+        let shape = reduced_shape(&tensor, dim);
         let dtype: DType = tensor.dtype;
         let output = empty_device_contiguous_dtype(
             tensor.client.clone(),
@@ -155,8 +154,7 @@ where
         op: ExtremumOp,
         index_dtype: IntDType,
     ) -> (CubeTensor<R>, CubeTensor<R>) {
-        let mut shape = tensor.shape();
-        shape[dim] = 1;
+        let shape = reduced_shape(&tensor, dim);
         let dtype: DType = tensor.dtype;
         let index_dtype: DType = index_dtype.into();
         let alloc = |dtype: DType| {
@@ -222,6 +220,13 @@ where
         .unwrap_or_else(|err| panic!("batch-invariant attention launch: {err}"));
         output
     }
+}
+
+/// `tensor`'s shape with `dim` reduced to length 1: the outputs of the reductions.
+fn reduced_shape(tensor: &impl TensorMetadata, dim: usize) -> Shape {
+    let mut shape = tensor.shape();
+    shape[dim] = 1;
+    shape
 }
 
 /// Brings a batched matmul to one of two shapes the tensor-core kernel is launched with,
