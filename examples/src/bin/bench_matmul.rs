@@ -187,6 +187,10 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
         tiling("64x128", (2, 4, 2), (2, 2)),
         tiling("128x128w8", (2, 4, 2), (4, 2)),
         tiling("128x128k4", (4, 4, 4), (2, 2)),
+        tiling("128x64", (4, 2, 2), (2, 2)),
+        tiling("128x64k4", (4, 2, 4), (2, 2)),
+        tiling("64x128w8", (2, 2, 2), (2, 4)),
+        tiling("128x128w8b", (4, 2, 2), (2, 4)),
     ];
     let mut out = Vec::new();
     println!("\ntensor-core tilings, bf16, direct launch");

@@ -124,7 +124,7 @@ fn broadcast_offset<F: Float>(t: &Tensor<F>, b: usize, h: usize, row: usize, key
     b * t.stride(0) + h * t.stride(1) + row * t.stride(2) + key * t.stride(3)
 }
 
-/// Copies rows `first_row .. first_row + BLOCK_K` of a row-major tensor with rows of
+/// Copies rows `first_row .. first_row + block_rows` of a row-major tensor with rows of
 /// `row_len`, columns `col0 .. col0 + width`, to `smem[j * pitch + c]` as f32, with zeros for
 /// rows `j >= rows` (past the key range), then synchronises the cube. Unrolled at compile
 /// time so that every thread has its loads in flight at once.
@@ -136,15 +136,17 @@ fn stage_block<F: Float>(
     first_row: usize,
     rows: usize,
     #[comptime] row_len: usize,
-    #[comptime] col0: usize,
+    col0: usize,
     #[comptime] width: usize,
     #[comptime] pitch: usize,
+    #[comptime] block_rows: usize,
 ) {
+    // Both mappings number their threads 0..CUBE_UNITS this way (the decode cube is 1-D).
     let tid = UNIT_POS_Y as usize * comptime!(BLOCK_K) + UNIT_POS_X as usize;
     #[unroll]
-    for r in 0..comptime!((BLOCK_K * width).div_ceil(CUBE_UNITS)) {
+    for r in 0..comptime!((block_rows * width).div_ceil(CUBE_UNITS)) {
         let i = tid + r * comptime!(CUBE_UNITS);
-        if i < comptime!(BLOCK_K * width) {
+        if i < comptime!(block_rows * width) {
             let j = i / width;
             let mut x = 0.0f32;
             if j < rows {
@@ -177,7 +179,18 @@ fn score_piece<F: Float>(
     let kj = UNIT_POS_X as usize;
     let qi = UNIT_POS_Y as usize;
     let pitch = comptime!(PIECE + 1);
-    stage_block(key, kv_s, key_row0 + kb, k_end - kb, dim, d0, width, pitch);
+    let bk = comptime!(BLOCK_K);
+    stage_block(
+        key,
+        kv_s,
+        key_row0 + kb,
+        k_end - kb,
+        dim,
+        d0,
+        width,
+        pitch,
+        bk,
+    );
     let mut s = score;
     #[unroll]
     for d in 0..width {
@@ -219,6 +232,7 @@ fn value_piece<F: Float>(
         c0,
         width,
         width,
+        bk,
     );
     if any {
         #[unroll]
@@ -417,16 +431,48 @@ pub fn attention_partials_kernel<F: Float>(
     }
 }
 
+/// Head-dim elements of every key staged at a time by the decode kernel: one piece of
+/// [`CUBE_UNITS`] keys, so that each thread's dot product reads its key from shared memory
+/// while the loads of the piece are coalesced across the cube.
+pub const DECODE_PIECE: usize = 16;
+
+/// Shared-memory words of the decode kernel's staging buffer (keys, then values).
+pub const DECODE_STAGE_WORDS: usize = CUBE_UNITS * (DECODE_PIECE + 1);
+
+/// Blocks of [`BLOCK_K`] keys in one chunk.
+const CHUNK_BLOCKS: usize = KEY_SPLIT / BLOCK_K;
+
+/// Keys of values staged at a time by the decode kernel: the largest power-of-two multiple
+/// of [`BLOCK_K`] whose rows fit the staging buffer (so a chunk holds a whole number).
+pub const fn decode_value_rows(dim_v: usize) -> usize {
+    let mut rows = BLOCK_K;
+    while rows * 2 * dim_v <= DECODE_STAGE_WORDS && rows * 2 <= KEY_SPLIT {
+        rows *= 2;
+    }
+    rows
+}
+
+/// Shared-memory words of the decode kernel for head dim `dim`.
+pub const fn decode_shared_words(dim: usize) -> usize {
+    dim + DECODE_STAGE_WORDS + 2 * KEY_SPLIT + 5 * CHUNK_BLOCKS
+}
+
 /// The partials kernel for one query per (batch, head), a decode step: one cube of
 /// [`CUBE_UNITS`] threads per (batch x head of this slab, chunk). It performs, for its one
 /// query, exactly the operations of [`attention_partials_kernel`] in the same order (each
 /// score a sequential dot product over `d`, [`finish_score`], then per block of
 /// [`BLOCK_K`] keys the same statistics, weights and accumulator updates), so a decode step
 /// gives the bits of the same position in a prefill; the suite checks it. What changes is
-/// the thread mapping: all threads first compute the chunk's scores, one key each, then
-/// thread `c` carries output column `c` through the chunk's blocks. The prefill mapping
-/// would leave 15 of every 16 threads idle here. Writes the chunk state to the same slots
-/// as the prefill kernel (query 0 of each group).
+/// who computes what, so that every load is coalesced and none waits on a branch:
+///
+/// 1. scores, one key per thread, keys staged [`DECODE_PIECE`] dims at a time;
+/// 2. per block (one thread each): its maximum, then the running maximum `m'` before it,
+///    folded block by block as the prefill folds it, and `alpha`;
+/// 3. weights `p = exp(s - m')`, one key per thread; block sums, one block per thread;
+/// 4. values staged [`decode_value_rows`] keys at a time, thread `c` carrying column `c`
+///    through the blocks in order; thread 0 folds `l` over the blocks.
+///
+/// Writes the chunk state to the same slots as the prefill kernel (query 0 of each group).
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode_partials_kernel<F: Float>(
@@ -450,16 +496,29 @@ pub fn attention_decode_partials_kernel<F: Float>(
     }
     let bk = comptime!(BLOCK_K);
     let units = comptime!(CUBE_UNITS);
+    let blocks = comptime!(CHUNK_BLOCKS);
+    let piece = comptime!(DECODE_PIECE);
+    let pitch = comptime!(DECODE_PIECE + 1);
+    let tail = comptime!(dim % DECODE_PIECE);
+    let v_rows = comptime!(decode_value_rows(dim_v));
     let tid = UNIT_POS as usize;
     let local_group = CUBE_POS / ext.chunks;
     let chunk = CUBE_POS % ext.chunks;
     let bh = ext.first_group + local_group; // one query block per (batch, head)
     let k_start = chunk * comptime!(KEY_SPLIT);
     let k_end = chunk_end(&ext, k_start, 1usize, flags);
+    let row0 = bh * ext.seq_k;
 
     let mut q_s = SharedMemory::<f32>::new(comptime!(dim));
+    let mut stage_s = SharedMemory::<f32>::new(comptime!(DECODE_STAGE_WORDS));
+    // Scores, then (step 3) the weights in place.
     let mut score_s = SharedMemory::<f32>::new(comptime!(KEY_SPLIT));
     let mut live_s = SharedMemory::<u32>::new(comptime!(KEY_SPLIT));
+    let mut any_s = SharedMemory::<u32>::new(comptime!(CHUNK_BLOCKS));
+    let mut max_s = SharedMemory::<f32>::new(comptime!(CHUNK_BLOCKS));
+    let mut m_new_s = SharedMemory::<f32>::new(comptime!(CHUNK_BLOCKS));
+    let mut alpha_s = SharedMemory::<f32>::new(comptime!(CHUNK_BLOCKS));
+    let mut sum_s = SharedMemory::<f32>::new(comptime!(CHUNK_BLOCKS));
     #[unroll]
     for r in 0..comptime!(dim.div_ceil(CUBE_UNITS)) {
         let i = tid + r * units;
@@ -467,76 +526,190 @@ pub fn attention_decode_partials_kernel<F: Float>(
             q_s[i] = f32::cast_from(query[bh * dim + i]);
         }
     }
+
+    // 1. Scores: `sum_d q_d k_d` in increasing d, piece after piece.
+    #[unroll]
+    for r in 0..comptime!(KEY_SPLIT / CUBE_UNITS) {
+        let first = k_start + r * units;
+        if first < k_end {
+            let rows = k_end - first;
+            let mut dot = 0.0f32;
+            for p in 0..comptime!(dim / DECODE_PIECE) {
+                let d0 = p * piece;
+                sync_cube(); // the previous piece has been read
+                stage_block(
+                    key,
+                    &mut stage_s,
+                    row0 + first,
+                    rows,
+                    dim,
+                    d0,
+                    piece,
+                    pitch,
+                    units,
+                );
+                #[unroll]
+                for d in 0..piece {
+                    dot += q_s[d0 + d] * stage_s[tid * pitch + d];
+                }
+            }
+            if comptime!(tail > 0) {
+                let d0 = comptime!(dim - tail);
+                sync_cube();
+                stage_block(
+                    key,
+                    &mut stage_s,
+                    row0 + first,
+                    rows,
+                    dim,
+                    d0,
+                    tail,
+                    pitch,
+                    units,
+                );
+                #[unroll]
+                for d in 0..tail {
+                    dot += q_s[d0 + d] * stage_s[tid * pitch + d];
+                }
+            }
+            let key_pos = first + tid;
+            let score = finish_score(
+                dot,
+                key_pos < k_end,
+                mask,
+                bias,
+                &ext,
+                bh,
+                0usize,
+                key_pos,
+                scale,
+                softcap,
+                flags,
+            );
+            score_s[tid + r * units] = score.value;
+            let mut live_flag = 0u32;
+            if score.live {
+                live_flag = 1u32;
+            }
+            live_s[tid + r * units] = live_flag;
+        }
+    }
     sync_cube();
 
-    // Every score of the chunk, one key per thread: `sum_d q_d k_d` in increasing d.
+    // 2. Block statistics, one block per thread, in the prefill's order.
+    if tid < blocks {
+        let mut any = 0u32;
+        let mut block_max = f32::min_value();
+        if k_start + tid * bk < k_end {
+            #[unroll]
+            for j in 0..bk {
+                if live_s[tid * bk + j] != 0 {
+                    any = 1u32;
+                    block_max = f32::max(block_max, score_s[tid * bk + j]);
+                }
+            }
+        }
+        any_s[tid] = any;
+        max_s[tid] = block_max;
+    }
+    sync_cube();
+    if tid < blocks {
+        // The running maximum before this block, folded exactly as the prefill folds it.
+        let mut m = f32::min_value();
+        for b in 0..tid {
+            if any_s[b] != 0 {
+                m = f32::max(m, max_s[b]);
+            }
+        }
+        let m_new = f32::max(m, max_s[tid]);
+        let mut alpha = 1.0f32;
+        if any_s[tid] != 0 {
+            alpha = f32::exp(m - m_new);
+        }
+        m_new_s[tid] = m_new;
+        alpha_s[tid] = alpha;
+    }
+    sync_cube();
+
+    // 3. Weights, one key per thread, then block sums, one block per thread.
     #[unroll]
     for r in 0..comptime!(KEY_SPLIT / CUBE_UNITS) {
         let j = tid + r * units;
-        let key_pos = k_start + j;
-        let in_range = key_pos < k_end;
-        let mut dot = 0.0f32;
-        if in_range {
-            let base = (bh * ext.seq_k + key_pos) * dim;
-            #[unroll]
-            for d in 0..dim {
-                dot += q_s[d] * f32::cast_from(key[base + d]);
-            }
+        if live_s[j] != 0 && k_start + j < k_end {
+            score_s[j] = f32::exp(score_s[j] - m_new_s[j / bk]);
         }
-        let score = finish_score(
-            dot, in_range, mask, bias, &ext, bh, 0usize, key_pos, scale, softcap, flags,
-        );
-        score_s[j] = score.value;
-        let mut live_flag = 0u32;
-        if score.live {
-            live_flag = 1u32;
-        }
-        live_s[j] = live_flag;
     }
     sync_cube();
-
-    // The online softmax over the chunk's blocks in order; thread c carries column c.
-    let c = tid;
-    let mut m = f32::min_value();
-    let mut l = 0.0f32;
-    let mut acc = 0.0f32;
-    let mut kb = k_start;
-    while kb < k_end {
-        let j0 = kb - k_start;
-        let mut any = false;
-        let mut block_max = f32::min_value();
-        #[unroll]
-        for j in 0..bk {
-            if live_s[j0 + j] != 0 {
-                any = true;
-                block_max = f32::max(block_max, score_s[j0 + j]);
-            }
-        }
-        if any {
-            let m_new = f32::max(m, block_max);
-            let alpha = f32::exp(m - m_new);
-            let mut row_sum = 0.0f32;
-            let mut a = acc * alpha;
-            let value_base = (bh * ext.seq_k + kb) * dim_v + c;
+    if tid < blocks {
+        let mut row_sum = 0.0f32;
+        if any_s[tid] != 0 {
             #[unroll]
             for j in 0..bk {
-                if live_s[j0 + j] != 0 {
-                    let p = f32::exp(score_s[j0 + j] - m_new);
-                    row_sum += p;
-                    if c < dim_v {
-                        a += p * f32::cast_from(value[value_base + j * dim_v]);
+                if live_s[tid * bk + j] != 0 {
+                    row_sum += score_s[tid * bk + j];
+                }
+            }
+        }
+        sum_s[tid] = row_sum;
+    }
+
+    // 4. Values: thread c carries column c through the blocks in order.
+    let c = tid;
+    let mut acc = 0.0f32;
+    let mut ks = k_start;
+    while ks < k_end {
+        let b0 = (ks - k_start) / bk;
+        let mut stage_any = false;
+        #[unroll]
+        for bb in 0..comptime!(v_rows / BLOCK_K) {
+            if any_s[b0 + bb] != 0 {
+                stage_any = true;
+            }
+        }
+        if stage_any {
+            sync_cube(); // the previous stage has been read (and step 3's sums written)
+            stage_block(
+                value,
+                &mut stage_s,
+                row0 + ks,
+                k_end - ks,
+                dim_v,
+                0usize,
+                dim_v,
+                dim_v,
+                v_rows,
+            );
+            if c < dim_v {
+                #[unroll]
+                for bb in 0..comptime!(v_rows / BLOCK_K) {
+                    let b = b0 + bb;
+                    if any_s[b] != 0 {
+                        let mut a = acc * alpha_s[b];
+                        #[unroll]
+                        for j in 0..bk {
+                            if live_s[b * bk + j] != 0 {
+                                a += score_s[b * bk + j] * stage_s[(bb * bk + j) * dim_v + c];
+                            }
+                        }
+                        acc = a;
                     }
                 }
             }
-            acc = a;
-            l = l * alpha + row_sum;
-            m = m_new;
         }
-        kb += bk;
+        ks += v_rows;
     }
+    sync_cube(); // step 3's sums are visible
 
     let slot = local_group * comptime!(BLOCK_Q) * ext.chunks + chunk;
     if tid == 0 {
+        let mut m = f32::min_value();
+        let mut l = 0.0f32;
+        for b in 0..blocks {
+            if any_s[b] != 0 {
+                l = l * alpha_s[b] + sum_s[b];
+                m = m_new_s[b];
+            }
+        }
         stats[2 * slot] = m;
         stats[2 * slot + 1] = l;
     }
