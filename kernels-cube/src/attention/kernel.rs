@@ -511,7 +511,7 @@ pub fn attention_decode_partials_kernel<F: Float>(
 
     let mut q_s = SharedMemory::<f32>::new(comptime!(dim));
     let mut stage_s = SharedMemory::<f32>::new(comptime!(DECODE_STAGE_WORDS));
-    // Scores, then (step 3) the weights in place.
+    // Scores, then (step 3) the weights in place, -1 where the key does not take part.
     let mut score_s = SharedMemory::<f32>::new(comptime!(KEY_SPLIT));
     let mut live_s = SharedMemory::<u32>::new(comptime!(KEY_SPLIT));
     let mut any_s = SharedMemory::<u32>::new(comptime!(CHUNK_BLOCKS));
@@ -635,8 +635,14 @@ pub fn attention_decode_partials_kernel<F: Float>(
     #[unroll]
     for r in 0..comptime!(KEY_SPLIT / CUBE_UNITS) {
         let j = tid + r * units;
-        if live_s[j] != 0 && k_start + j < k_end {
-            score_s[j] = f32::exp(score_s[j] - m_new_s[j / bk]);
+        if k_start + j < k_end {
+            // -1 marks a key that does not take part (a weight is never negative), so that
+            // step 4 reads one word per key instead of two.
+            let mut p = -1.0f32;
+            if live_s[j] != 0 {
+                p = f32::exp(score_s[j] - m_new_s[j / bk]);
+            }
+            score_s[j] = p;
         }
     }
     sync_cube();
@@ -687,8 +693,9 @@ pub fn attention_decode_partials_kernel<F: Float>(
                         let mut a = acc * alpha_s[b];
                         #[unroll]
                         for j in 0..bk {
-                            if live_s[b * bk + j] != 0 {
-                                a += score_s[b * bk + j] * stage_s[(bb * bk + j) * dim_v + c];
+                            let p = score_s[b * bk + j];
+                            if !(p < 0.0) {
+                                a += p * stage_s[(bb * bk + j) * dim_v + c];
                             }
                         }
                         acc = a;

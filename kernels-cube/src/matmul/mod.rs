@@ -20,7 +20,7 @@
 //!
 //! # What may change with the shape, and why it is harmless
 //!
-//! The tensor-core path has three tilings of the *same* instruction ([`TILINGS`]): 16x64
+//! The tensor-core path has three tilings of the *same* instruction ([`TILINGS`]): 16x32
 //! outputs per cube for at most [`NARROW_MAX_M`] rows (decode), 64x64 up to
 //! [`MEDIUM_MAX_M`], 128x128 above; the smaller ones spread a small problem over more
 //! cubes. They differ only in which cube and which warp computes a
