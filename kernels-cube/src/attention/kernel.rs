@@ -638,7 +638,7 @@ pub fn attention_decode_partials_kernel<F: Float>(
         if k_start + j < k_end {
             // -1 marks a key that does not take part (a weight is never negative), so that
             // step 4 reads one word per key instead of two.
-            let mut p = -1.0f32;
+            let mut p = f32::new(-1.0);
             if live_s[j] != 0 {
                 p = f32::exp(score_s[j] - m_new_s[j / bk]);
             }
