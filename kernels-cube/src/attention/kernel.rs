@@ -125,15 +125,14 @@ fn broadcast_offset<F: Float>(t: &Tensor<F>, b: usize, h: usize, row: usize, key
 }
 
 /// Copies rows `first_row .. first_row + block_rows` of a row-major tensor with rows of
-/// `row_len`, columns `col0 .. col0 + width`, to `smem[j * pitch + c]` (f32 for the prefill,
-/// the input dtype for the decode kernel: a conversion either way is exact), with zeros for
+/// `row_len`, columns `col0 .. col0 + width`, to `smem[j * pitch + c]` as f32, with zeros for
 /// rows `j >= rows` (past the key range), then synchronises the cube. Unrolled at compile
 /// time so that every thread has its loads in flight at once.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn stage_block<F: Float, E: Float>(
+fn stage_block<F: Float>(
     tensor: &Tensor<F>,
-    smem: &mut SharedMemory<E>,
+    smem: &mut SharedMemory<f32>,
     first_row: usize,
     rows: usize,
     #[comptime] row_len: usize,
@@ -149,9 +148,9 @@ fn stage_block<F: Float, E: Float>(
         let i = tid + r * comptime!(CUBE_UNITS);
         if i < comptime!(block_rows * width) {
             let j = i / width;
-            let mut x = E::cast_from(0.0f32);
+            let mut x = 0.0f32;
             if j < rows {
-                x = E::cast_from(tensor[(first_row + j) * row_len + col0 + i % width]);
+                x = f32::cast_from(tensor[(first_row + j) * row_len + col0 + i % width]);
             }
             smem[j * pitch + i % width] = x;
         }
@@ -432,44 +431,30 @@ pub fn attention_partials_kernel<F: Float>(
     }
 }
 
-/// Bytes of every key staged at a time by the decode kernel (16 dims of f32, 32 of f16 or
-/// bf16): one piece of [`CUBE_UNITS`] keys, so that each thread's dot product reads its key
-/// from shared memory while the loads of the piece are coalesced across the cube. Staging
-/// in the input dtype moves twice the dims per synchronisation for 16-bit inputs.
-pub const DECODE_PIECE_BYTES: usize = 64;
+/// Head-dim elements of every key staged at a time by the decode kernel: one piece of
+/// [`CUBE_UNITS`] keys, so that each thread's dot product reads its key from shared memory
+/// while the loads of the piece are coalesced across the cube.
+pub const DECODE_PIECE: usize = 16;
 
-/// Shared-memory bytes of the decode kernel's staging buffer (keys, then values): a piece
-/// per thread plus one 4-byte word of padding, so that the threads' rows start in distinct
-/// banks.
-pub const DECODE_STAGE_BYTES: usize = CUBE_UNITS * (DECODE_PIECE_BYTES + 4);
+/// Shared-memory words of the decode kernel's staging buffer (keys, then values).
+pub const DECODE_STAGE_WORDS: usize = CUBE_UNITS * (DECODE_PIECE + 1);
 
 /// Blocks of [`BLOCK_K`] keys in one chunk.
 const CHUNK_BLOCKS: usize = KEY_SPLIT / BLOCK_K;
 
-/// Dims of a key piece for elements of `elem_bytes`.
-pub const fn decode_piece(elem_bytes: usize) -> usize {
-    DECODE_PIECE_BYTES / elem_bytes
-}
-
-/// Elements from one staged key to the next (the piece plus the padding word).
-pub const fn decode_pitch(elem_bytes: usize) -> usize {
-    (DECODE_PIECE_BYTES + 4) / elem_bytes
-}
-
 /// Keys of values staged at a time by the decode kernel: the largest power-of-two multiple
 /// of [`BLOCK_K`] whose rows fit the staging buffer (so a chunk holds a whole number).
-pub const fn decode_value_rows(dim_v: usize, elem_bytes: usize) -> usize {
+pub const fn decode_value_rows(dim_v: usize) -> usize {
     let mut rows = BLOCK_K;
-    while rows * 2 * dim_v * elem_bytes <= DECODE_STAGE_BYTES && rows * 2 <= KEY_SPLIT {
+    while rows * 2 * dim_v <= DECODE_STAGE_WORDS && rows * 2 <= KEY_SPLIT {
         rows *= 2;
     }
     rows
 }
 
-/// Shared-memory bytes of the decode kernel for head dim `dim`: the query, the staging
-/// buffer, a chunk of scores and flags, and five per-block statistics (4-byte words).
-pub const fn decode_shared_bytes(dim: usize) -> usize {
-    4 * (dim + 2 * KEY_SPLIT + 5 * CHUNK_BLOCKS) + DECODE_STAGE_BYTES
+/// Shared-memory words of the decode kernel for head dim `dim`.
+pub const fn decode_shared_words(dim: usize) -> usize {
+    dim + DECODE_STAGE_WORDS + 2 * KEY_SPLIT + 5 * CHUNK_BLOCKS
 }
 
 /// The partials kernel for one query per (batch, head), a decode step: one cube of
@@ -480,7 +465,7 @@ pub const fn decode_shared_bytes(dim: usize) -> usize {
 /// gives the bits of the same position in a prefill; the suite checks it. What changes is
 /// who computes what, so that every load is coalesced and none waits on a branch:
 ///
-/// 1. scores, one key per thread, keys staged [`DECODE_PIECE_BYTES`] per key at a time;
+/// 1. scores, one key per thread, keys staged [`DECODE_PIECE`] dims at a time;
 /// 2. per block (one thread each): its maximum, then the running maximum `m'` before it,
 ///    folded block by block as the prefill folds it, and `alpha`;
 /// 3. weights `p = exp(s - m')`, one key per thread; block sums, one block per thread;
@@ -512,11 +497,10 @@ pub fn attention_decode_partials_kernel<F: Float>(
     let bk = comptime!(BLOCK_K);
     let units = comptime!(CUBE_UNITS);
     let blocks = comptime!(CHUNK_BLOCKS);
-    let elem_bytes = F::type_size();
-    let piece = comptime!(decode_piece(elem_bytes));
-    let pitch = comptime!(decode_pitch(elem_bytes));
-    let tail = comptime!(dim % decode_piece(elem_bytes));
-    let v_rows = comptime!(decode_value_rows(dim_v, elem_bytes));
+    let piece = comptime!(DECODE_PIECE);
+    let pitch = comptime!(DECODE_PIECE + 1);
+    let tail = comptime!(dim % DECODE_PIECE);
+    let v_rows = comptime!(decode_value_rows(dim_v));
     let tid = UNIT_POS as usize;
     let local_group = CUBE_POS / ext.chunks;
     let chunk = CUBE_POS % ext.chunks;
@@ -526,7 +510,7 @@ pub fn attention_decode_partials_kernel<F: Float>(
     let row0 = bh * ext.seq_k;
 
     let mut q_s = SharedMemory::<f32>::new(comptime!(dim));
-    let mut stage_s = SharedMemory::<F>::new(comptime!(DECODE_STAGE_BYTES / elem_bytes));
+    let mut stage_s = SharedMemory::<f32>::new(comptime!(DECODE_STAGE_WORDS));
     // Scores, then (step 3) the weights in place, -1 where the key does not take part.
     let mut score_s = SharedMemory::<f32>::new(comptime!(KEY_SPLIT));
     let mut live_s = SharedMemory::<u32>::new(comptime!(KEY_SPLIT));
@@ -550,7 +534,7 @@ pub fn attention_decode_partials_kernel<F: Float>(
         if first < k_end {
             let rows = k_end - first;
             let mut dot = 0.0f32;
-            for p in 0..comptime!(dim / decode_piece(elem_bytes)) {
+            for p in 0..comptime!(dim / DECODE_PIECE) {
                 let d0 = p * piece;
                 sync_cube(); // the previous piece has been read
                 stage_block(
@@ -566,7 +550,7 @@ pub fn attention_decode_partials_kernel<F: Float>(
                 );
                 #[unroll]
                 for d in 0..piece {
-                    dot += q_s[d0 + d] * f32::cast_from(stage_s[tid * pitch + d]);
+                    dot += q_s[d0 + d] * stage_s[tid * pitch + d];
                 }
             }
             if comptime!(tail > 0) {
@@ -585,7 +569,7 @@ pub fn attention_decode_partials_kernel<F: Float>(
                 );
                 #[unroll]
                 for d in 0..tail {
-                    dot += q_s[d0 + d] * f32::cast_from(stage_s[tid * pitch + d]);
+                    dot += q_s[d0 + d] * stage_s[tid * pitch + d];
                 }
             }
             let key_pos = first + tid;
@@ -711,7 +695,7 @@ pub fn attention_decode_partials_kernel<F: Float>(
                         for j in 0..bk {
                             let p = score_s[b * bk + j];
                             if !(p < 0.0) {
-                                a += p * f32::cast_from(stage_s[(bb * bk + j) * dim_v + c]);
+                                a += p * stage_s[(bb * bk + j) * dim_v + c];
                             }
                         }
                         acc = a;

@@ -6,8 +6,8 @@ use cubecl::prelude::*;
 
 use super::kernel::{
     attention_combine_kernel, attention_decode_partials_kernel, attention_partials_kernel,
-    decode_shared_bytes, decode_value_rows, ExtentsLaunch, COMBINE_UNITS, CUBE_UNITS,
-    DECODE_STAGE_BYTES, FLAG_BIAS, FLAG_CAUSAL, FLAG_MASK, FLAG_SOFTCAP, PIECE,
+    decode_shared_words, decode_value_rows, ExtentsLaunch, COMBINE_UNITS, CUBE_UNITS,
+    DECODE_STAGE_WORDS, FLAG_BIAS, FLAG_CAUSAL, FLAG_MASK, FLAG_SOFTCAP, PIECE,
 };
 use super::{BLOCK_K, BLOCK_Q, KEY_SPLIT};
 use crate::reduce::launch::{contiguous_strides, cube_count};
@@ -42,7 +42,7 @@ const _: () = assert!(MAX_HEAD_DIM <= CUBE_UNITS);
 // And each key of a chunk one score slot, `KEY_SPLIT / CUBE_UNITS` keys per thread.
 const _: () = assert!(KEY_SPLIT.is_multiple_of(CUBE_UNITS));
 // Its value stages hold whole blocks, even at the widest head.
-const _: () = assert!(decode_value_rows(MAX_HEAD_DIM, 4) * MAX_HEAD_DIM * 4 <= DECODE_STAGE_BYTES);
+const _: () = assert!(decode_value_rows(MAX_HEAD_DIM) * MAX_HEAD_DIM <= DECODE_STAGE_WORDS);
 
 /// Upper bound on the chunk-state scratch of one launch; larger problems run in slabs of
 /// query blocks.
@@ -111,7 +111,7 @@ impl std::error::Error for AttentionError {}
 /// query, staging buffer and chunk of scores and flags.
 pub fn shared_memory_bytes(dim: usize) -> usize {
     let prefill = BLOCK_Q * dim + BLOCK_K * (PIECE + 1) + 3 * CUBE_UNITS;
-    (prefill * core::mem::size_of::<f32>()).max(decode_shared_bytes(dim))
+    prefill.max(decode_shared_words(dim)) * core::mem::size_of::<f32>()
 }
 
 fn check_operand<R: Runtime>(
