@@ -457,6 +457,44 @@ pub const fn decode_shared_words(dim: usize) -> usize {
     dim + DECODE_STAGE_WORDS + 2 * KEY_SPLIT + 5 * CHUNK_BLOCKS
 }
 
+/// Stages dims `d0..d0 + width` of [`CUBE_UNITS`] keys from `first_row` (zeros past `rows`)
+/// and adds `q_d * k_d` for those dims to the thread's dot product (its own key), in
+/// increasing `d`. Every thread of the cube must call it (it synchronises the cube).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn decode_score_piece<F: Float>(
+    key: &Tensor<F>,
+    stage_s: &mut SharedMemory<f32>,
+    q_s: &SharedMemory<f32>,
+    first_row: usize,
+    rows: usize,
+    dot: f32,
+    #[comptime] dim: usize,
+    d0: usize,
+    #[comptime] width: usize,
+) -> f32 {
+    let tid = UNIT_POS as usize;
+    let pitch = comptime!(DECODE_PIECE + 1);
+    sync_cube(); // the previous piece has been read
+    stage_block(
+        key,
+        stage_s,
+        first_row,
+        rows,
+        dim,
+        d0,
+        width,
+        pitch,
+        comptime!(CUBE_UNITS),
+    );
+    let mut dot = dot;
+    #[unroll]
+    for d in 0..width {
+        dot += q_s[d0 + d] * stage_s[tid * pitch + d];
+    }
+    dot
+}
+
 /// The partials kernel for one query per (batch, head), a decode step: one cube of
 /// [`CUBE_UNITS`] threads per (batch x head of this slab, chunk). It performs, for its one
 /// query, exactly the operations of [`attention_partials_kernel`] in the same order (each
@@ -474,7 +512,8 @@ pub const fn decode_shared_words(dim: usize) -> usize {
 ///
 /// Writes the chunk state to the same slots as the prefill kernel (query 0 of each group).
 #[cube(launch_unchecked, address_type = "dynamic")]
-#[allow(clippy::too_many_arguments)]
+// `!(p < 0.0)` is deliberate: a NaN weight (from a NaN score) takes part, as in the prefill.
+#[allow(clippy::too_many_arguments, clippy::neg_cmp_op_on_partial_ord)]
 pub fn attention_decode_partials_kernel<F: Float>(
     query: &Tensor<F>,
     key: &Tensor<F>,
@@ -498,7 +537,6 @@ pub fn attention_decode_partials_kernel<F: Float>(
     let units = comptime!(CUBE_UNITS);
     let blocks = comptime!(CHUNK_BLOCKS);
     let piece = comptime!(DECODE_PIECE);
-    let pitch = comptime!(DECODE_PIECE + 1);
     let tail = comptime!(dim % DECODE_PIECE);
     let v_rows = comptime!(decode_value_rows(dim_v));
     let tid = UNIT_POS as usize;
@@ -535,42 +573,30 @@ pub fn attention_decode_partials_kernel<F: Float>(
             let rows = k_end - first;
             let mut dot = 0.0f32;
             for p in 0..comptime!(dim / DECODE_PIECE) {
-                let d0 = p * piece;
-                sync_cube(); // the previous piece has been read
-                stage_block(
+                dot = decode_score_piece(
                     key,
                     &mut stage_s,
+                    &q_s,
                     row0 + first,
                     rows,
+                    dot,
                     dim,
-                    d0,
+                    p * piece,
                     piece,
-                    pitch,
-                    units,
                 );
-                #[unroll]
-                for d in 0..piece {
-                    dot += q_s[d0 + d] * stage_s[tid * pitch + d];
-                }
             }
             if comptime!(tail > 0) {
-                let d0 = comptime!(dim - tail);
-                sync_cube();
-                stage_block(
+                dot = decode_score_piece(
                     key,
                     &mut stage_s,
+                    &q_s,
                     row0 + first,
                     rows,
+                    dot,
                     dim,
-                    d0,
+                    comptime!(dim - tail),
                     tail,
-                    pitch,
-                    units,
                 );
-                #[unroll]
-                for d in 0..tail {
-                    dot += q_s[d0 + d] * stage_s[tid * pitch + d];
-                }
             }
             let key_pos = first + tid;
             let score = finish_score(
