@@ -5,7 +5,8 @@
 //!
 //!     cargo run --release -p burn-batch-invariant-examples --bin bench_attention -- --cuda --json attention.json
 //!
-//! `--quick` runs small shapes (for a CPU/lavapipe smoke run). Shapes follow
+//! `--quick` runs small shapes (for a CPU/lavapipe smoke run); `--phase prefill` or
+//! `--phase decode` runs one phase. Shapes follow
 //! ../shared/anchors: prefill is 32 heads x 2048 tokens x head dim 128, bf16, causal;
 //! decode is one query against 4096 cached keys. Timing as in `bench`: median over samples
 //! of `sync; N calls; sync`, after warm-up calls that absorb Burn's autotuning.
@@ -80,6 +81,12 @@ fn bench<B: KernelHost>(device: &B::Device) {
     }
     for &b in decode_batches {
         cases.push(("decode", b, 1, cache_len, false));
+    }
+    // `--phase prefill|decode` keeps one phase (e.g. under a profiler).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--phase") {
+        let phase = args.get(i + 1).expect("--phase needs prefill or decode");
+        cases.retain(|case| case.0 == phase.as_str());
     }
     let mut rows = Vec::new();
     let total = cases.len();

@@ -63,11 +63,15 @@ pub fn attention(
 
 /// Absolute error bound for one output of the kernel against [`attention`] with the same
 /// (dtype-rounded) inputs: rounding to the output dtype (unit roundoff `out_unit`), plus the
-/// f32 error of the scores (a dot product of `dim` terms, largest score `max_score`), which
-/// reaches the output through the softmax weights, plus the f32 error of the weighted sums
-/// over at most `seq_k` keys. All of it scales with the largest `|v|`.
+/// rounding of the weights before `p · v` (unit roundoff `weight_unit`: the input dtype's on
+/// the tensor-core kernel, which multiplies in it, 0 where weights stay f32; the normaliser
+/// `l` sums unrounded weights, hence twice), plus the f32 error of the scores (a dot product
+/// of `dim` terms, largest score `max_score`), which reaches the output through the softmax
+/// weights, plus the f32 error of the weighted sums over at most `seq_k` keys. All of it
+/// scales with the largest `|v|`.
 pub fn tolerance(
     out_unit: f64,
+    weight_unit: f64,
     dim: usize,
     seq_k: usize,
     max_score: f64,
@@ -76,5 +80,7 @@ pub fn tolerance(
     let u32 = f64::from(f32::EPSILON) / 2.0;
     let score_err = 2.0 * (dim as f64 + 4.0) * u32 * (1.0 + max_score.abs());
     let sum_err = 2.0 * (seq_k as f64 + 8.0) * u32;
-    (out_unit + 2.0 * score_err + sum_err) * max_abs_value.max(f64::MIN_POSITIVE) + 1e-30
+    (out_unit + 2.0 * weight_unit + 2.0 * score_err + sum_err)
+        * max_abs_value.max(f64::MIN_POSITIVE)
+        + 1e-30
 }

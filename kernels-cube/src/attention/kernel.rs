@@ -41,9 +41,9 @@ pub struct Extents {
 
 /// A score after the options, and whether its key takes part.
 #[derive(CubeType)]
-struct Score {
-    value: f32,
-    live: bool,
+pub(super) struct Score {
+    pub value: f32,
+    pub live: bool,
 }
 
 /// What every kernel does to a raw dot product `dot` of query `row` and key `key_pos`:
@@ -52,7 +52,7 @@ struct Score {
 /// the prefill and decode kernels cannot drift apart.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn finish_score<F: Float>(
+pub(super) fn finish_score<F: Float>(
     dot: f32,
     live: bool,
     mask: &Tensor<F>,
@@ -96,7 +96,7 @@ fn finish_score<F: Float>(
 /// cut under causal masking where the last of those queries stops seeing keys (every block
 /// past it would be a no-op).
 #[cube]
-fn chunk_end(ext: &Extents, k_start: usize, rows_end: usize, flags: u32) -> usize {
+pub(super) fn chunk_end(ext: &Extents, k_start: usize, rows_end: usize, flags: u32) -> usize {
     let mut k_end = k_start + comptime!(KEY_SPLIT);
     if k_end > ext.seq_k {
         k_end = ext.seq_k;
@@ -760,17 +760,18 @@ pub fn attention_combine_kernel<F: Float>(
     output: &mut Tensor<F>,
     ext: Extents,
     #[comptime] dim_v: usize,
+    #[comptime] block_q: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let idx = CUBE_POS * comptime!(COMBINE_UNITS) + UNIT_POS as usize;
-    if idx >= ext.groups * comptime!(BLOCK_Q * dim_v) {
+    if idx >= ext.groups * comptime!(block_q * dim_v) {
         terminate!();
     }
     let c = idx % dim_v;
-    let local_row = idx / dim_v; // local_group * BLOCK_Q + query_in_block
-    let group = ext.first_group + local_row / comptime!(BLOCK_Q);
+    let local_row = idx / dim_v; // local_group * block_q + query_in_block
+    let group = ext.first_group + local_row / block_q;
     let bh = group / ext.q_blocks;
-    let row = (group % ext.q_blocks) * comptime!(BLOCK_Q) + local_row % comptime!(BLOCK_Q);
+    let row = (group % ext.q_blocks) * block_q + local_row % block_q;
     if row >= ext.seq_q {
         terminate!();
     }

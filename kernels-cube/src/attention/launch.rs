@@ -9,6 +9,9 @@ use super::kernel::{
     decode_shared_words, decode_value_rows, ExtentsLaunch, COMBINE_UNITS, CUBE_UNITS,
     DECODE_STAGE_WORDS, FLAG_BIAS, FLAG_CAUSAL, FLAG_MASK, FLAG_SOFTCAP, PIECE,
 };
+use super::tensor_core::{
+    self, attention_mma_partials_kernel, DECODE_WARPS, PREFILL_WARPS, TILE_Q,
+};
 use super::{BLOCK_K, BLOCK_Q, KEY_SPLIT};
 use crate::reduce::launch::{contiguous_strides, cube_count};
 
@@ -106,12 +109,30 @@ impl fmt::Display for AttentionError {
 
 impl std::error::Error for AttentionError {}
 
-/// Shared memory of one partials cube, the larger of the two mappings: the prefill's
-/// block of queries, piece of keys or values, scores, weights and flags, and the decode's
-/// query, staging buffer and chunk of scores and flags.
+/// Shared memory of one partials cube of the scalar kernels, the larger of the two
+/// mappings: the prefill's block of queries, piece of keys or values, scores, weights and
+/// flags, and the decode's query, staging buffer and chunk of scores and flags.
 pub fn shared_memory_bytes(dim: usize) -> usize {
     let prefill = BLOCK_Q * dim + BLOCK_K * (PIECE + 1) + 3 * CUBE_UNITS;
     prefill.max(decode_shared_words(dim)) * core::mem::size_of::<f32>()
+}
+
+/// Which partials kernel computes a launch, and with how many queries per group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Partials {
+    /// The scalar kernels, [`BLOCK_Q`] queries per group.
+    Scalar,
+    /// The tensor-core kernel with this many warps (16 queries each) per group.
+    TensorCore { warps: usize },
+}
+
+impl Partials {
+    fn block_q(self) -> usize {
+        match self {
+            Self::Scalar => BLOCK_Q,
+            Self::TensorCore { warps } => TILE_Q * warps,
+        }
+    }
 }
 
 fn check_operand<R: Runtime>(
@@ -237,7 +258,22 @@ pub fn launch_attention_with_scratch<R: Runtime>(
     if dim == 0 || dim_v == 0 || dim > MAX_HEAD_DIM || dim_v > MAX_HEAD_DIM {
         return Err(AttentionError::HeadDim { dim, dim_v });
     }
-    let needed = shared_memory_bytes(dim);
+    // The arithmetic is chosen by device, dtype and head dims alone (the two kernels round
+    // differently); the warps of a tensor-core cube only change which cube computes a row.
+    let partials = if tensor_core::is_supported(client, dtype, dim, dim_v) {
+        let warps = if seq_q == 1 {
+            DECODE_WARPS
+        } else {
+            PREFILL_WARPS
+        };
+        Partials::TensorCore { warps }
+    } else {
+        Partials::Scalar
+    };
+    let needed = match partials {
+        Partials::Scalar => shared_memory_bytes(dim),
+        Partials::TensorCore { warps } => tensor_core::shared_memory_bytes(dim, dim_v, warps),
+    };
     let available = client.properties().hardware.max_shared_memory_size;
     if needed > available {
         return Err(AttentionError::SharedMemory {
@@ -264,13 +300,14 @@ pub fn launch_attention_with_scratch<R: Runtime>(
         return Ok(());
     }
 
-    let q_blocks = seq_q.div_ceil(BLOCK_Q);
+    let block_q = partials.block_q();
+    let q_blocks = seq_q.div_ceil(block_q);
     let chunks = seq_k.div_ceil(KEY_SPLIT);
     let total_groups = batch * heads * q_blocks;
-    // Chunk states of one group: BLOCK_Q queries x chunks x (m, l, acc[dim_v]).
-    let group_bytes = BLOCK_Q * chunks.max(1) * (dim_v + 2) * core::mem::size_of::<f32>();
+    // Chunk states of one group: block_q queries x chunks x (m, l, acc[dim_v]).
+    let group_bytes = block_q * chunks.max(1) * (dim_v + 2) * core::mem::size_of::<f32>();
     let slab_groups = (scratch_bytes / group_bytes).clamp(1, total_groups);
-    let states = slab_groups * BLOCK_Q * chunks.max(1);
+    let states = slab_groups * block_q * chunks.max(1);
     let stats = client.empty(states * 2 * core::mem::size_of::<f32>());
     let accs = client.empty(states * dim_v * core::mem::size_of::<f32>());
 
@@ -284,7 +321,8 @@ pub fn launch_attention_with_scratch<R: Runtime>(
         dim_v,
         chunks,
         slabs = total_groups.div_ceil(slab_groups),
-        flags
+        flags,
+        tensor_cores = partials != Partials::Scalar
     )
     .entered();
 
@@ -305,43 +343,81 @@ pub fn launch_attention_with_scratch<R: Runtime>(
             || ExtentsLaunch::new(seq_q, seq_k, heads, q_blocks, chunks, first_group, groups);
         unsafe {
             if chunks > 0 {
-                // A decode step runs the same operations in another thread mapping.
-                let (partials, cube_dim) = if seq_q == 1 {
-                    (
-                        attention_decode_partials_kernel::launch_unchecked::<R>
-                            as PartialsLaunch<R>,
-                        CubeDim::new_1d(CUBE_UNITS as u32),
-                    )
-                } else {
-                    (
-                        attention_partials_kernel::launch_unchecked::<R> as PartialsLaunch<R>,
-                        CubeDim::new_2d(BLOCK_K as u32, (CUBE_UNITS / BLOCK_K) as u32),
-                    )
+                let operands =
+                    || [&query, &key, &value, &mask, &bias].map(|t| t.clone().into_tensor_arg());
+                let scratch = || {
+                    [(&stats, 2), (&accs, dim_v)]
+                        .map(|(handle, per)| ArrayArg::from_raw_parts(handle.clone(), states * per))
                 };
-                partials(
-                    client,
-                    cube_count(client, groups * chunks),
-                    cube_dim,
-                    address_type,
-                    query.clone().into_tensor_arg(),
-                    key.clone().into_tensor_arg(),
-                    value.clone().into_tensor_arg(),
-                    mask.clone().into_tensor_arg(),
-                    bias.clone().into_tensor_arg(),
-                    ArrayArg::from_raw_parts(stats.clone(), states * 2),
-                    ArrayArg::from_raw_parts(accs.clone(), states * dim_v),
-                    extents(),
-                    options.scale,
-                    softcap,
-                    flags,
-                    dim,
-                    dim_v,
-                    dtype,
-                );
+                match partials {
+                    Partials::TensorCore { warps } => {
+                        let [q, k, v, mask, bias] = operands();
+                        let [stats, accs] = scratch();
+                        attention_mma_partials_kernel::launch_unchecked::<R>(
+                            client,
+                            cube_count(client, groups * chunks),
+                            CubeDim::new_2d(tensor_core::PLANE as u32, warps as u32),
+                            address_type,
+                            q,
+                            k,
+                            v,
+                            mask,
+                            bias,
+                            stats,
+                            accs,
+                            extents(),
+                            options.scale,
+                            softcap,
+                            flags,
+                            dim,
+                            dim_v,
+                            warps,
+                            dtype,
+                        );
+                    }
+                    Partials::Scalar => {
+                        // A decode step runs the same operations in another thread mapping.
+                        let (scalar, cube_dim) = if seq_q == 1 {
+                            (
+                                attention_decode_partials_kernel::launch_unchecked::<R>
+                                    as PartialsLaunch<R>,
+                                CubeDim::new_1d(CUBE_UNITS as u32),
+                            )
+                        } else {
+                            (
+                                attention_partials_kernel::launch_unchecked::<R>
+                                    as PartialsLaunch<R>,
+                                CubeDim::new_2d(BLOCK_K as u32, (CUBE_UNITS / BLOCK_K) as u32),
+                            )
+                        };
+                        let [q, k, v, mask, bias] = operands();
+                        let [stats, accs] = scratch();
+                        scalar(
+                            client,
+                            cube_count(client, groups * chunks),
+                            cube_dim,
+                            address_type,
+                            q,
+                            k,
+                            v,
+                            mask,
+                            bias,
+                            stats,
+                            accs,
+                            extents(),
+                            options.scale,
+                            softcap,
+                            flags,
+                            dim,
+                            dim_v,
+                            dtype,
+                        );
+                    }
+                }
             }
             attention_combine_kernel::launch_unchecked(
                 client,
-                cube_count(client, (groups * BLOCK_Q * dim_v).div_ceil(COMBINE_UNITS)),
+                cube_count(client, (groups * block_q * dim_v).div_ceil(COMBINE_UNITS)),
                 CubeDim::new_1d(COMBINE_UNITS as u32),
                 address_type,
                 ArrayArg::from_raw_parts(stats.clone(), states * 2),
@@ -349,6 +425,7 @@ pub fn launch_attention_with_scratch<R: Runtime>(
                 output.clone().into_tensor_arg(),
                 extents(),
                 dim_v,
+                block_q,
                 dtype,
             );
         }

@@ -27,6 +27,14 @@
 //! 5. `out = acc / l`, or 0 for a row in which no key took part (as Burn's fallback gives),
 //!    then a cast to the output dtype.
 //!
+//! On CUDA, f16/bf16 inputs with head dims up to 128 take the tensor-core kernel
+//! ([`tensor_core`]), which keeps steps 1, 3, 4 and 5 and computes a block with `mma.sync`:
+//! the score's dot product is one instruction chain over 16 dims at a time, the block's
+//! row maximum and sum are folded across the four lanes of a row in a fixed butterfly, and
+//! `p_0 v_0 + p_1 v_1 + ...` is one instruction per 8 columns, with the weights rounded to
+//! the input dtype, added to `acc * alpha`. Which arithmetic runs depends on the device, the
+//! dtype and the head dims, never on the batch or the sequence lengths.
+//!
 //! A key that does not take part changes nothing, bit for bit, and an empty chunk is
 //! skipped, so a decode step (one query against a cache of `n` keys) performs exactly the
 //! operations of query `n - 1` inside a causal prefill of any longer length, and a sequence
@@ -43,7 +51,9 @@
 //! 256 threads per (batch x head, chunk) that computes the chunk's scores one key per thread
 //! and then carries one output column per thread. Both perform the operations above in the
 //! same order through the same helpers (`finish_score`, `chunk_end`); the suite compares a
-//! decode step with the prefill bitwise. Queries and chunks that the causal rule rules out
+//! decode step with the prefill bitwise. The tensor-core kernel gives a cube 4 warps of 16
+//! queries each for a prefill and one warp (its query in row 0 of the tile) for a decode
+//! step. Queries and chunks that the causal rule rules out
 //! entirely are not launched work (their state is written empty). The options that select
 //! arithmetic (mask, bias, causal, softcap) are runtime flags, not compile-time ones, so
 //! that every option set runs the same compiled code. Large
@@ -53,6 +63,7 @@
 pub mod cpu_reference;
 pub mod kernel;
 pub mod launch;
+pub mod tensor_core;
 
 pub use launch::{
     is_broadcast_layout, launch_attention, launch_attention_with_scratch, AttentionError,
