@@ -36,8 +36,8 @@ use super::{BLOCK_K, KEY_SPLIT};
 pub const PLANE: usize = 32;
 /// Query rows of one warp's tile: the instruction's M.
 pub const TILE_Q: usize = 16;
-/// Warps of a prefill cube: 64 queries share every staged key and value.
-pub const PREFILL_WARPS: usize = 4;
+/// Warps of a prefill cube: 128 queries share every staged key and value.
+pub const PREFILL_WARPS: usize = 8;
 /// Warps of a decode cube (one query, padded to a tile of 16 rows).
 pub const DECODE_WARPS: usize = 1;
 /// Largest head dim (query/key and value) this kernel takes: its query fragments and
@@ -95,15 +95,16 @@ pub const fn shared_memory_bytes(dim: usize, dim_v: usize, warps: usize) -> usiz
 
 /// Copies rows `first_row .. first_row + block_rows` (zeros for rows `>= rows`, which must be
 /// at least 1), columns `0 .. width` (zeros for columns `>= row_len`) of a row-major tensor
-/// to `smem[j * pitch + c]`, in the input dtype. Every thread of the cube takes part; the
-/// caller synchronises. Out-of-range elements are read at a clamped, valid address and then
-/// replaced: no load sits behind a branch, so each thread has all its loads in flight at
-/// once instead of waiting for them one by one.
+/// to shared memory as pairs of adjacent columns, `smem[(j * pitch + c) / 2]`, in the input
+/// dtype, so that a fragment reads two elements with one 32-bit load. Every thread of the
+/// cube takes part; the caller synchronises. Out-of-range elements are read at a clamped,
+/// valid address and then replaced: no load sits behind a branch, so each thread has all
+/// its loads in flight at once instead of waiting for them one by one.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn stage_rows<F: Float>(
     tensor: &Tensor<F>,
-    smem: &mut SharedMemory<F>,
+    smem: &mut SharedMemory<Pair<F>>,
     first_row: usize,
     rows: usize,
     #[comptime] row_len: usize,
@@ -112,21 +113,30 @@ fn stage_rows<F: Float>(
     #[comptime] block_rows: usize,
     #[comptime] units: usize,
 ) {
-    // 16 rows per warp and 32 lanes: every thread copies width / 2 elements.
-    comptime!(assert!((block_rows * width).is_multiple_of(units)));
+    let half = comptime!(width / 2);
+    // 16 rows per warp, 32 lanes and a width that is a multiple of 8: every thread copies
+    // width / 4 pairs.
+    comptime!(assert!(width.is_multiple_of(2) && pitch.is_multiple_of(2)));
+    comptime!(assert!((block_rows * half).is_multiple_of(units)));
     let tid = UNIT_POS_Y as usize * comptime!(PLANE) + UNIT_POS_X as usize;
     let last = rows - 1;
     #[unroll]
-    for r in 0..comptime!(block_rows * width / units) {
+    for r in 0..comptime!(block_rows * half / units) {
         let i = tid + r * units;
-        let j = i / width;
-        let c = i % width;
-        let mut col = c;
-        if comptime!(width > row_len) {
-            col = select(c < row_len, c, comptime!(row_len - 1));
+        let j = i / half;
+        let c = (i % half) * 2;
+        let row = (first_row + select(j < rows, j, last)) * row_len;
+        let mut pair = Pair::<F>::empty();
+        #[unroll]
+        for e in 0..2usize {
+            let mut col = c + e;
+            if comptime!(width > row_len) {
+                col = select(c + e < row_len, c + e, comptime!(row_len - 1));
+            }
+            let x = tensor[row + col];
+            pair[e] = select(j < rows && c + e < row_len, x, F::new(0.0));
         }
-        let x = tensor[(first_row + select(j < rows, j, last)) * row_len + col];
-        smem[j * pitch + c] = select(j < rows && c < row_len, x, F::new(0.0));
+        smem[j * comptime!(pitch / 2) + c / 2] = pair;
     }
 }
 
@@ -213,8 +223,8 @@ pub fn attention_mma_partials_kernel<F: Float>(
         acc[i] = Pair::<f32>::new(0.0);
     }
 
-    let mut k_s = SharedMemory::<F>::new(comptime!(staged * k_pitch));
-    let mut v_s = SharedMemory::<F>::new(comptime!(staged * v_pitch));
+    let mut k_s = SharedMemory::<Pair<F>>::new(comptime!(staged * k_pitch / 2));
+    let mut v_s = SharedMemory::<Pair<F>>::new(comptime!(staged * v_pitch / 2));
     let row0 = bh * ext.seq_k;
     let mut first = k_start;
     while first < k_end {
@@ -265,17 +275,13 @@ pub fn attention_mma_partials_kernel<F: Float>(
                         let mut bf = Array::<Pair<F>>::new(2usize);
                         #[unroll]
                         for v in 0..2usize {
-                            let mut pair = Pair::<F>::empty();
-                            #[unroll]
-                            for e in 0..2usize {
-                                // B is (dims x keys): row = dim, column = key.
-                                let (r, cc) =
-                                    def.position_of_nth(lane, (v * 2 + e) as u32, MatrixIdent::B);
-                                pair[e] = k_s[(key0 + nt * 8 + cc as usize) * k_pitch
-                                    + ks * 16
-                                    + r as usize];
-                            }
-                            bf[v] = pair;
+                            // B is (dims x keys): row = dim, column = key. Elements `2 v`
+                            // and `2 v + 1` are adjacent dims of one key: one staged pair.
+                            let (r, cc) = def.position_of_nth(lane, (v * 2) as u32, MatrixIdent::B);
+                            bf[v] = k_s[((key0 + nt * 8 + cc as usize) * k_pitch
+                                + ks * 16
+                                + r as usize)
+                                / 2];
                         }
                         def.execute_inplace(&a, &bf, &mut c);
                     }
@@ -408,7 +414,12 @@ pub fn attention_mma_partials_kernel<F: Float>(
                             // B is (keys x columns): row = key, column = value column.
                             let (r, cc) =
                                 def.position_of_nth(lane, (v * 2 + e) as u32, MatrixIdent::B);
-                            let x = v_s[(key0 + r as usize) * v_pitch + ct * 8 + cc as usize];
+                            let at = (key0 + r as usize) * v_pitch + ct * 8 + cc as usize;
+                            let staged_pair = v_s[at / 2];
+                            // (`is_multiple_of` has no cube expansion.)
+                            #[allow(clippy::manual_is_multiple_of)]
+                            let even = at % 2 == 0;
+                            let x = select(even, staged_pair[0usize], staged_pair[1usize]);
                             pair[e] = select(key_live[v * 2 + e] != 0, x, F::new(0.0));
                         }
                         bf[v] = pair;
