@@ -13,10 +13,10 @@
 //!   `mma` per 8 output columns, from a zero accumulator; then `acc = acc * alpha + pv`.
 //!
 //! Every query row is computed by the same instructions whatever its place in the 16-row
-//! tile of a warp (the instruction treats rows independently, which the matmul suite checks
-//! bitwise on the same hardware), so a decode step, which runs this kernel with one warp and
-//! its query in row 0, gives the bits of the same position in a prefill. The suite checks
-//! that, on the GPU, for both head-dim classes.
+//! tile of a warp, and the instruction computes each output row from its own input row, so
+//! a decode step, which runs this kernel with one warp and its query in row 0, gives the
+//! bits of the same position in a prefill. The suite checks that on the GPU (head dims 16
+//! and 72/40, with and without scale, softcap and bias).
 //!
 //! The reductions across lanes rely on the register layout of `mma.m16n8k16` that the PTX
 //! ISA fixes (a lane holds rows `lane / 4` and `lane / 4 + 8`; the four lanes of a quad share
