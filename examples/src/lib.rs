@@ -76,6 +76,92 @@ pub fn median_ms<X: Backend, T>(
     times[times.len() / 2]
 }
 
+/// Milliseconds per call of `f` as the benchmarks report them: [`device_ms`] on a plain
+/// backend, wall clock ([`median_ms`]) on a fused one (see `device_ms` for why).
+/// Includes the warm-up, which also absorbs Burn's autotuning of a new shape.
+pub fn bench_ms<X: Backend, T>(device: &X::Device, mut f: impl FnMut() -> T) -> f64 {
+    let first = median_ms::<X, _>(device, 1, 1, &mut f);
+    let once = median_ms::<X, _>(device, 1, 3, &mut f).min(first);
+    if use_fused() {
+        // A shape slower than 20 ms per call (Burn's fused softmax has taken 0.3-0.7 s)
+        // gets fewer calls, so that a sweep ends.
+        let (calls, samples) = if once > 20.0 { (1, 3) } else { (20, 15) };
+        median_ms::<X, _>(device, calls, samples, f)
+    } else {
+        device_ms::<X, _>(device, once, f)
+    }
+}
+
+/// f32 elements written between two timed calls: 64 MiB, more than the H100's 50 MiB of
+/// L2, so that every call starts from a cold cache as in triton's `do_bench`, which the
+/// torch anchors use.
+const FLUSH_LEN: usize = 16 << 20;
+/// f32 elements of the tensor one blocker pass rewrites: 128 MiB (about 0.09 ms on an H100;
+/// wgpu refuses buffers of 256 MiB).
+const BLOCKER_LEN: usize = 32 << 20;
+/// Most blocker passes (about 12 ms on an H100) before `device_ms` gives up.
+const MAX_BLOCKER_PASSES: usize = 128;
+
+/// Device milliseconds per call of `f` (`wall_ms`: a wall-clock estimate of one call).
+///
+/// Why not wall clock: at small shapes a Burn call costs more host time (dispatch, launch
+/// arguments) than device time, so a wall-clock loop measures the host, while the torch
+/// anchors time device work with CUDA events. cubecl 0.10 profiles CUDA with the system
+/// clock, so this uses a blocker instead: a chain of passes over a large tensor is queued
+/// first, and the timed calls are queued behind it while it runs. The device then runs them
+/// back to back, and `(T(blocker, n x (flush, f)) - T(blocker, n x flush)) / n` is their
+/// device time (launch gaps on the device included, host overhead not). The blocker is
+/// doubled until queueing the calls takes less than 80% of its own time; where it cannot
+/// get there, the result is wall clock.
+///
+/// Only for plain backends: a fused backend may defer or drop the blocker's unread writes.
+pub fn device_ms<X: Backend, T>(device: &X::Device, wall_ms: f64, mut f: impl FnMut() -> T) -> f64 {
+    use std::time::Instant;
+    // About 3 ms of timed work per sample, within 2..=50 calls.
+    let calls = ((3.0 / wall_ms.max(1e-3)) as usize).clamp(2, 50);
+    let blocker = Tensor::<X, 1>::zeros([BLOCKER_LEN], device);
+    let mut passes = 8;
+    // (seconds until everything was queued, seconds until the device finished)
+    let mut run = |passes: usize, calls: usize, timed: bool| {
+        X::sync(device).unwrap();
+        let start = Instant::now();
+        let mut b = blocker.clone();
+        for _ in 0..passes {
+            b = b + 1.0;
+        }
+        for _ in 0..calls {
+            let _flush = Tensor::<X, 1>::zeros([FLUSH_LEN], device);
+            if timed {
+                let _ = f();
+            }
+        }
+        let queued = start.elapsed().as_secs_f64();
+        drop(b);
+        X::sync(device).unwrap();
+        (queued, start.elapsed().as_secs_f64())
+    };
+    let mut samples = Vec::new();
+    while samples.len() < 9 {
+        let (_, blocker_s) = run(passes, 0, false);
+        let (_, base_s) = run(passes, calls, false);
+        let (queued_s, timed_s) = run(passes, calls, true);
+        if queued_s > 0.8 * blocker_s {
+            if passes >= MAX_BLOCKER_PASSES {
+                // The device does not run ahead of the host (lavapipe runs on the host's
+                // cores): only wall clock means anything there.
+                eprintln!("device_ms: the blocker does not hide queueing; wall clock instead");
+                return median_ms::<X, _>(device, calls, 9, f);
+            }
+            passes *= 2;
+            samples.clear();
+            continue;
+        }
+        samples.push((timed_s - base_s) * 1e3 / calls as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2].max(0.0)
+}
+
 /// Largest absolute difference between two tensors' values.
 pub fn max_abs_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f64 {
     let a = a.into_data().convert::<f32>().to_vec::<f32>().unwrap();

@@ -6,14 +6,15 @@
 //!     cargo run --release -p burn-batch-invariant-examples --bin bench -- --cuda --json bench.json
 //!     cargo run --release -p burn-batch-invariant-examples --bin bench -- --cuda --fused
 //!
-//! Timing: each sample is `sync; start; N calls; sync; stop` divided by N, after warm-up
-//! calls that also absorb Burn's autotuning; the figure is the median of the samples. It
-//! is device time plus Burn's per-call host overhead (a few microseconds), the same for
-//! both columns.
+//! Timing (`burn_batch_invariant_examples::bench_ms`): on a plain backend, device time per
+//! call from a cold L2, with Burn's host overhead hidden behind a blocker (median of 9
+//! samples after warm-up calls that also absorb Burn's autotuning); with `--fused`, wall
+//! clock per call including host overhead. Both columns are timed the same way.
 
+use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{backend::Backend, Tensor};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
-use burn_batch_invariant_examples::{matrix, median_ms, on_backend};
+use burn_batch_invariant_examples::{bench_ms, matrix, on_backend};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -30,26 +31,36 @@ struct Row {
     batch_invariant_read_tb_s: f64,
 }
 
-fn time_ms<X: Backend>(device: &X::Device, mut f: impl FnMut() -> Tensor<X, 2>) -> f64 {
-    // The first call absorbs autotuning. A shape still slower than 20 ms per call (Burn's
-    // fused softmax has taken 0.3-0.7 s) gets fewer calls, so that the sweep ends.
-    let first = median_ms::<X, _>(device, 1, 1, &mut f);
-    let (warm_up, calls, samples) = if first > 20.0 { (1, 1, 3) } else { (5, 20, 15) };
-    for _ in 0..warm_up {
-        let _ = f();
-    }
-    median_ms::<X, _>(device, calls, samples, f)
+/// The normalization layers of one row length, built once per backend and shape.
+struct Norms<X: Backend> {
+    layer: LayerNorm<X>,
+    rms: RmsNorm<X>,
 }
 
-fn run_op<X: Backend>(x: &Tensor<X, 2>, op: &str) -> Tensor<X, 2> {
+impl<X: Backend> Norms<X> {
+    fn new(len: usize, device: &X::Device) -> Self {
+        Self {
+            layer: LayerNormConfig::new(len).init(device),
+            rms: RmsNormConfig::new(len).init(device),
+        }
+    }
+}
+
+fn run_op<X: Backend>(x: &Tensor<X, 2>, norms: &Norms<X>, op: &str) -> Tensor<X, 2> {
     match op {
         "mean_dim" => x.clone().mean_dim(1),
         "sum_dim" => x.clone().sum_dim(1),
+        "prod_dim" => x.clone().prod_dim(1),
         "softmax" => burn::tensor::activation::softmax(x.clone(), 1),
         "log_softmax" => burn::tensor::activation::log_softmax(x.clone(), 1),
         "max_dim" => x.clone().max_dim(1),
+        "min_dim" => x.clone().min_dim(1),
+        "max_abs_dim" => x.clone().max_abs_dim(1),
         // The index cast to float (M elements) keeps one closure type for every op.
         "argmax" => x.clone().argmax(1).float(),
+        "argmin" => x.clone().argmin(1).float(),
+        "layer_norm" => norms.layer.forward(x.clone()),
+        "rms_norm" => norms.rms.forward(x.clone()),
         other => unreachable!("bench op {other}"),
     }
 }
@@ -64,13 +75,22 @@ fn bench<B: KernelHost>(device: &B::Device) {
         ("log_softmax", 128256, &[1, 32, 256, 2048][..]),
         ("softmax", 128256, &[1, 32, 256, 2048][..]),
         ("max_dim", 4096, &[64, 1024, 16384][..]),
+        ("min_dim", 4096, &[16384][..]),
+        ("max_abs_dim", 4096, &[16384][..]),
+        ("prod_dim", 4096, &[16384][..]),
         ("argmax", 128256, &[1, 32, 256][..]),
+        ("argmin", 128256, &[256][..]),
+        ("layer_norm", 4096, &[64, 1024, 16384][..]),
+        ("rms_norm", 4096, &[64, 1024, 16384][..]),
     ] {
         for &m in ms {
+            eprintln!("{op} M={m} len={len}");
             let x = matrix::<B>(m, len, 3, device);
             let xi: Tensor<BatchInvariant<B>, 2> = Tensor::from_data(x.to_data(), device);
-            let burn_default_ms = time_ms::<B>(device, || run_op(&x, op));
-            let batch_invariant_ms = time_ms::<BatchInvariant<B>>(device, || run_op(&xi, op));
+            let (norms, norms_i) = (Norms::new(len, device), Norms::new(len, device));
+            let burn_default_ms = bench_ms::<B, _>(device, || run_op(&x, &norms, op));
+            let batch_invariant_ms =
+                bench_ms::<BatchInvariant<B>, _>(device, || run_op(&xi, &norms_i, op));
             // Input bytes read once (softmax also writes as many, not counted here).
             let bytes = (m * len * 4) as f64;
             rows.push(Row {

@@ -8,16 +8,14 @@
 //! `--quick` runs small shapes (for a CPU/lavapipe smoke run); `--phase prefill` or
 //! `--phase decode` runs one phase. Shapes follow
 //! ../shared/anchors: prefill is 32 heads x 2048 tokens x head dim 128, bf16, causal;
-//! decode is one query against 4096 cached keys. Timing as in `bench`: median over samples
-//! of `sync; N calls; sync`, after warm-up calls that absorb Burn's autotuning.
-
-use std::time::Instant;
+//! decode is one query against 4096 cached keys. Timing as in `bench`
+//! (`burn_batch_invariant_examples::bench_ms`): device time per call from a cold L2.
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
-use burn_batch_invariant_examples::{median_ms, on_backend, progress, svg_plot, values, Series};
+use burn_batch_invariant_examples::{bench_ms, on_backend, progress, svg_plot, values, Series};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -36,17 +34,6 @@ struct Row {
     /// Prefill: useful TFLOP/s (causal half counted). Decode: TB/s of K+V read.
     burn_default_throughput: f64,
     batch_invariant_throughput: f64,
-}
-
-fn time_ms<X: Backend>(device: &X::Device, mut f: impl FnMut() -> Tensor<X, 4>) -> f64 {
-    let start = Instant::now();
-    for _ in 0..3 {
-        let _ = f();
-    }
-    X::sync(device).unwrap();
-    let once = start.elapsed().as_secs_f64() / 3.0;
-    let calls = ((0.02 / once.max(1e-6)) as usize).clamp(1, 50);
-    median_ms::<X, _>(device, calls, 7, f)
 }
 
 fn operand<X: Backend>(
@@ -104,10 +91,10 @@ fn bench<B: KernelHost>(device: &B::Device) {
             Tensor::<BatchInvariant<B>, 4>::from_data(t.to_data(), device).cast(dtype)
         };
         let (qi, ki, vi) = (inv(&q), inv(&k), inv(&v));
-        let burn_default_ms = time_ms::<B>(device, || {
+        let burn_default_ms = bench_ms::<B, _>(device, || {
             attention(q.clone(), k.clone(), v.clone(), None, None, opts)
         });
-        let batch_invariant_ms = time_ms::<BatchInvariant<B>>(device, || {
+        let batch_invariant_ms = bench_ms::<BatchInvariant<B>, _>(device, || {
             attention(qi.clone(), ki.clone(), vi.clone(), None, None, opts)
         });
         let elem = if dtype == FloatDType::F32 { 4.0 } else { 2.0 };

@@ -7,17 +7,14 @@
 //! tensor-core tiling by direct launch and check it gives the router's bits),
 //! `--tilings-only` (only that).
 //!
-//! Timing: `sync; start; N calls; sync; stop` divided by N, after warm-up calls that also
-//! absorb Burn's autotuning; the median of 9 samples. Host overhead per call is included and
-//! is the same for both columns.
-
-use std::time::Instant;
+//! Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device time per call
+//! from a cold L2, host overhead hidden, the same for both columns.
 
 use batch_invariant_kernels::matmul::launch::{launch_matmul_on, MatmulPath};
 use batch_invariant_kernels::matmul::{Loader, TensorCoreTiling, MEDIUM, NARROW, WIDE};
 use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorPrimitive};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
-use burn_batch_invariant_examples::{matrix, on_backend};
+use burn_batch_invariant_examples::{bench_ms, matrix, on_backend};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use serde::Serialize;
 
@@ -33,27 +30,6 @@ struct Row {
     ratio: f64,
     batch_invariant_tflops: f64,
     burn_default_tflops: f64,
-}
-
-fn time_ms(sync: &dyn Fn(), mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    sync();
-    let mut samples: Vec<f64> = (0..9)
-        .map(|_| {
-            sync();
-            let start = Instant::now();
-            let calls = 10;
-            for _ in 0..calls {
-                f();
-            }
-            sync();
-            start.elapsed().as_secs_f64() * 1e3 / calls as f64
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
 }
 
 fn cast<X: Backend>(t: Tensor<X, 2>, dtype: FloatDType) -> Tensor<X, 2> {
@@ -103,15 +79,12 @@ fn bench<B: KernelHost>(device: &B::Device) {
             let xi_full: Tensor<BatchInvariant<B>, 2> =
                 cast(Tensor::from_data(x_full.to_data(), device), dtype);
             for &m in ms {
+                eprintln!("{dtype:?} M={m} K={k} N={n}");
                 let x = x_full.clone().narrow(0, 0, m);
                 let xi = xi_full.clone().narrow(0, 0, m);
-                let sync_b = || B::sync(device).unwrap();
-                let burn_default_ms = time_ms(&sync_b, || {
-                    let _ = x.clone().matmul(w.clone());
-                });
-                let batch_invariant_ms = time_ms(&sync_b, || {
-                    let _ = xi.clone().matmul(wi.clone());
-                });
+                let burn_default_ms = bench_ms::<B, _>(device, || x.clone().matmul(w.clone()));
+                let batch_invariant_ms =
+                    bench_ms::<BatchInvariant<B>, _>(device, || xi.clone().matmul(wi.clone()));
                 let flops = 2.0 * (m * k * n) as f64;
                 let row = Row {
                     dtype: format!("{dtype:?}").to_lowercase(),
@@ -243,10 +216,7 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
                         continue;
                     }
                 };
-                let sync = || P::sync(device).unwrap();
-                let ms = time_ms(&sync, || {
-                    let _ = launch();
-                });
+                let ms = bench_ms::<P, _>(device, launch);
                 println!(
                     "{:<10} M={m:<5} K={k:<6} N={n:<6} {ms:>9.4} ms  same bits: {same}",
                     tiling.name

@@ -11,6 +11,9 @@ use cubecl::std::FastDivmod;
 /// computes a row, not how.
 pub const CUBE_UNITS: u32 = 256;
 
+/// Loads one thread of a lanes kernel issues before it folds them in (in index order).
+pub const SCAN_UNROLL: usize = 8;
+
 /// Outputs handled by one cube of [`reduce_unit_kernel`].
 pub const UNITS_PER_CUBE: u32 = 128;
 
@@ -56,7 +59,23 @@ pub fn reduce_lanes_kernel<F: Float>(
     let mut partial = identity(prod);
     if in_range {
         let base = row_offset(row, &out_shape, &row_strides);
+        // `SCAN_UNROLL` loads are issued before the first of their adds waits: a plain loop
+        // has one load in flight per thread, so a few rows were latency-bound (64 rows of
+        // 4096: 18 us where Burn took 6). The adds stay in increasing `j`.
         let mut j = lane;
+        let group = lanes * SCAN_UNROLL;
+        while j + group - lanes < reduce_len {
+            let mut vals = Array::<f32>::new(SCAN_UNROLL);
+            #[unroll]
+            for u in 0..SCAN_UNROLL {
+                vals[u] = f32::cast_from(input[base + (j + u * lanes) * reduce_stride]);
+            }
+            #[unroll]
+            for u in 0..SCAN_UNROLL {
+                partial = combine(partial, vals[u], prod);
+            }
+            j += group;
+        }
         while j < reduce_len {
             partial = combine(
                 partial,
