@@ -3,6 +3,7 @@
 //! to the smallest index, NaN first), and the `Tensor` API entry points.
 
 use batch_invariant_kernels::extremum::{cpu_reference, ExtremumOp, CHUNK_LEN};
+use batch_invariant_kernels::reduce::launch::FULL_CUBES_FROM_ROWS;
 use burn::tensor::{FloatDType, Int, Tensor};
 use burn_batch_invariant_tests::*;
 
@@ -87,6 +88,32 @@ fn invariance_and_reference<B: KernelHost>(device: &B::Device) {
                     "argmin vs min_dim_with_indices"
                 );
             }
+        }
+    }
+}
+
+/// More rows than `FULL_CUBES_FROM_ROWS` (several rows per cube) against prefixes and single
+/// rows (one row per cube): values and indices must not show the packing.
+fn packed_rows<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let (rows, len) = (FULL_CUBES_FROM_ROWS + 9, 37);
+    let x = tensor::<BatchInvariant<B>, 2>(
+        tied_values(rows * len, 77),
+        [rows, len],
+        FloatDType::F32,
+        device,
+    );
+    for op in OPS {
+        let (v, i) = apply::<B>(x.clone(), 1, op);
+        for (start, m) in [(0, 1), (0, 7), (0, 1024), (rows / 2, 1), (rows - 1, 1)] {
+            let (pv, pi) = apply::<B>(x.clone().narrow(0, start, m), 1, op);
+            assert!(
+                bits(pv) == bits(v.clone().narrow(0, start, m))
+                    && bits(pi) == bits(i.clone().narrow(0, start, m)),
+                "{op:?}: rows {start}..{} alone differ from the same rows among {rows}",
+                start + m
+            );
         }
     }
 }
@@ -197,6 +224,11 @@ fn bad_input<B: KernelHost>(device: &B::Device) {
 #[test]
 fn extremum_is_batch_invariant_and_matches_reference() {
     on_test_backend!(invariance_and_reference);
+}
+
+#[test]
+fn extremum_packed_rows_are_batch_invariant() {
+    on_test_backend!(packed_rows);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! batch, along the last, first and a middle dim, accuracy against the f64 reference, and
 //! agreement of the two thread mappings.
 
+use batch_invariant_kernels::reduce::launch::FULL_CUBES_FROM_ROWS;
 use batch_invariant_kernels::reduce::{cpu_reference, ReduceOp};
 use burn::tensor::{FloatDType, Tensor};
 use burn_batch_invariant_tests::*;
@@ -65,6 +66,23 @@ fn last_dim_invariance<B: KernelHost>(device: &B::Device) {
             );
             check_batches(x, 1, 0, &format!("last dim, len {len}, {dtype:?}"));
         }
+    }
+}
+
+/// More rows than `FULL_CUBES_FROM_ROWS`, where the launch packs several rows into a cube,
+/// against prefixes and single rows, which get one row per cube: the packing must not show.
+fn packed_rows_invariance<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let rows = FULL_CUBES_FROM_ROWS + 9;
+    for len in [5usize, 100] {
+        let x = tensor::<BatchInvariant<B>, 2>(
+            random_values(rows * len, 40 + len as u64),
+            [rows, len],
+            FloatDType::F32,
+            device,
+        );
+        check_batches(x, 1, 0, &format!("{rows} packed rows of {len}"));
     }
 }
 
@@ -220,6 +238,11 @@ fn several_dims<B: KernelHost>(device: &B::Device) {
 #[test]
 fn reduce_dim_last_dim_is_batch_invariant() {
     on_test_backend!(last_dim_invariance);
+}
+
+#[test]
+fn reduce_dim_packed_rows_are_batch_invariant() {
+    on_test_backend!(packed_rows_invariance);
 }
 
 #[test]

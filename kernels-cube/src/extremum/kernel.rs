@@ -7,7 +7,8 @@ use cubecl::std::FastDivmod;
 
 use crate::reduce::kernel::SCAN_UNROLL;
 
-/// Threads in one cube: `lanes` per output row, `CUBE_UNITS / lanes` rows per cube.
+/// Most threads in one cube: `lanes` per output row, at most `CUBE_UNITS / lanes` rows per
+/// cube (`reduce::launch::rows_per_cube`).
 pub const CUBE_UNITS: u32 = 256;
 
 /// Whether candidate `(bv, bi)` beats `(av, ai)` in the module's total order. `ai == len`
@@ -88,7 +89,8 @@ pub fn extremum_lanes_kernel<F: Float, I: Int>(
 ) {
     let lane = UNIT_POS_X as usize;
     let local_row = UNIT_POS_Y as usize;
-    let rows_per_cube = comptime!(CUBE_UNITS as usize / lanes);
+    // Chosen by the launch (`rows_per_cube`): which cube computes a row, never how.
+    let rows_per_cube = CUBE_DIM_Y as usize;
     let candidate = CUBE_POS * rows_per_cube + local_row;
     let in_range = candidate < num_candidates;
 

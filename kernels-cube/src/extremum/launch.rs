@@ -5,7 +5,9 @@ use cubecl::prelude::*;
 use super::kernel::{extremum_combine_kernel, extremum_lanes_kernel, CUBE_UNITS};
 use super::ExtremumOp;
 use super::CHUNK_LEN;
-use crate::reduce::launch::{check_reduction, cube_count, max_offset, row_args, ReduceDimError};
+use crate::reduce::launch::{
+    check_reduction, cube_count, max_offset, row_args, rows_per_cube, ReduceDimError,
+};
 use crate::reduce::{lanes_for_len, LONG_ROW_MIN_LEN};
 
 /// Writes the winner of `op` along `dim` of `input` (element type `dtype`, any strides) to
@@ -34,7 +36,6 @@ pub fn launch_extremum_dim<R: Runtime>(
     let address_type = AddressType::from_len(max_offset(&shape, &strides).max(num_rows));
     let (shape_arg, row_strides) = row_args::<R>(&expected, &strides, dim);
     let lanes = lanes_for_len(reduce_len);
-    let rows_per_cube = CUBE_UNITS as usize / lanes;
     let (min, abs) = (op == ExtremumOp::Min, op == ExtremumOp::MaxAbs);
     // Long rows are split into chunks so that a few rows still fill the GPU. The winner is
     // the same whatever the split (the module's total order), so the rule is free; it
@@ -46,6 +47,7 @@ pub fn launch_extremum_dim<R: Runtime>(
     };
     let chunk_len = if chunks == 1 { reduce_len } else { CHUNK_LEN };
     let candidates = num_rows * chunks;
+    let rows_per_cube = rows_per_cube(lanes, candidates);
     let scratch = |elem: StorageType| {
         let handle = client.empty(candidates * elem.size());
         // SAFETY: a contiguous 1-D tensor of `candidates` elements of `elem` over a buffer
@@ -98,3 +100,4 @@ pub fn launch_extremum_dim<R: Runtime>(
     }
     Ok(())
 }
+const _: () = assert!(CUBE_UNITS == crate::reduce::kernel::CUBE_UNITS);

@@ -6,13 +6,13 @@ use cubecl::prelude::*;
 use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
 use cubecl::std::FastDivmod;
 
-/// Threads in one cube of [`reduce_lanes_kernel`]: `lanes` per row, so
-/// `CUBE_UNITS / lanes` rows per cube. A launch parameter only: it changes which cube
-/// computes a row, not how.
+/// Most threads in one cube of [`reduce_lanes_kernel`]: `lanes` per row, at most
+/// `CUBE_UNITS / lanes` rows per cube (`launch::rows_per_cube`). A launch parameter only: it
+/// changes which cube computes a row, not how.
 pub const CUBE_UNITS: u32 = 256;
 
 /// Loads one thread of a lanes kernel issues before it folds them in (in index order).
-pub const SCAN_UNROLL: usize = 8;
+pub const SCAN_UNROLL: usize = 16;
 
 /// Outputs handled by one cube of [`reduce_unit_kernel`].
 pub const UNITS_PER_CUBE: u32 = 128;
@@ -52,7 +52,8 @@ pub fn reduce_lanes_kernel<F: Float>(
 ) {
     let lane = UNIT_POS_X as usize;
     let local_row = UNIT_POS_Y as usize;
-    let rows_per_cube = comptime!(CUBE_UNITS as usize / lanes);
+    // Chosen by the launch (`rows_per_cube`): which cube computes a row, never how.
+    let rows_per_cube = CUBE_DIM_Y as usize;
     let row = CUBE_POS * rows_per_cube + local_row;
     let in_range = row < num_rows;
 

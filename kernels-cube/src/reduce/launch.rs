@@ -76,7 +76,7 @@ pub fn launch_reduce_dim<R: Runtime>(
     let lanes_mapping = reduce_stride == 1 && reduce_len >= lanes;
     unsafe {
         if lanes_mapping {
-            let rows_per_cube = CUBE_UNITS as usize / lanes;
+            let rows_per_cube = rows_per_cube(lanes, num_rows);
             let cubes = num_rows.div_ceil(rows_per_cube);
             reduce_lanes_kernel::launch_unchecked(
                 client,
@@ -203,6 +203,22 @@ pub(crate) fn max_offset(shape: &[usize], strides: &[usize]) -> usize {
 
 /// A 1-D cube count spread over x and y so that large launches stay within the per-axis
 /// limits; kernels read the linear `CUBE_POS`, so the split never reaches the arithmetic.
+/// Row count from which a lanes kernel packs `CUBE_UNITS / lanes` rows into a cube.
+pub const FULL_CUBES_FROM_ROWS: usize = 8192;
+
+/// Rows per cube of a lanes kernel (reduce, extremum): full cubes of `CUBE_UNITS` threads
+/// once there are enough rows to fill the device with them, else one row per cube, so that
+/// a few rows still spread over many multiprocessors (64 rows of 4096 ran on 8 cubes and
+/// took twice Burn's time). It changes which cube computes a row, never how; the
+/// invariance tests cover both sides of the threshold.
+pub(crate) fn rows_per_cube(lanes: usize, num_rows: usize) -> usize {
+    if num_rows >= FULL_CUBES_FROM_ROWS {
+        CUBE_UNITS as usize / lanes
+    } else {
+        1
+    }
+}
+
 pub(crate) fn cube_count<R: Runtime>(client: &ComputeClient<R>, cubes: usize) -> CubeCount {
     let max_x = client.properties().hardware.max_cube_count.0 as usize;
     if cubes <= max_x {
