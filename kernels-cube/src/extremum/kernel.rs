@@ -5,7 +5,7 @@ use cubecl::prelude::*;
 use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
 use cubecl::std::FastDivmod;
 
-use crate::reduce::kernel::SCAN_UNROLL;
+use crate::reduce::kernel::{load_group, SCAN_UNROLL};
 
 /// Most threads in one cube: `lanes` per output row, at most `CUBE_UNITS / lanes` rows per
 /// cube (`reduce::launch::rows_per_cube`).
@@ -109,11 +109,7 @@ pub fn extremum_lanes_kernel<F: Float, I: Int>(
         let mut j = start + lane;
         let group = lanes * SCAN_UNROLL;
         while j + group - lanes < end {
-            let mut vals = Array::<f32>::new(SCAN_UNROLL);
-            #[unroll]
-            for u in 0..SCAN_UNROLL {
-                vals[u] = f32::cast_from(input[base + (j + u * lanes) * reduce_stride]);
-            }
+            let vals = load_group(input, base + j * reduce_stride, lanes * reduce_stride);
             #[unroll]
             for u in 0..SCAN_UNROLL {
                 let v = vals[u];

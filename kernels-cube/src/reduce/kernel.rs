@@ -66,11 +66,7 @@ pub fn reduce_lanes_kernel<F: Float>(
         let mut j = lane;
         let group = lanes * SCAN_UNROLL;
         while j + group - lanes < reduce_len {
-            let mut vals = Array::<f32>::new(SCAN_UNROLL);
-            #[unroll]
-            for u in 0..SCAN_UNROLL {
-                vals[u] = f32::cast_from(input[base + (j + u * lanes) * reduce_stride]);
-            }
+            let vals = load_group(input, base + j * reduce_stride, lanes * reduce_stride);
             #[unroll]
             for u in 0..SCAN_UNROLL {
                 partial = combine(partial, vals[u], prod);
@@ -183,6 +179,18 @@ pub fn reduce_unit_kernel<F: Float>(
     } else {
         output[row] = F::cast_from(total);
     }
+}
+
+/// The `SCAN_UNROLL` entries `first, first + step, ...` of `input`, as f32: one group of a
+/// lanes kernel's scan, every load issued before any of them is used.
+#[cube]
+pub(crate) fn load_group<F: Float>(input: &Tensor<F>, first: usize, step: usize) -> Array<f32> {
+    let mut vals = Array::<f32>::new(SCAN_UNROLL);
+    #[unroll]
+    for u in 0..SCAN_UNROLL {
+        vals[u] = f32::cast_from(input[first + u * step]);
+    }
+    vals
 }
 
 /// One step of the fold of [`reduce_unit_kernel`], unrolled so the partials stay in registers.
