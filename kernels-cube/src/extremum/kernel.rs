@@ -5,11 +5,10 @@ use cubecl::prelude::*;
 use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
 use cubecl::std::FastDivmod;
 
+// The lanes kernel shares the reduce kernel's cube size, group loads and rows per cube
+// (`reduce::launch::rows_per_cube`).
+pub(crate) use crate::reduce::kernel::CUBE_UNITS;
 use crate::reduce::kernel::{load_group, SCAN_UNROLL};
-
-/// Most threads in one cube: `lanes` per output row, at most `CUBE_UNITS / lanes` rows per
-/// cube (`reduce::launch::rows_per_cube`).
-pub const CUBE_UNITS: u32 = 256;
 
 /// Whether candidate `(bv, bi)` beats `(av, ai)` in the module's total order. `ai == len`
 /// marks an empty candidate (a lane past the end of a short row), which everything beats.
@@ -46,8 +45,7 @@ fn value_of(v: f32, #[comptime] abs: bool) -> f32 {
 }
 
 /// [`beats`] for the one case a lane's scan meets: indices grow, so a tie keeps the entry
-/// already held. Without branches, so that no load waits behind one (the branchy scan read
-/// 1.8 TB/s where the sum read 2.7).
+/// already held. Written with selects, so that no load of the group waits behind a branch.
 #[cube]
 fn scan_takes(
     v: f32,

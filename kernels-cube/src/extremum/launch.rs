@@ -100,4 +100,3 @@ pub fn launch_extremum_dim<R: Runtime>(
     }
     Ok(())
 }
-const _: () = assert!(CUBE_UNITS == crate::reduce::kernel::CUBE_UNITS);

@@ -201,8 +201,6 @@ pub(crate) fn max_offset(shape: &[usize], strides: &[usize]) -> usize {
         .sum::<usize>()
 }
 
-/// A 1-D cube count spread over x and y so that large launches stay within the per-axis
-/// limits; kernels read the linear `CUBE_POS`, so the split never reaches the arithmetic.
 /// Row count from which a lanes kernel packs `CUBE_UNITS / lanes` rows into a cube.
 pub const FULL_CUBES_FROM_ROWS: usize = 8192;
 
@@ -219,6 +217,8 @@ pub(crate) fn rows_per_cube(lanes: usize, num_rows: usize) -> usize {
     }
 }
 
+/// A 1-D cube count spread over x and y so that large launches stay within the per-axis
+/// limits; kernels read the linear `CUBE_POS`, so the split never reaches the arithmetic.
 pub(crate) fn cube_count<R: Runtime>(client: &ComputeClient<R>, cubes: usize) -> CubeCount {
     let max_x = client.properties().hardware.max_cube_count.0 as usize;
     if cubes <= max_x {
