@@ -5,7 +5,10 @@
 //! reference; poisoned outputs; empty problems; bad input.
 
 use batch_invariant_kernels::matmul::launch::{launch_matmul_on, MatmulPath};
-use batch_invariant_kernels::matmul::{cpu_reference, launch_matmul, MatmulError, TILINGS};
+use batch_invariant_kernels::matmul::{
+    cpu_reference, launch_matmul, tensor_core, Loader, MatmulError, TensorCoreTiling, TileKind,
+    TILINGS,
+};
 use burn::module::Param;
 use burn::nn::LinearConfig;
 use burn::tensor::ops::FloatTensorOps;
@@ -318,7 +321,33 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 "launch metadata"
             );
             if let MatmulPath::TensorCore { loader, .. } = routed.path {
-                for tiling in TILINGS {
+                // Every tiling in both instruction forms (where the runtime has them) with the
+                // routed loader, and the other TMA loader on the routed tiling.
+                // (TF32 keeps one form: the two do not agree there.)
+                let kinds: &[TileKind] = match routed.path {
+                    MatmulPath::TensorCore { tiling, .. } if !tensor_core::forms_agree(storage) => {
+                        &[tiling.kind][..]
+                    }
+                    _ => &[TileKind::Wmma, TileKind::MmaSync],
+                };
+                let forms = TILINGS.into_iter().flat_map(|tiling| {
+                    kinds
+                        .iter()
+                        .map(move |&kind| (TensorCoreTiling { kind, ..tiling }, loader))
+                });
+                let other_loader = match (routed.path, loader) {
+                    (MatmulPath::TensorCore { tiling, .. }, Loader::SpecializedTma) => {
+                        Some((tiling, Loader::Tma))
+                    }
+                    (MatmulPath::TensorCore { tiling, .. }, Loader::Tma) => {
+                        Some((tiling, Loader::SpecializedTma))
+                    }
+                    _ => None,
+                };
+                for (tiling, loader) in forms.chain(other_loader) {
+                    if !tensor_core::is_supported(&client, storage, tiling.kind) {
+                        continue;
+                    }
                     let (other, other_bits) = run(Some(MatmulPath::TensorCore { tiling, loader }));
                     assert!(
                         other_bits == routed_bits,

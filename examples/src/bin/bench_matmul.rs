@@ -11,7 +11,9 @@
 //! from a cold L2, host overhead hidden, the same for both columns.
 
 use batch_invariant_kernels::matmul::launch::{launch_matmul_on, MatmulPath};
-use batch_invariant_kernels::matmul::{Loader, TensorCoreTiling, MEDIUM, NARROW, WIDE};
+use batch_invariant_kernels::matmul::{
+    Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, SKINNY, WIDE,
+};
 use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorPrimitive};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
 use burn_batch_invariant_examples::{bench_ms, matrix, on_backend};
@@ -133,6 +135,8 @@ fn bench<B: KernelHost>(device: &B::Device) {
 #[derive(Serialize)]
 struct TilingRow {
     tiling: String,
+    /// Loader and instruction form.
+    variant: String,
     m: usize,
     k: usize,
     n: usize,
@@ -148,28 +152,46 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
         name,
         partition,
         stage,
+        kind: TileKind::Wmma,
     };
-    let candidates = [
-        NARROW,
-        MEDIUM,
-        WIDE,
-        tiling("16x64k8", (1, 1, 8), (1, 4)),
-        tiling("16x16k8", (1, 1, 8), (1, 1)),
-        tiling("32x64k4", (1, 2, 4), (2, 2)),
-        tiling("64x64", (2, 2, 2), (2, 2)),
-        tiling("64x128", (2, 4, 2), (2, 2)),
-        tiling("128x128w8", (2, 4, 2), (4, 2)),
-        tiling("128x128", (4, 4, 2), (2, 2)),
-        tiling("128x64", (4, 2, 2), (2, 2)),
-        tiling("128x64k4", (4, 2, 4), (2, 2)),
-        tiling("64x128w8", (2, 2, 2), (2, 4)),
-        tiling("128x128w8b", (4, 2, 2), (2, 4)),
+    // A TMA box is at most 256 elements a side, so 16 K tiles per stage is the deepest.
+    // Each candidate with the rows it is meant for and the loader/instruction forms to try.
+    // The 05:41 sweep (231 candidates) picked the router's tilings from a wider field;
+    // this is the neighbourhood of its winners.
+    use Loader::{SpecializedTma as Spec, Tma};
+    use TileKind::{MmaSync, Wmma};
+    const DECODE: &[usize] = &[1, 16, 64];
+    const MID: &[usize] = &[256];
+    const LARGE: &[usize] = &[1024, 4096];
+    const ALL3: &[(Loader, TileKind)] = &[(Spec, Wmma), (Spec, MmaSync), (Tma, MmaSync)];
+    const SPEC_MMA: &[(Loader, TileKind)] = &[(Spec, MmaSync)];
+    type Candidate = (TensorCoreTiling, &'static [usize], &'static [(Loader, TileKind)]);
+    let candidates: [Candidate; 15] = [
+        (NARROW, DECODE, ALL3),
+        (SKINNY, DECODE, ALL3),
+        (tiling("16x128k16", (1, 1, 16), (1, 8)), DECODE, ALL3),
+        (tiling("64x64k16", (4, 1, 16), (1, 4)), &[64], ALL3),
+        (tiling("32x64k16", (2, 1, 16), (1, 4)), &[16, 64], ALL3),
+        (MEDIUM, MID, SPEC_MMA),
+        (tiling("256x64k4", (4, 2, 4), (4, 1)), MID, SPEC_MMA),
+        (tiling("128x128k4", (4, 4, 4), (2, 2)), MID, SPEC_MMA),
+        (tiling("64x64k8", (2, 2, 8), (2, 2)), MID, SPEC_MMA),
+        (WIDE, LARGE, SPEC_MMA),
+        (tiling("256x128k2", (4, 4, 2), (4, 2)), LARGE, SPEC_MMA),
+        (tiling("256x128k8", (4, 4, 8), (4, 2)), LARGE, SPEC_MMA),
+        (tiling("256x256k4", (4, 4, 4), (4, 4)), LARGE, SPEC_MMA),
+        (tiling("128x256k4", (4, 4, 4), (2, 4)), LARGE, SPEC_MMA),
+        (tiling("256x128w16", (2, 4, 4), (8, 2)), LARGE, SPEC_MMA),
     ];
     let mut out = Vec::new();
     println!("\ntensor-core tilings, bf16, direct launch");
-    for &(k, n) in &[(4096usize, 4096usize), (14336, 4096)] {
+    for &(k, n) in &[(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
         let w = matrix::<P>(k, n, 7, device).cast(FloatDType::BF16);
         for &m in &[1usize, 16, 64, 256, 1024, 4096] {
+            if m == 4096 && k != 4096 {
+                continue;
+            }
+            eprintln!("tilings M={m} K={k} N={n}");
             let x = matrix::<P>(m, k, 8, device).cast(FloatDType::BF16);
             let reference = {
                 // `from_data` stores in the backend's default float type: cast back (exact).
@@ -181,7 +203,15 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
                         .cast(FloatDType::BF16);
                 xi.matmul(wi).into_data()
             };
-            for tiling in candidates {
+            let runs = candidates
+                .iter()
+                .filter(|(_, for_ms, _)| for_ms.contains(&m))
+                .flat_map(|&(tiling, _, variants)| {
+                    variants
+                        .iter()
+                        .map(move |&(loader, kind)| (TensorCoreTiling { kind, ..tiling }, loader))
+                });
+            for (tiling, loader) in runs {
                 let launch = || {
                     let lhs = x.clone().into_primitive().tensor();
                     let rhs = w.clone().into_primitive().tensor();
@@ -199,10 +229,7 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
                         rhs.binding(),
                         out.clone().binding(),
                         dtype,
-                        MatmulPath::TensorCore {
-                            tiling,
-                            loader: Loader::Tma,
-                        },
+                        MatmulPath::TensorCore { tiling, loader },
                     )
                     .map(|_| Tensor::<P, 2>::from_primitive(TensorPrimitive::Float(out)))
                 };
@@ -210,19 +237,22 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
                     Ok(t) => t.into_data().as_bytes() == reference.as_bytes(),
                     Err(e) => {
                         println!(
-                            "{:<10} M={m:<5} K={k:<6} N={n:<6} refused: {e}",
-                            tiling.name
+                            "{:<10} {:<14} M={m:<5} K={k:<6} N={n:<6} refused: {e}",
+                            tiling.name,
+                            format!("{loader:?}/{:?}", tiling.kind)
                         );
                         continue;
                     }
                 };
                 let ms = bench_ms::<P, _>(device, launch);
+                let variant = format!("{loader:?}/{:?}", tiling.kind);
                 println!(
-                    "{:<10} M={m:<5} K={k:<6} N={n:<6} {ms:>9.4} ms  same bits: {same}",
+                    "{:<10} {variant:<18} M={m:<5} K={k:<6} N={n:<6} {ms:>9.4} ms  same bits: {same}",
                     tiling.name
                 );
                 out.push(TilingRow {
                     tiling: tiling.name.into(),
+                    variant,
                     m,
                     k,
                     n,

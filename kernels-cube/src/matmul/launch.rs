@@ -26,7 +26,7 @@ impl MatmulPath {
     pub fn label(&self) -> String {
         match self {
             Self::TensorCore { tiling, loader } => {
-                format!("tensor-core/{}/{loader:?}", tiling.name)
+                format!("tensor-core/{}/{:?}/{loader:?}", tiling.name, tiling.kind)
             }
             Self::Portable => "portable".to_string(),
         }
@@ -143,10 +143,11 @@ pub fn choose_path<R: Runtime>(
 ) -> MatmulPath {
     let rank = lhs.shape.len();
     let (m, k) = (lhs.shape[rank - 2], lhs.shape[rank - 1]);
-    if k == 0 || !tensor_core::is_supported(client, dtype) {
-        return MatmulPath::Portable;
-    }
     let tiling = tiling_for_m(m);
+    let Some(kind) = tensor_core::form_for(client, dtype, tiling).filter(|_| k > 0) else {
+        return MatmulPath::Portable;
+    };
+    let tiling = TensorCoreTiling { kind, ..tiling };
     // TMA descriptors need 16-byte aligned strides.
     let aligned = |b: &TensorBinding<R>| {
         b.strides
@@ -154,7 +155,7 @@ pub fn choose_path<R: Runtime>(
             .all(|&s| s == 1 || (s * dtype.size()).is_multiple_of(16))
     };
     let loader = if aligned(lhs) && aligned(rhs) {
-        Loader::Tma
+        Loader::SpecializedTma
     } else {
         Loader::Cyclic
     };
@@ -232,7 +233,7 @@ pub fn launch_matmul_on<R: Runtime>(
     match path {
         MatmulPath::Portable => launch_portable(client, lhs, rhs, out, dtype, &expected),
         MatmulPath::TensorCore { tiling, loader } => {
-            if k == 0 || !tensor_core::is_supported(client, dtype) {
+            if k == 0 || !tensor_core::is_supported(client, dtype, tiling.kind) {
                 return Err(MatmulError::Setup(format!(
                     "no tensor-core instruction for {dtype:?} with K = {k} on this runtime"
                 )));
@@ -249,7 +250,7 @@ pub fn launch_matmul_on<R: Runtime>(
             match first {
                 Ok(()) => {}
                 // Plain loads accept what TMA refuses (odd strides, permuted batches).
-                Err(_) if loader == Loader::Tma => {
+                Err(_) if loader != Loader::Cyclic => {
                     tensor_core::launch(client, lhs, rhs, out, dtype, tiling, Loader::Cyclic)
                         .map_err(|e| MatmulError::Setup(format!("{e:?}")))?;
                     return Ok(MatmulLaunch {

@@ -7,10 +7,10 @@
 //! no second accumulator and no combine. What a "step" is depends on the runtime and the
 //! dtype only, never on M, N, the batch or the layout:
 //!
-//! * **Tensor cores** ([`MatmulPath::TensorCore`], runtimes whose `cmma` feature lists the
-//!   instruction): one 16x16x16 `cmma` (WMMA) instruction per step for f16 and bf16, and one
-//!   16x16x8 instruction in TF32 for f32 (the precision class of Burn's own f32 matmul on
-//!   the same GPU, see docs/contract.md). The step's internal summation is the hardware's,
+//! * **Tensor cores** ([`MatmulPath::TensorCore`], runtimes whose `cmma` or `mma` feature
+//!   lists the instruction): one 16-deep hardware MMA per step for f16 and bf16, and one
+//!   8-deep MMA in TF32 for f32 (the precision class of Burn's own f32 matmul on the same
+//!   GPU, see docs/contract.md). The step's internal summation is the hardware's,
 //!   identical for every row and column of the fragment. The kernel is cubek's tiled matmul
 //!   driven by a *forced* blueprint ([`tensor_core`]), so no heuristic and no autotuner
 //!   picks anything: the tile instruction, the dtypes and the K walk are constants here.
@@ -20,13 +20,16 @@
 //!
 //! # What may change with the shape, and why it is harmless
 //!
-//! The tensor-core path has three tilings of the *same* instruction ([`TILINGS`]): 16x32
-//! outputs per cube for at most [`NARROW_MAX_M`] rows (decode), 64x64 up to
-//! [`MEDIUM_MAX_M`], 128x128 above; the smaller ones spread a small problem over more
-//! cubes. They differ only in which cube and which warp computes a
-//! fragment and how tiles are staged through shared memory; the instruction, the K steps
-//! and the accumulation order are the same, and the tests compare them all bitwise. The
-//! same holds for the loader (TMA or plain loads: cubek refuses TMA for some strides).
+//! The tensor-core path has four tilings of the *same* instruction ([`TILINGS`]), chosen by
+//! M: 16x64 outputs per cube for at most [`NARROW_MAX_M`] rows (decode), 32x64 up to
+//! [`SKINNY_MAX_M`], 128x64 up to [`MEDIUM_MAX_M`], 256x128 above; the smaller ones spread a
+//! small problem over more cubes, the deep-K ones keep the weight's loads in flight. They
+//! differ only in which cube and which warp computes a fragment and how tiles are staged
+//! through shared memory; the instruction, the K steps and the accumulation order are the
+//! same, and the tests compare them all bitwise. The same holds for the loader (TMA, with or
+//! without load-only warps, or plain loads: cubek refuses TMA for some strides) and for the
+//! form the instruction is issued in ([`TileKind`]: WMMA fragments or `mma.sync`, the same
+//! hardware MMA).
 
 pub mod cpu_reference;
 pub mod kernel;
@@ -34,9 +37,13 @@ pub mod launch;
 pub mod tensor_core;
 
 pub use launch::{launch_matmul, MatmulError, MatmulLaunch, MatmulPath};
-pub use tensor_core::{tiling_for_m, Loader, TensorCoreTiling, MEDIUM, NARROW, TILINGS, WIDE};
+pub use tensor_core::{
+    tiling_for_m, Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, SKINNY, TILINGS, WIDE,
+};
 
 /// Problems with at most this many rows (M, per batch) use the [`NARROW`] tiling.
-pub const NARROW_MAX_M: usize = 64;
-/// Problems with at most this many rows (and more than [`NARROW_MAX_M`]) use [`MEDIUM`].
+pub const NARROW_MAX_M: usize = 16;
+/// Problems with at most this many rows (and more than [`NARROW_MAX_M`]) use [`SKINNY`].
+pub const SKINNY_MAX_M: usize = 64;
+/// Problems with at most this many rows (and more than [`SKINNY_MAX_M`]) use [`MEDIUM`].
 pub const MEDIUM_MAX_M: usize = 256;

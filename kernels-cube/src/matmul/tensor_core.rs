@@ -4,20 +4,23 @@
 //! fragment; what Burn's autotuner varies between problem sizes is the tile instruction
 //! (cmma, mma, unit or gemv kernels) and, for f32, whether TF32 is used. Forcing the
 //! blueprint fixes both. Everything this module lets vary (stage and partition sizes, the
-//! loader) changes how tiles travel to the tensor cores, not the arithmetic.
+//! loader, the form the instruction is issued in) changes how tiles travel to the tensor
+//! cores, not the arithmetic; the suite compares every combination bitwise.
 
 use cubecl::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
+use cubek::matmul::components::global::{InputLoadFlow, LoadFlows};
 use cubek::matmul::components::stage::PartitionBuffering;
 use cubek::matmul::components::tile::TileMatmulKind;
 use cubek::matmul::definition::{
     MatmulElems, MatmulGlobalElems, MatmulProblem, MatmulSetupError, TilingBlueprint, TilingScheme,
 };
 use cubek::matmul::launch::Strategy;
-use cubek::matmul::routines::BlueprintStrategy;
+use cubek::matmul::routines::{select_swizzle, BlueprintStrategy};
 use cubek::std::cube_count::{GlobalOrder, HypercubeBlueprint};
-use cubek::std::{InputBinding, PartitionSize, StageSize, TileSize};
+use cubek::std::stage::SwizzleMode;
+use cubek::std::{InputBinding, MatrixLayout, PartitionSize, StageSize, SwizzleModes, TileSize};
 
 const F32: StorageType = StorageType::Scalar(ElemType::Float(FloatKind::F32));
 
@@ -26,53 +29,89 @@ const F32: StorageType = StorageType::Scalar(ElemType::Float(FloatKind::F32));
 pub enum Loader {
     /// Tensor Memory Accelerator copies, double buffered (sm_90).
     Tma,
+    /// Tensor Memory Accelerator copies issued by warps that only load (producer/consumer).
+    SpecializedTma,
     /// Plain cooperative loads, double buffered; accepted for any strides.
     Cyclic,
 }
 
-/// The part of a blueprint that may change with the problem: how many instruction tiles
-/// one warp (`partition`, in M, N and K tiles) and one cube (`stage`, in partitions along M
-/// and N) cover.
+/// The form in which cubek issues the tensor-core instruction. For f16 and bf16 both run the
+/// same hardware MMA per 16-deep K step (a WMMA 16x16 fragment is two 16x8 `mma.sync` side
+/// by side), so only speed depends on the choice; the suite compares the two bitwise. For
+/// TF32 they do not agree (the suite saw different bits on the H100, 2026-11-27), so f32
+/// keeps one form for every tiling ([`form_for`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TileKind {
+    /// `nvcuda::wmma` fragments of 16x16 (cubek's `Cmma`), unswizzled shared memory.
+    Wmma,
+    /// `mma.sync` on 16x8 tiles fed by `ldmatrix` from swizzled shared memory (cubek's `Mma`).
+    MmaSync,
+}
+
+/// The part of a blueprint that may change with the problem: how many 16x16 output blocks
+/// and 16-wide K steps one warp covers (`partition`, in M, N and K), how many warps one cube
+/// has (`stage`, along M and N), and the instruction form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TensorCoreTiling {
     pub name: &'static str,
     pub partition: (u32, u32, u32),
     pub stage: (u32, u32),
+    pub kind: TileKind,
 }
 
-/// 128x128 outputs per cube, four warps of 64x64, four K tiles per stage: the throughput
-/// tiling, M > 256 (0.69 ms at 4096^3 in bf16 against 0.87 ms with two K tiles per stage,
-/// H100 sweep of 2026-11-26 20:43 UTC).
+// The four tilings come from two H100 sweeps of 2026-11-27 (05:41 and 06:03 UTC, `bench_matmul
+// --tilings-only`, bf16, 381 candidates, every one with the router's bits). Times are for
+// the warp-specialized TMA loader with `mma.sync`, against the session-5 tilings (TMA double
+// buffering, WMMA) in the same call.
+
+/// 256x128 outputs per cube, eight warps of 64x64, four K tiles per stage: M > 256.
+/// 4096^3: 0.379 ms against 0.727.
 pub const WIDE: TensorCoreTiling = TensorCoreTiling {
     name: "wide",
     partition: (4, 4, 4),
-    stage: (2, 2),
+    stage: (4, 2),
+    kind: TileKind::MmaSync,
 };
 
-/// 64x64 outputs per cube, four warps of 32x32, four K tiles per stage: 64 < M <= 256,
-/// where the wide tiling leaves most multiprocessors idle (N/128 cubes per 128 rows).
+/// 128x64 outputs per cube, four warps of 64x32, four K tiles per stage: 64 < M <= 256,
+/// where 256-row cubes would leave most multiprocessors idle. M = 256, K = N = 4096: 0.056
+/// ms against 0.120.
 pub const MEDIUM: TensorCoreTiling = TensorCoreTiling {
     name: "medium",
-    partition: (2, 2, 4),
+    partition: (4, 2, 4),
     stage: (2, 2),
+    kind: TileKind::MmaSync,
 };
 
-/// 16x32 outputs per cube, two warps of 16x16 each taking 8 K tiles per stage: M <= 64
-/// (decode), where the work is reading the weight and more, smaller cubes keep more of it
-/// in flight.
+/// 32x64 outputs per cube, four warps of 32x16, sixteen K tiles per stage: 16 < M <= 64.
+/// M = 64, K = 4096, N = 14336: 0.069 ms against 0.225 (0.089 with [`NARROW`], which reads
+/// the weight once per 16 rows).
+pub const SKINNY: TensorCoreTiling = TensorCoreTiling {
+    name: "skinny",
+    partition: (2, 1, 16),
+    stage: (1, 4),
+    kind: TileKind::MmaSync,
+};
+
+/// 16x64 outputs per cube, four warps of 16x16, sixteen K tiles per stage: M <= 16
+/// (decode), where the work is reading the weight: deep stages and load-only warps keep its
+/// loads in flight. M = 1, K = N = 4096: 0.025 ms against 0.062.
 pub const NARROW: TensorCoreTiling = TensorCoreTiling {
     name: "narrow",
-    partition: (1, 1, 8),
-    stage: (1, 2),
+    partition: (1, 1, 16),
+    stage: (1, 4),
+    kind: TileKind::MmaSync,
 };
 
 /// Every tiling the router may pick. The tests compare all of them bitwise.
-pub const TILINGS: [TensorCoreTiling; 3] = [NARROW, MEDIUM, WIDE];
+pub const TILINGS: [TensorCoreTiling; 4] = [NARROW, SKINNY, MEDIUM, WIDE];
 
 /// The tiling for `m` rows (per batch). Only speed depends on it.
 pub fn tiling_for_m(m: usize) -> TensorCoreTiling {
     if m <= super::NARROW_MAX_M {
         NARROW
+    } else if m <= super::SKINNY_MAX_M {
+        SKINNY
     } else if m <= super::MEDIUM_MAX_M {
         MEDIUM
     } else {
@@ -80,24 +119,63 @@ pub fn tiling_for_m(m: usize) -> TensorCoreTiling {
     }
 }
 
-/// The tensor-core instruction for `dtype`, in the order `(m, n, k)`, with the stage and
-/// register element type it runs in. `None` for dtypes this path does not take.
-pub fn instruction(dtype: StorageType) -> Option<((u32, u32, u32), StorageType)> {
+/// The tensor-core instruction for `dtype` issued as `kind`, in the order `(m, n, k)`, with
+/// the stage and register element type it runs in. `None` for dtypes this path does not take.
+pub fn instruction(dtype: StorageType, kind: TileKind) -> Option<((u32, u32, u32), StorageType)> {
+    let n = match kind {
+        TileKind::Wmma => 16,
+        TileKind::MmaSync => 8,
+    };
     match dtype {
         StorageType::Scalar(ElemType::Float(FloatKind::F32)) => Some((
-            (16, 16, 8),
+            (16, n, 8),
             StorageType::Scalar(ElemType::Float(FloatKind::TF32)),
         )),
         StorageType::Scalar(ElemType::Float(FloatKind::F16 | FloatKind::BF16)) => {
-            Some(((16, 16, 16), dtype))
+            Some(((16, n, 16), dtype))
         }
         _ => None,
     }
 }
 
-/// Whether the runtime behind `client` has the tensor-core instruction for `dtype`.
-pub fn is_supported<R: Runtime>(client: &ComputeClient<R>, dtype: StorageType) -> bool {
-    let Some(((m, n, k), register)) = instruction(dtype) else {
+/// Whether the two instruction forms give the same bits for `dtype` (f16, bf16).
+pub fn forms_agree(dtype: StorageType) -> bool {
+    matches!(
+        dtype,
+        StorageType::Scalar(ElemType::Float(FloatKind::F16 | FloatKind::BF16))
+    )
+}
+
+/// The form `tiling` runs in for `dtype` on this runtime, `None` where the runtime has the
+/// instruction in neither form. Where the forms agree, the tiling's own form (the faster one
+/// in the sweep) or else the other; where they do not (TF32), `mma.sync` for every tiling,
+/// or WMMA for every tiling on a runtime without it.
+pub fn form_for<R: Runtime>(
+    client: &ComputeClient<R>,
+    dtype: StorageType,
+    tiling: TensorCoreTiling,
+) -> Option<TileKind> {
+    let preferred = if forms_agree(dtype) {
+        tiling.kind
+    } else {
+        TileKind::MmaSync
+    };
+    let other = match preferred {
+        TileKind::Wmma => TileKind::MmaSync,
+        TileKind::MmaSync => TileKind::Wmma,
+    };
+    [preferred, other]
+        .into_iter()
+        .find(|&kind| is_supported(client, dtype, kind))
+}
+
+/// Whether the runtime behind `client` has the tensor-core instruction for `dtype` as `kind`.
+pub fn is_supported<R: Runtime>(
+    client: &ComputeClient<R>,
+    dtype: StorageType,
+    kind: TileKind,
+) -> bool {
+    let Some(((m, n, k), register)) = instruction(dtype, kind) else {
         return false;
     };
     let config = MmaConfig {
@@ -108,8 +186,12 @@ pub fn is_supported<R: Runtime>(client: &ComputeClient<R>, dtype: StorageType) -
         n,
         k,
     };
-    client.properties().features.matmul.cmma.contains(&config)
-        && client.properties().hardware.plane_size_max == 32
+    let matmul = &client.properties().features.matmul;
+    let listed = match kind {
+        TileKind::Wmma => matmul.cmma.contains(&config),
+        TileKind::MmaSync => matmul.mma.contains(&config),
+    };
+    listed && client.properties().hardware.plane_size_max == 32
 }
 
 /// Launches `out = lhs @ rhs` on tensor cores with `tiling` and `loader`. The caller has
@@ -123,8 +205,8 @@ pub fn launch<R: Runtime>(
     tiling: TensorCoreTiling,
     loader: Loader,
 ) -> Result<(), MatmulSetupError> {
-    let ((tm, tn, tk), register) =
-        instruction(dtype).expect("tensor_core::launch called for an unsupported dtype");
+    let ((tm, tn, tk), register) = instruction(dtype, tiling.kind)
+        .expect("tensor_core::launch called for an unsupported dtype");
     // A forced blueprint runs its registers in the *global* dtype (cubek's Forced routines
     // skip `adjust_dtypes`), so f32 operands are declared as TF32 globally: same 4-byte
     // storage, and the tensor cores read them as TF32 whichever loader staged them.
@@ -147,7 +229,9 @@ pub fn launch<R: Runtime>(
         None,
         None,
     )?;
-    let (pm, pn, pk) = tiling.partition;
+    let (pm, pn16, pk) = tiling.partition;
+    // The partition counts 16-wide output blocks; an `mma.sync` tile is 8 wide.
+    let pn = pn16 * 16 / tn;
     let (sm, sn) = tiling.stage;
     let scheme = TilingScheme::builder()
         .with_tile_size(TileSize::new(tm, tn, tk))
@@ -163,17 +247,37 @@ pub fn launch<R: Runtime>(
     } else {
         PartitionBuffering::Double
     };
-    let blueprint = TilingBlueprint::builder(TileMatmulKind::Cmma, scheme, 32, &problem)
+    let tile_kind = match tiling.kind {
+        TileKind::Wmma => TileMatmulKind::Cmma,
+        TileKind::MmaSync => TileMatmulKind::Mma,
+    };
+    let mut builder = TilingBlueprint::builder(tile_kind, scheme, 32, &problem)
         .partition_buffering(buffering)
         .hypercube_blueprint(
             HypercubeBlueprint::builder()
                 .global_order(GlobalOrder::SwizzleRow(4))
                 .build(),
-        )
-        .build();
-    let strategy = match loader {
-        Loader::Tma => Strategy::DoubleTmaCmma(BlueprintStrategy::Forced(blueprint)),
-        Loader::Cyclic => Strategy::DoubleCyclicCmma(BlueprintStrategy::Forced(blueprint)),
+        );
+    if tile_kind.should_swizzle(client) {
+        builder = builder.shared_swizzle(swizzle(&problem, &scheme, register));
+    }
+    if loader == Loader::SpecializedTma {
+        builder = builder.load_specialization_config(LoadFlows {
+            lhs: InputLoadFlow::LoadOnly,
+            rhs: InputLoadFlow::LoadOnly,
+        });
+    }
+    let blueprint = builder.build();
+    use BlueprintStrategy::Forced;
+    let strategy = match (loader, tiling.kind) {
+        (Loader::Tma, TileKind::Wmma) => Strategy::DoubleTmaCmma(Forced(blueprint)),
+        (Loader::Tma, TileKind::MmaSync) => Strategy::DoubleTmaMma(Forced(blueprint)),
+        (Loader::SpecializedTma, TileKind::Wmma) => Strategy::SpecializedTmaCmma(Forced(blueprint)),
+        (Loader::SpecializedTma, TileKind::MmaSync) => {
+            Strategy::SpecializedTmaMma(Forced(blueprint))
+        }
+        (Loader::Cyclic, TileKind::Wmma) => Strategy::DoubleCyclicCmma(Forced(blueprint)),
+        (Loader::Cyclic, TileKind::MmaSync) => Strategy::DoubleCyclicMma(Forced(blueprint)),
     };
     cubek::matmul::launch::launch_ref(
         &strategy,
@@ -183,4 +287,30 @@ pub fn launch<R: Runtime>(
         out,
         &mut elems,
     )
+}
+
+/// Shared-memory swizzle for `ldmatrix` reads without bank conflicts: 16-byte chunks are
+/// permuted within the contiguous extent of a stage row, as cubek's own selector does.
+fn swizzle(problem: &MatmulProblem, scheme: &TilingScheme, stage: StorageType) -> SwizzleModes {
+    let mode = |layout: MatrixLayout, row_major_dim: u32, col_major_dim: u32| {
+        let dim = match layout {
+            MatrixLayout::RowMajor => row_major_dim,
+            MatrixLayout::ColMajor => col_major_dim,
+        };
+        select_swizzle(dim as usize, stage, 16 / stage.size())
+    };
+    SwizzleModes {
+        lhs: mode(
+            problem.lhs_layout,
+            scheme.elements_per_stage_along_k(),
+            scheme.elements_per_stage_along_m(),
+        ),
+        rhs: mode(
+            problem.rhs_layout,
+            scheme.elements_per_stage_along_n(),
+            scheme.elements_per_stage_along_k(),
+        ),
+        acc: SwizzleMode::None,
+        out: SwizzleMode::None,
+    }
 }
