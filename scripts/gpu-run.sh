@@ -44,7 +44,7 @@ if part fused; then
     [ $? != 0 ] && fused_rc=1
 fi
 if part matmul; then
-    timeout 300 ./bench_matmul --cuda ${BI_MATMUL_FLAGS:-} --json "$OUT/bench_matmul.json" >"$TMP/bench_matmul.txt" 2>&1
+    timeout 420 ./bench_matmul --cuda ${BI_MATMUL_FLAGS:-} --json "$OUT/bench_matmul.json" >"$TMP/bench_matmul.txt" 2>&1
     matmul_rc=$?
 fi
 if part attention; then
