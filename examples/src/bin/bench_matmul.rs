@@ -5,7 +5,7 @@
 //!
 //! Options: `--quick` (fewer shapes, for a smoke run), `--tilings` (CUDA: time each
 //! tensor-core tiling by direct launch and check it gives the router's bits),
-//! `--tilings-only` (only that).
+//! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings).
 //!
 //! Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device time per call
 //! from a cold L2, host overhead hidden, the same for both columns.
@@ -165,8 +165,23 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
     const LARGE: &[usize] = &[1024, 4096];
     const ALL3: &[(Loader, TileKind)] = &[(Spec, Wmma), (Spec, MmaSync), (Tma, MmaSync)];
     const SPEC_MMA: &[(Loader, TileKind)] = &[(Spec, MmaSync)];
-    type Candidate = (TensorCoreTiling, &'static [usize], &'static [(Loader, TileKind)]);
-    let candidates: [Candidate; 15] = [
+    type Candidate = (
+        TensorCoreTiling,
+        &'static [usize],
+        &'static [(Loader, TileKind)],
+    );
+    // f32 (`--sweep-f32`): decode tilings in the one TF32 form, with half or all of the
+    // bf16 stage depth (a stage holds twice the bytes).
+    const F32_FORMS: &[(Loader, TileKind)] = &[(Spec, MmaSync), (Tma, MmaSync)];
+    let f32_candidates: [Candidate; 6] = [
+        (NARROW, DECODE, F32_FORMS),
+        (tiling("16x64k8", (1, 1, 8), (1, 4)), DECODE, F32_FORMS),
+        (SKINNY, &[16, 64], F32_FORMS),
+        (tiling("32x64k8", (2, 1, 8), (1, 4)), &[16, 64], F32_FORMS),
+        (tiling("64x32k8", (4, 1, 8), (1, 2)), &[64], F32_FORMS),
+        (MEDIUM, &[64], F32_FORMS),
+    ];
+    let bf16_candidates: [Candidate; 15] = [
         (NARROW, DECODE, ALL3),
         (SKINNY, DECODE, ALL3),
         (tiling("16x128k16", (1, 1, 16), (1, 8)), DECODE, ALL3),
@@ -183,24 +198,31 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
         (tiling("128x256k4", (4, 4, 4), (2, 4)), LARGE, SPEC_MMA),
         (tiling("256x128w16", (2, 4, 4), (8, 2)), LARGE, SPEC_MMA),
     ];
+    let (dtype, candidates): (FloatDType, &[Candidate]) = if flag("--sweep-f32") {
+        (FloatDType::F32, &f32_candidates)
+    } else {
+        (FloatDType::BF16, &bf16_candidates)
+    };
     let mut out = Vec::new();
-    println!("\ntensor-core tilings, bf16, direct launch");
+    println!("\ntensor-core tilings, {dtype:?}, direct launch");
     for &(k, n) in &[(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
-        let w = matrix::<P>(k, n, 7, device).cast(FloatDType::BF16);
+        let w = cast(matrix::<P>(k, n, 7, device), dtype);
         for &m in &[1usize, 16, 64, 256, 1024, 4096] {
-            if m == 4096 && k != 4096 {
+            if m == 4096 && k != 4096 || !candidates.iter().any(|c| c.1.contains(&m)) {
                 continue;
             }
             eprintln!("tilings M={m} K={k} N={n}");
-            let x = matrix::<P>(m, k, 8, device).cast(FloatDType::BF16);
+            let x = cast(matrix::<P>(m, k, 8, device), dtype);
             let reference = {
                 // `from_data` stores in the backend's default float type: cast back (exact).
-                let xi: Tensor<BatchInvariant<P>, 2> =
-                    Tensor::<BatchInvariant<P>, 2>::from_data(x.to_data(), device)
-                        .cast(FloatDType::BF16);
-                let wi: Tensor<BatchInvariant<P>, 2> =
-                    Tensor::<BatchInvariant<P>, 2>::from_data(w.to_data(), device)
-                        .cast(FloatDType::BF16);
+                let xi: Tensor<BatchInvariant<P>, 2> = cast(
+                    Tensor::<BatchInvariant<P>, 2>::from_data(x.to_data(), device),
+                    dtype,
+                );
+                let wi: Tensor<BatchInvariant<P>, 2> = cast(
+                    Tensor::<BatchInvariant<P>, 2>::from_data(w.to_data(), device),
+                    dtype,
+                );
                 xi.matmul(wi).into_data()
             };
             let runs = candidates
