@@ -76,6 +76,25 @@ pub fn median_ms<X: Backend, T>(
     times[times.len() / 2]
 }
 
+/// How many [`device_ms`] measurements so far fell back to wall clock.
+static WALL_CLOCK_FALLBACKS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// A mark to pass to [`timing_since`] after the measurements of one benchmark row.
+pub fn timing_mark() -> usize {
+    WALL_CLOCK_FALLBACKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What the measurements since `mark` were, for a row's JSON: `"device"` where every one of
+/// them was device time, `"wall clock"` where one fell back or the backend is fused.
+pub fn timing_since(mark: usize) -> &'static str {
+    if use_fused() || timing_mark() != mark {
+        "wall clock"
+    } else {
+        "device"
+    }
+}
+
 /// Milliseconds per call of `f` as the benchmarks report them: [`device_ms`] on a plain
 /// backend, wall clock ([`median_ms`]) on a fused one (see `device_ms` for why).
 /// Includes the warm-up, which also absorbs Burn's autotuning of a new shape.
@@ -150,6 +169,7 @@ pub fn device_ms<X: Backend, T>(device: &X::Device, wall_ms: f64, mut f: impl Fn
                 // The device does not run ahead of the host (lavapipe runs on the host's
                 // cores): only wall clock means anything there.
                 eprintln!("device_ms: the blocker does not hide queueing; wall clock instead");
+                WALL_CLOCK_FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return median_ms::<X, _>(device, calls, 9, f);
             }
             passes *= 2;

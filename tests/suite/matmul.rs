@@ -320,29 +320,28 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 2 * (batch * m * n * k) as u64,
                 "launch metadata"
             );
-            if let MatmulPath::TensorCore { loader, .. } = routed.path {
+            if let MatmulPath::TensorCore {
+                tiling: routed_tiling,
+                loader,
+            } = routed.path
+            {
                 // Every tiling in both instruction forms (where the runtime has them) with the
-                // routed loader, and the other TMA loader on the routed tiling.
-                // (TF32 keeps one form: the two do not agree there.)
-                let kinds: &[TileKind] = match routed.path {
-                    MatmulPath::TensorCore { tiling, .. } if !tensor_core::forms_agree(storage) => {
-                        &[tiling.kind][..]
-                    }
-                    _ => &[TileKind::Wmma, TileKind::MmaSync],
+                // routed loader, and the other TMA loader on the routed tiling. TF32 keeps
+                // one form: the two do not agree there.
+                let kinds: &[TileKind] = if tensor_core::forms_agree(storage) {
+                    &[TileKind::Wmma, TileKind::MmaSync]
+                } else {
+                    std::slice::from_ref(&routed_tiling.kind)
                 };
                 let forms = TILINGS.into_iter().flat_map(|tiling| {
                     kinds
                         .iter()
                         .map(move |&kind| (TensorCoreTiling { kind, ..tiling }, loader))
                 });
-                let other_loader = match (routed.path, loader) {
-                    (MatmulPath::TensorCore { tiling, .. }, Loader::SpecializedTma) => {
-                        Some((tiling, Loader::Tma))
-                    }
-                    (MatmulPath::TensorCore { tiling, .. }, Loader::Tma) => {
-                        Some((tiling, Loader::SpecializedTma))
-                    }
-                    _ => None,
+                let other_loader = match loader {
+                    Loader::SpecializedTma => Some((routed_tiling, Loader::Tma)),
+                    Loader::Tma => Some((routed_tiling, Loader::SpecializedTma)),
+                    Loader::Cyclic => None,
                 };
                 for (tiling, loader) in forms.chain(other_loader) {
                     if !tensor_core::is_supported(&client, storage, tiling.kind) {

@@ -14,7 +14,7 @@
 use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{backend::Backend, Tensor};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
-use burn_batch_invariant_examples::{bench_ms, matrix, on_backend};
+use burn_batch_invariant_examples::{bench_ms, matrix, on_backend, timing_mark, timing_since};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -29,6 +29,9 @@ struct Row {
     ratio: f64,
     /// Input bytes read per second by the invariant kernel.
     batch_invariant_read_tb_s: f64,
+    /// "device" or "wall clock" (fused backend, or a measurement whose blocker could not
+    /// hide the host: see `device_ms`).
+    timing: &'static str,
 }
 
 /// The normalization layers of one row length, built once per backend and shape.
@@ -88,6 +91,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
             let x = matrix::<B>(m, len, 3, device);
             let xi: Tensor<BatchInvariant<B>, 2> = Tensor::from_data(x.to_data(), device);
             let (norms, norms_i) = (Norms::new(len, device), Norms::new(len, device));
+            let mark = timing_mark();
             let burn_default_ms = bench_ms::<B, _>(device, || run_op(&x, &norms, op));
             let batch_invariant_ms =
                 bench_ms::<BatchInvariant<B>, _>(device, || run_op(&xi, &norms_i, op));
@@ -102,6 +106,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
                 batch_invariant_ms,
                 ratio: batch_invariant_ms / burn_default_ms,
                 batch_invariant_read_tb_s: bytes / (batch_invariant_ms * 1e-3) / 1e12,
+                timing: timing_since(mark),
             });
         }
     }

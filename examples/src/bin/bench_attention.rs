@@ -15,7 +15,9 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
-use burn_batch_invariant_examples::{bench_ms, on_backend, progress, svg_plot, values, Series};
+use burn_batch_invariant_examples::{
+    bench_ms, on_backend, progress, svg_plot, timing_mark, timing_since, values, Series,
+};
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -34,6 +36,9 @@ struct Row {
     /// Prefill: useful TFLOP/s (causal half counted). Decode: TB/s of K+V read.
     burn_default_throughput: f64,
     batch_invariant_throughput: f64,
+    /// "device" or "wall clock" (fused backend, or a measurement whose blocker could not
+    /// hide the host: see `device_ms`).
+    timing: &'static str,
 }
 
 fn operand<X: Backend>(
@@ -91,6 +96,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
             Tensor::<BatchInvariant<B>, 4>::from_data(t.to_data(), device).cast(dtype)
         };
         let (qi, ki, vi) = (inv(&q), inv(&k), inv(&v));
+        let mark = timing_mark();
         let burn_default_ms = bench_ms::<B, _>(device, || {
             attention(q.clone(), k.clone(), v.clone(), None, None, opts)
         });
@@ -120,6 +126,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
             ratio: batch_invariant_ms / burn_default_ms,
             burn_default_throughput: throughput(burn_default_ms),
             batch_invariant_throughput: throughput(batch_invariant_ms),
+            timing: timing_since(mark),
         });
     }
     println!(

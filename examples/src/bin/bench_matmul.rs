@@ -16,7 +16,7 @@ use batch_invariant_kernels::matmul::{
 };
 use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorPrimitive};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
-use burn_batch_invariant_examples::{bench_ms, matrix, on_backend};
+use burn_batch_invariant_examples::{bench_ms, matrix, on_backend, timing_mark, timing_since};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use serde::Serialize;
 
@@ -32,6 +32,9 @@ struct Row {
     ratio: f64,
     batch_invariant_tflops: f64,
     burn_default_tflops: f64,
+    /// "device" or "wall clock" (fused backend, or a measurement whose blocker could not
+    /// hide the host: see `device_ms`).
+    timing: &'static str,
 }
 
 fn cast<X: Backend>(t: Tensor<X, 2>, dtype: FloatDType) -> Tensor<X, 2> {
@@ -84,6 +87,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
                 eprintln!("{dtype:?} M={m} K={k} N={n}");
                 let x = x_full.clone().narrow(0, 0, m);
                 let xi = xi_full.clone().narrow(0, 0, m);
+                let mark = timing_mark();
                 let burn_default_ms = bench_ms::<B, _>(device, || x.clone().matmul(w.clone()));
                 let batch_invariant_ms =
                     bench_ms::<BatchInvariant<B>, _>(device, || xi.clone().matmul(wi.clone()));
@@ -98,6 +102,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
                     ratio: batch_invariant_ms / burn_default_ms,
                     batch_invariant_tflops: flops / (batch_invariant_ms * 1e-3) / 1e12,
                     burn_default_tflops: flops / (burn_default_ms * 1e-3) / 1e12,
+                    timing: timing_since(mark),
                 };
                 println!(
                     "{:<5} {:>5} {:>6} {:>6} {:>10.4} {:>13.4} {:>6.2} {:>9.1} {:>9.1}",
@@ -142,6 +147,8 @@ struct TilingRow {
     n: usize,
     ms: f64,
     same_bits_as_router: bool,
+    /// As in the main table.
+    timing: &'static str,
 }
 
 /// Candidate tilings of the same instruction, timed by direct launch (bf16). Used to pick
@@ -266,6 +273,7 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
                         continue;
                     }
                 };
+                let mark = timing_mark();
                 let ms = bench_ms::<P, _>(device, launch);
                 let variant = format!("{loader:?}/{:?}", tiling.kind);
                 println!(
@@ -280,6 +288,7 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
                     n,
                     ms,
                     same_bits_as_router: same,
+                    timing: timing_since(mark),
                 });
             }
         }
