@@ -59,10 +59,10 @@ pub struct TensorCoreTiling {
     pub kind: TileKind,
 }
 
-// The four tilings come from two H100 sweeps of 2026-11-27 (05:41 and 06:03 UTC, `bench_matmul
-// --tilings-only`, bf16, 381 candidates, every one with the router's bits). Times are for
-// the warp-specialized TMA loader with `mma.sync`, against the session-5 tilings (TMA double
-// buffering, WMMA) in the same call.
+// The four tilings come from two H100 sweeps of 2026-11-27 (the 05:41 and 05:58 UTC calls,
+// `bench_matmul --tilings-only`, bf16, 381 candidates, every one with the router's bits; see
+// docs/performance.md, session 8). Times are for the warp-specialized TMA loader with
+// `mma.sync`, against the session-5 tilings (TMA double buffering, WMMA) on the same card.
 
 /// 256x128 outputs per cube, eight warps of 64x64, four K tiles per stage: M > 256.
 /// 4096^3: 0.379 ms against 0.727.
