@@ -5,7 +5,8 @@
 //!
 //! Options: `--quick` (fewer shapes, for a smoke run), `--tilings` (CUDA: time each
 //! tensor-core tiling by direct launch and check it gives the router's bits),
-//! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings).
+//! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings). With
+//! `--json PATH`, also a plot per dtype of TFLOP/s against M (`PATH` with `.bf16.svg` etc.).
 //!
 //! Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device time per call
 //! from a cold L2, host overhead hidden, the same for both columns.
@@ -16,7 +17,9 @@ use batch_invariant_kernels::matmul::{
 };
 use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorPrimitive};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
-use burn_batch_invariant_examples::{bench_ms, matrix, on_backend, timing_mark, timing_since};
+use burn_batch_invariant_examples::{
+    bench_ms, matrix, on_backend, svg_plot, timing_mark, timing_since, Series,
+};
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use serde::Serialize;
 
@@ -134,7 +137,49 @@ fn bench<B: KernelHost>(device: &B::Device) {
             serde_json::json!({ "device": B::name(device), "rows": rows, "tilings": tilings });
         std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
         println!("wrote {path}");
+        for &dtype in dtypes {
+            let name = format!("{dtype:?}").to_lowercase();
+            let svg_path = std::path::Path::new(path).with_extension(format!("{name}.svg"));
+            let title = format!("matmul [M, K] x [K, N], {name}, {}", B::name(device));
+            let plot = svg_plot(
+                &title,
+                "M (rows)",
+                "TFLOP/s",
+                &throughput_series(&rows, &name),
+            );
+            std::fs::write(&svg_path, plot).expect("write svg");
+            println!("wrote {}", svg_path.display());
+        }
     }
+}
+
+/// TFLOP/s against M for Burn's default and BatchInvariant, one line per `K x N`, for one
+/// dtype's rows.
+fn throughput_series(rows: &[Row], dtype: &str) -> Vec<Series> {
+    let mut series = Vec::new();
+    let mut kns: Vec<(usize, usize)> = rows
+        .iter()
+        .filter(|r| r.dtype == dtype)
+        .map(|r| (r.k, r.n))
+        .collect();
+    kns.dedup();
+    for (k, n) in kns {
+        let of = |pick: fn(&Row) -> f64| -> Vec<(f64, f64)> {
+            rows.iter()
+                .filter(|r| r.dtype == dtype && (r.k, r.n) == (k, n))
+                .map(|r| (r.m as f64, pick(r)))
+                .collect()
+        };
+        series.push(Series {
+            name: format!("Burn {k}x{n}"),
+            points: of(|r| r.burn_default_tflops),
+        });
+        series.push(Series {
+            name: format!("invariant {k}x{n}"),
+            points: of(|r| r.batch_invariant_tflops),
+        });
+    }
+    series
 }
 
 #[derive(Serialize)]
@@ -298,4 +343,50 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
 
 fn main() {
     on_backend!(bench);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(dtype: &str, m: usize, k: usize, n: usize, tflops: f64) -> Row {
+        Row {
+            dtype: dtype.into(),
+            m,
+            k,
+            n,
+            burn_default_ms: 1.0,
+            batch_invariant_ms: 0.5,
+            ratio: 0.5,
+            batch_invariant_tflops: 2.0 * tflops,
+            burn_default_tflops: tflops,
+            timing: "device",
+        }
+    }
+
+    #[test]
+    fn throughput_series_has_one_line_per_shape_and_backend() {
+        let rows = [
+            row("bf16", 1, 64, 32, 1.0),
+            row("bf16", 16, 64, 32, 2.0),
+            row("bf16", 1, 32, 64, 3.0),
+            row("f32", 1, 64, 32, 4.0),
+        ];
+        let series = throughput_series(&rows, "bf16");
+        let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Burn 64x32",
+                "invariant 64x32",
+                "Burn 32x64",
+                "invariant 32x64"
+            ]
+        );
+        assert_eq!(series[0].points, [(1.0, 1.0), (16.0, 2.0)]);
+        assert_eq!(series[1].points, [(1.0, 2.0), (16.0, 4.0)]);
+        assert_eq!(series[3].points, [(1.0, 6.0)]);
+        let svg = svg_plot("t", "M (rows)", "TFLOP/s", &series);
+        assert!(svg.contains("invariant 32x64") && svg.ends_with("</svg>\n"));
+    }
 }
