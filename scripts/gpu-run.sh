@@ -72,6 +72,11 @@ fi
     echo; echo "## bench_attention"; cat "$TMP/bench_attention.txt" 2>/dev/null
     echo; echo "## anchors"; [ -f "$OUT/anchors.txt" ] && grep -v '^\s*$' "$OUT/anchors.txt" | tail -40
 } >"$OUT/report.md"
+# The plots (attention.svg, bench_matmul.<dtype>.svg) travel as one file: $OUT brings back
+# eight files at most.
+if ls "$OUT"/*.svg >/dev/null 2>&1; then
+    (cd "$OUT" && tar -cf plots.tar ./*.svg && rm -f ./*.svg)
+fi
 cat "$OUT/report.md"
 [ "$tests_rc" != 0 ] && [ "$tests_rc" != skipped ] && exit 1
 [ "$ab_rc" != 0 ] && [ "$ab_rc" != skipped ] && exit 1
