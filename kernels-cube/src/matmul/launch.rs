@@ -143,8 +143,11 @@ pub fn choose_path<R: Runtime>(
 ) -> MatmulPath {
     let rank = lhs.shape.len();
     let (m, k) = (lhs.shape[rank - 2], lhs.shape[rank - 1]);
+    if k == 0 {
+        return MatmulPath::Portable;
+    }
     let tiling = tiling_for_m(m);
-    let Some(kind) = tensor_core::form_for(client, dtype, tiling).filter(|_| k > 0) else {
+    let Some(kind) = tensor_core::form_for(client, dtype, tiling) else {
         return MatmulPath::Portable;
     };
     let tiling = TensorCoreTiling { kind, ..tiling };
