@@ -107,11 +107,23 @@ pub fn bench_ms<X: Backend, T>(device: &X::Device, mut f: impl FnMut() -> T) -> 
         let (calls, samples) = if once > 20.0 { (1, 3) } else { (20, 15) };
         median_ms::<X, _>(device, calls, samples, f)
     } else {
-        device_ms::<X, _>(device, once, f)
+        device_ms::<X, _>(device, once, Flush::Dirty, f)
     }
 }
 
-/// f32 elements written between two timed calls: 64 MiB, more than the H100's 50 MiB of
+/// How [`device_ms`] evicts the timed call's data from L2 between two calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Write 64 MiB, as triton's `do_bench` (and so the torch anchors) does. The L2 is then
+    /// full of dirty lines, which the timed call pays to write back as it evicts them: about
+    /// 50 MiB, 0.017 ms at 3 TB/s, a sixth of a 0.1 ms read.
+    Dirty,
+    /// Read 64 MiB: the L2 holds clean lines of another tensor, so the timed call pays only
+    /// for its own traffic.
+    Clean,
+}
+
+/// f32 elements written (read, for [`Flush::Clean`]) between two timed calls: 64 MiB, more than the H100's 50 MiB of
 /// L2, so that every call starts from a cold cache as in triton's `do_bench`, which the
 /// torch anchors use.
 const FLUSH_LEN: usize = 16 << 20;
@@ -134,11 +146,17 @@ const MAX_BLOCKER_PASSES: usize = 128;
 /// get there, the result is wall clock.
 ///
 /// Only for plain backends: a fused backend may defer or drop the blocker's unread writes.
-pub fn device_ms<X: Backend, T>(device: &X::Device, wall_ms: f64, mut f: impl FnMut() -> T) -> f64 {
+pub fn device_ms<X: Backend, T>(
+    device: &X::Device,
+    wall_ms: f64,
+    flush: Flush,
+    mut f: impl FnMut() -> T,
+) -> f64 {
     use std::time::Instant;
     // About 3 ms of timed work per sample, within 2..=50 calls.
     let calls = ((3.0 / wall_ms.max(1e-3)) as usize).clamp(2, 50);
     let blocker = Tensor::<X, 1>::zeros([BLOCKER_LEN], device);
+    let flush_source = (flush == Flush::Clean).then(|| Tensor::<X, 1>::ones([FLUSH_LEN], device));
     let mut passes = 8;
     // (seconds until everything was queued, seconds until the device finished)
     let mut run = |passes: usize, calls: usize, timed: bool| {
@@ -149,7 +167,10 @@ pub fn device_ms<X: Backend, T>(device: &X::Device, wall_ms: f64, mut f: impl Fn
             b = b + 1.0;
         }
         for _ in 0..calls {
-            let _flush = Tensor::<X, 1>::zeros([FLUSH_LEN], device);
+            let _flush = match &flush_source {
+                Some(source) => source.clone().sum(),
+                None => Tensor::<X, 1>::zeros([FLUSH_LEN], device),
+            };
             if timed {
                 let _ = f();
             }

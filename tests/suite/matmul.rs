@@ -6,8 +6,8 @@
 
 use batch_invariant_kernels::matmul::launch::{launch_matmul_on, MatmulPath};
 use batch_invariant_kernels::matmul::{
-    cpu_reference, launch_matmul, tensor_core, Loader, MatmulError, TensorCoreTiling, TileKind,
-    TILINGS,
+    cpu_reference, launch_matmul, tensor_core, tilings_for, Loader, MatmulError, TensorCoreTiling,
+    TileKind,
 };
 use burn::module::Param;
 use burn::nn::LinearConfig;
@@ -333,7 +333,7 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 } else {
                     std::slice::from_ref(&routed_tiling.kind)
                 };
-                let forms = TILINGS.into_iter().flat_map(|tiling| {
+                let forms = tilings_for(storage).into_iter().flat_map(|tiling| {
                     kinds
                         .iter()
                         .map(move |&kind| (TensorCoreTiling { kind, ..tiling }, loader))

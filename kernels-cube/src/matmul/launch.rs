@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 use cubecl::std::FastDivmod;
 
 use super::kernel::{matmul_portable_kernel, CUBE_SIDE, TILE};
-use super::tensor_core::{self, tiling_for_m, Loader, TensorCoreTiling};
+use super::tensor_core::{self, tiling_for, Loader, TensorCoreTiling};
 use crate::reduce::launch::{contiguous_strides, max_offset};
 
 /// Which kernel computed a matmul. Recorded in [`MatmulLaunch`] and in the tracing span.
@@ -133,7 +133,7 @@ pub fn matmul_output_shape(lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>, M
 }
 
 /// The path [`launch_matmul`] takes on this runtime for this problem. It depends on the
-/// runtime, the dtype, K = 0, M (the tiling, [`tiling_for_m`]) and (for the loader) the operand
+/// runtime, the dtype, K = 0, M (the tiling, [`tiling_for`]) and (for the loader) the operand
 /// strides; every choice gives the same bits per element, see the module docs.
 pub fn choose_path<R: Runtime>(
     client: &ComputeClient<R>,
@@ -146,7 +146,7 @@ pub fn choose_path<R: Runtime>(
     if k == 0 {
         return MatmulPath::Portable;
     }
-    let tiling = tiling_for_m(m);
+    let tiling = tiling_for(m, dtype);
     let Some(kind) = tensor_core::form_for(client, dtype, tiling) else {
         return MatmulPath::Portable;
     };

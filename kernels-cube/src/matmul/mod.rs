@@ -20,10 +20,12 @@
 //!
 //! # What may change with the shape, and why it is harmless
 //!
-//! The tensor-core path has four tilings of the *same* instruction ([`TILINGS`]), chosen by
-//! M: 16x64 outputs per cube for at most [`NARROW_MAX_M`] rows (decode), 32x64 up to
-//! [`SKINNY_MAX_M`], 128x64 up to [`MEDIUM_MAX_M`], 256x128 above; the smaller ones spread a
-//! small problem over more cubes, the deep-K ones keep the weight's loads in flight. They
+//! The tensor-core path has four tilings of the *same* instruction per dtype
+//! ([`tilings_for`]), chosen by M: 16x64 outputs per cube for at most [`NARROW_MAX_M`] rows
+//! (decode), 32x64 up to [`SKINNY_MAX_M`] (16x32 and 64x32 in f32, whose stages hold twice
+//! the bytes), 128x64 up to
+//! [`MEDIUM_MAX_M`], 256x128 above; the smaller ones spread a small problem over more cubes,
+//! the deep-K ones keep the weight's loads in flight. They
 //! differ only in which cube and which warp computes a fragment and how tiles are staged
 //! through shared memory; the instruction, the K steps and the accumulation order are the
 //! same, and the tests compare them all bitwise. The same holds for the loader (TMA, with or
@@ -38,12 +40,15 @@ pub mod tensor_core;
 
 pub use launch::{launch_matmul, MatmulError, MatmulLaunch, MatmulPath};
 pub use tensor_core::{
-    tiling_for_m, Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, SKINNY, TILINGS, WIDE,
+    tiling_for, tilings_for, Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32,
+    SKINNY, SKINNY_TF32, TILINGS, WIDE,
 };
 
-/// Problems with at most this many rows (M, per batch) use the [`NARROW`] tiling.
+/// Problems with at most this many rows (M, per batch) use the [`NARROW`] tiling
+/// ([`NARROW_TF32`] in f32).
 pub const NARROW_MAX_M: usize = 16;
-/// Problems with at most this many rows (and more than [`NARROW_MAX_M`]) use [`SKINNY`].
+/// Problems with at most this many rows (and more than [`NARROW_MAX_M`]) use [`SKINNY`]
+/// ([`SKINNY_TF32`] in f32).
 pub const SKINNY_MAX_M: usize = 64;
 /// Problems with at most this many rows (and more than [`SKINNY_MAX_M`]) use [`MEDIUM`].
 pub const MEDIUM_MAX_M: usize = 256;

@@ -83,9 +83,9 @@ pub const MEDIUM: TensorCoreTiling = TensorCoreTiling {
     kind: TileKind::MmaSync,
 };
 
-/// 32x64 outputs per cube, four warps of 32x16, sixteen K tiles per stage: 16 < M <= 64.
-/// M = 64, K = 4096, N = 14336: 0.069 ms against 0.225 (0.089 with [`NARROW`], which reads
-/// the weight once per 16 rows).
+/// 32x64 outputs per cube, four warps of 32x16, sixteen K tiles per stage: 16 < M <= 64
+/// in f16 and bf16. M = 64, K = 4096, N = 14336: 0.069 ms against 0.225 (0.089 with
+/// [`NARROW`], which reads the weight once per 16 rows).
 pub const SKINNY: TensorCoreTiling = TensorCoreTiling {
     name: "skinny",
     partition: (2, 1, 16),
@@ -93,9 +93,30 @@ pub const SKINNY: TensorCoreTiling = TensorCoreTiling {
     kind: TileKind::MmaSync,
 };
 
-/// 16x64 outputs per cube, four warps of 16x16, sixteen K tiles per stage: M <= 16
-/// (decode), where the work is reading the weight: deep stages and load-only warps keep its
-/// loads in flight. M = 1, K = N = 4096: 0.025 ms against 0.062.
+/// 64x32 outputs per cube, two warps of 64x16, sixteen 8-deep K tiles per stage: 16 < M <=
+/// 64 in f32, where [`SKINNY`] left the loads of the wide weight behind. M = 64 and (K, N) =
+/// (4096, 4096), (4096, 14336), (14336, 4096): 0.066, 0.168, 0.205 ms against 0.061, 0.219,
+/// 0.206 (the 06:51 and 08:24 calls, 2026-11-27; Burn's default: 0.084, 0.188, 0.260).
+pub const SKINNY_TF32: TensorCoreTiling = TensorCoreTiling {
+    name: "skinny-tf32",
+    partition: (4, 1, 16),
+    stage: (1, 2),
+    kind: TileKind::MmaSync,
+};
+
+/// 16x32 outputs per cube, two warps of 16x16, sixteen 8-deep K tiles per stage: M <= 16 in
+/// f32. Twice the cubes of [`NARROW`] over the weight: M = 16 and the three (K, N) above:
+/// 0.045, 0.105, 0.116 ms against 0.054, 0.123, 0.158 (08:24 call).
+pub const NARROW_TF32: TensorCoreTiling = TensorCoreTiling {
+    name: "narrow-tf32",
+    partition: (1, 1, 16),
+    stage: (1, 2),
+    kind: TileKind::MmaSync,
+};
+
+/// 16x64 outputs per cube, four warps of 16x16, sixteen K tiles per stage: M <= 16 (decode)
+/// in f16 and bf16, where the work is reading the weight: deep stages and load-only warps
+/// keep its loads in flight. M = 1, K = N = 4096: 0.025 ms against 0.062.
 pub const NARROW: TensorCoreTiling = TensorCoreTiling {
     name: "narrow",
     partition: (1, 1, 16),
@@ -103,19 +124,30 @@ pub const NARROW: TensorCoreTiling = TensorCoreTiling {
     kind: TileKind::MmaSync,
 };
 
-/// Every tiling the router may pick. The tests compare all of them bitwise.
-pub const TILINGS: [TensorCoreTiling; 4] = [NARROW, SKINNY, MEDIUM, WIDE];
+/// Every tiling the router may pick, for some dtype.
+pub const TILINGS: [TensorCoreTiling; 6] = [NARROW, NARROW_TF32, SKINNY, SKINNY_TF32, MEDIUM, WIDE];
 
-/// The tiling for `m` rows (per batch). Only speed depends on it.
-pub fn tiling_for_m(m: usize) -> TensorCoreTiling {
-    if m <= super::NARROW_MAX_M {
-        NARROW
-    } else if m <= super::SKINNY_MAX_M {
-        SKINNY
-    } else if m <= super::MEDIUM_MAX_M {
-        MEDIUM
+/// The tilings the router picks from for `dtype`, by increasing M. The tests compare each of
+/// them with the routed result bitwise.
+pub fn tilings_for(dtype: StorageType) -> [TensorCoreTiling; 4] {
+    if dtype == F32 {
+        [NARROW_TF32, SKINNY_TF32, MEDIUM, WIDE]
     } else {
-        WIDE
+        [NARROW, SKINNY, MEDIUM, WIDE]
+    }
+}
+
+/// The tiling for `m` rows (per batch) of `dtype`. Only speed depends on it.
+pub fn tiling_for(m: usize, dtype: StorageType) -> TensorCoreTiling {
+    let [narrow, skinny, medium, wide] = tilings_for(dtype);
+    if m <= super::NARROW_MAX_M {
+        narrow
+    } else if m <= super::SKINNY_MAX_M {
+        skinny
+    } else if m <= super::MEDIUM_MAX_M {
+        medium
+    } else {
+        wide
     }
 }
 
@@ -312,5 +344,43 @@ fn swizzle(problem: &MatmulProblem, scheme: &TilingScheme, stage: StorageType) -
         ),
         acc: SwizzleMode::None,
         out: SwizzleMode::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HALF: [StorageType; 2] = [
+        StorageType::Scalar(ElemType::Float(FloatKind::F16)),
+        StorageType::Scalar(ElemType::Float(FloatKind::BF16)),
+    ];
+
+    /// The suite compares `tilings_for(dtype)` bitwise; a tiling the router can reach but
+    /// that list misses would go untested.
+    #[test]
+    fn the_router_picks_only_listed_tilings_and_lists_each_one_for_some_dtype() {
+        for dtype in HALF.into_iter().chain([F32]) {
+            for m in [0, 1, 16, 17, 64, 65, 256, 257, 1 << 20] {
+                let tiling = tiling_for(m, dtype);
+                assert!(tilings_for(dtype).contains(&tiling), "{dtype:?} M = {m}");
+            }
+        }
+        for tiling in TILINGS {
+            let listed = HALF
+                .into_iter()
+                .chain([F32])
+                .any(|dtype| tilings_for(dtype).contains(&tiling));
+            assert!(listed, "{} is never routed", tiling.name);
+        }
+    }
+
+    #[test]
+    fn f32_decode_takes_its_own_tilings() {
+        assert_eq!(tiling_for(64, F32), SKINNY_TF32);
+        assert_eq!(tiling_for(64, HALF[1]), SKINNY);
+        assert_eq!(tiling_for(16, F32), NARROW_TF32);
+        assert_eq!(tiling_for(1, HALF[0]), NARROW);
+        assert_eq!(tiling_for(257, F32), WIDE);
     }
 }
