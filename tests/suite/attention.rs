@@ -2,8 +2,10 @@
 //! batches of 2, 3 and 7 sequences of mixed lengths (causal and bidirectional); a decode
 //! step vs the same position of a prefill, across the 512-key chunk boundary and with every
 //! option; accuracy against the f64 reference for every option; slabs; poisoned outputs;
+//! both ways of staging keys and values (asynchronous copies, plain loads) bitwise;
 //! broadcast mask and bias read in place; bad input.
 
+use batch_invariant_kernels::attention::tensor_core::{self, Staging};
 use batch_invariant_kernels::attention::{
     cpu_reference, launch_attention, launch_attention_with_scratch, AttentionError,
     AttentionOptions, KEY_SPLIT,
@@ -456,6 +458,103 @@ fn poisoned_outputs_and_slabs_for<R: CubeRuntime>(device: &R::Device, sq: usize)
     );
 }
 
+/// The tensor-core kernel stages keys and values with asynchronous 16-byte copies when
+/// their rows are 16-byte aligned, and with plain loads otherwise. Operands that start two
+/// bytes into their buffer take the plain path; they must give the bits of aligned copies
+/// of the same values, into poisoned outputs, for a prefill and a decode step, head dims
+/// whose value tiles come in pairs and one left over. Only where that kernel runs (CUDA).
+fn staging_paths_agree<R: CubeRuntime>(device: &R::Device) {
+    let (b, h, sk) = (2, 3, KEY_SPLIT + 30);
+    for dtype in [FloatDType::F16, FloatDType::BF16] {
+        for (sq, d, dv) in [(37, 64, 64), (1, 72, 40), (21, 72, 40)] {
+            // `[b, h, n, w]` of deterministic values, contiguous, either at the start of its
+            // buffer or two bytes into it (a buffer with one spare element in front).
+            let operand = |seed, n, w, shifted: bool| -> CubeTensor<R> {
+                let t = tensor::<Plain<R>, 4>(
+                    random_values(b * h * n * w, seed),
+                    [b, h, n, w],
+                    dtype,
+                    device,
+                );
+                let t = into_contiguous(t.into_primitive().tensor());
+                if !shifted {
+                    return t;
+                }
+                let data = Tensor::<Plain<R>, 4>::from_primitive(
+                    burn::tensor::TensorPrimitive::Float(t.clone()),
+                )
+                .into_data();
+                let mut bytes = vec![0u8; 2];
+                bytes.extend_from_slice(data.as_bytes());
+                let handle = t.client.create_from_slice(&bytes).offset_start(2);
+                CubeTensor::new_contiguous(
+                    t.client.clone(),
+                    device.clone(),
+                    [b, h, n, w].into(),
+                    handle,
+                    t.dtype,
+                )
+            };
+            {
+                let probe = operand(50, 1, d, false);
+                let storage = probe.dtype.into();
+                if !tensor_core::is_supported(&probe.client, storage, d, dv) {
+                    // No tensor-core kernel here, so no staging to compare (and wgpu cannot
+                    // bind a buffer two bytes in).
+                    eprintln!("{dtype:?} {d}/{dv}: no tensor-core attention on this runtime");
+                    continue;
+                }
+            }
+            let run = |shifted: bool| {
+                let q = operand(51, sq, d, false);
+                let (k, v) = (operand(52, sk, d, shifted), operand(53, sk, dv, shifted));
+                let client = q.client.clone();
+                let offsets = [&k, &v].map(|t| t.handle.offset_start.unwrap_or(0));
+                let staging = tensor_core::staging_for(&client, d, dv, offsets);
+                let out = nan_poison(&client, device, vec![b, h, sq, dv], q.dtype);
+                launch_attention_with_scratch(
+                    &client,
+                    [q.clone().binding(), k.binding(), v.binding()],
+                    [None, None],
+                    out.clone().binding(),
+                    AttentionOptions {
+                        scale: 0.125,
+                        softcap: None,
+                        causal: true,
+                    },
+                    q.dtype.into(),
+                    usize::MAX / 2,
+                )
+                .expect("launch");
+                let out = Tensor::<Plain<R>, 4>::from_primitive(
+                    burn::tensor::TensorPrimitive::Float(out),
+                );
+                (
+                    staging,
+                    bits(out.clone()),
+                    out.cast(FloatDType::F32).into_data(),
+                )
+            };
+            let (aligned_staging, aligned, values) = run(false);
+            let (shifted_staging, shifted, _) = run(true);
+            let what = format!("{dtype:?} {sq} queries, head dims {d}/{dv}");
+            assert_ne!(
+                shifted_staging,
+                Staging::Async,
+                "{what}: the shifted view is aligned"
+            );
+            assert!(
+                values.iter::<f32>().all(|x| !x.is_nan()),
+                "{what} ({aligned_staging:?}): an output element was left unwritten"
+            );
+            assert!(
+                aligned == shifted,
+                "{what}: {aligned_staging:?} and {shifted_staging:?} staging give different bits"
+            );
+        }
+    }
+}
+
 /// A padding mask `[b, 1, 1, k]` and a bias `[1, h, 1, k]` expanded to the scores' shape
 /// are stride-0 views; the kernel reads them in place and must give the bits of their
 /// materialised copies.
@@ -661,6 +760,11 @@ fn attention_accuracy_and_options() {
 #[test]
 fn kernel_attention_writes_every_output_in_any_slab() {
     on_test_runtime!(poisoned_outputs_and_slabs);
+}
+
+#[test]
+fn kernel_attention_staging_paths_agree() {
+    on_test_runtime!(staging_paths_agree);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use super::kernel::{
     DECODE_STAGE_WORDS, FLAG_BIAS, FLAG_CAUSAL, FLAG_MASK, FLAG_SOFTCAP, PIECE,
 };
 use super::tensor_core::{
-    self, attention_mma_partials_kernel, DECODE_WARPS, PREFILL_WARPS, TILE_Q,
+    self, attention_mma_partials_kernel, Staging, DECODE_WARPS, PREFILL_WARPS, TILE_Q,
 };
 use super::{BLOCK_K, BLOCK_Q, KEY_SPLIT};
 use crate::reduce::launch::{contiguous_strides, cube_count};
@@ -123,14 +123,14 @@ enum Partials {
     /// The scalar kernels, [`BLOCK_Q`] queries per group.
     Scalar,
     /// The tensor-core kernel with this many warps (16 queries each) per group.
-    TensorCore { warps: usize },
+    TensorCore { warps: usize, staging: Staging },
 }
 
 impl Partials {
     fn block_q(self) -> usize {
         match self {
             Self::Scalar => BLOCK_Q,
-            Self::TensorCore { warps } => TILE_Q * warps,
+            Self::TensorCore { warps, .. } => TILE_Q * warps,
         }
     }
 }
@@ -266,13 +266,17 @@ pub fn launch_attention_with_scratch<R: Runtime>(
         } else {
             PREFILL_WARPS
         };
-        Partials::TensorCore { warps }
+        let offsets = [&key, &value].map(|t| t.handle.offset_start.unwrap_or(0));
+        let staging = tensor_core::staging_for(client, dim, dim_v, offsets);
+        Partials::TensorCore { warps, staging }
     } else {
         Partials::Scalar
     };
     let needed = match partials {
         Partials::Scalar => shared_memory_bytes(dim),
-        Partials::TensorCore { warps } => tensor_core::shared_memory_bytes(dim, dim_v, warps),
+        Partials::TensorCore { warps, staging } => {
+            tensor_core::shared_memory_bytes(dim, dim_v, warps, staging)
+        }
     };
     let available = client.properties().hardware.max_shared_memory_size;
     if needed > available {
@@ -350,7 +354,7 @@ pub fn launch_attention_with_scratch<R: Runtime>(
                         .map(|(handle, per)| ArrayArg::from_raw_parts(handle.clone(), states * per))
                 };
                 match partials {
-                    Partials::TensorCore { warps } => {
+                    Partials::TensorCore { warps, staging } => {
                         let [q, k, v, mask, bias] = operands();
                         let [stats, accs] = scratch();
                         attention_mma_partials_kernel::launch_unchecked::<R>(
@@ -372,6 +376,7 @@ pub fn launch_attention_with_scratch<R: Runtime>(
                             dim,
                             dim_v,
                             warps,
+                            staging == Staging::Async,
                             dtype,
                         );
                     }

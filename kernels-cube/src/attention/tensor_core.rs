@@ -27,6 +27,7 @@
 use cubecl::cmma::MmaDefinition;
 use cubecl::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, MatrixIdent};
+use cubecl::prelude::barrier::{copy_async, Barrier};
 use cubecl::prelude::*;
 
 use super::kernel::{chunk_end, finish_score, Extents};
@@ -43,8 +44,8 @@ pub const DECODE_WARPS: usize = 1;
 /// Largest head dim (query/key and value) this kernel takes: its query fragments and
 /// accumulators live in registers. Wider heads run the scalar kernels.
 pub const MAX_MMA_HEAD_DIM: usize = 128;
-/// Padding of a staged row (elements), so that the fragment loads of the eight lane
-/// groups hit distinct shared-memory banks.
+/// Padding of a staged row (elements), so that the eight rows an `ldmatrix` reads hit
+/// distinct shared-memory banks. A multiple of 8: rows stay 16-byte aligned.
 const ROW_PAD: usize = 8;
 
 /// Two elements of one 32-bit fragment register.
@@ -86,25 +87,82 @@ pub const fn stage_keys(warps: usize) -> usize {
     BLOCK_K * warps
 }
 
+/// How a cube stages keys and values in shared memory. Only speed depends on it: both
+/// stage the same values (rows past the chunk's end hold copies of its last row, which the
+/// kernel masks exactly as it masks any key that takes no part).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Staging {
+    /// 16-byte `cp.async` copies into one of two buffers while the cube computes on the
+    /// other: head dims that are multiples of 8 and 16-byte aligned rows.
+    Async,
+    /// Loads and stores through registers into one buffer: any head dim.
+    Plain,
+}
+
+impl Staging {
+    const fn buffers(self) -> usize {
+        match self {
+            Self::Async => 2,
+            Self::Plain => 1,
+        }
+    }
+}
+
+/// The staging for these head dims and operand offsets (bytes) on this runtime.
+pub fn staging_for<R: Runtime>(
+    client: &ComputeClient<R>,
+    dim: usize,
+    dim_v: usize,
+    offsets: [u64; 2],
+) -> Staging {
+    let aligned = dim.is_multiple_of(8)
+        && dim_v.is_multiple_of(8)
+        && offsets.iter().all(|o| o.is_multiple_of(16));
+    if aligned && client.properties().features.copy_async {
+        Staging::Async
+    } else {
+        Staging::Plain
+    }
+}
+
+/// Elements of one staging buffer: keys then values, each row padded to its pitch.
+const fn stage_elems(dim: usize, dim_v: usize, warps: usize) -> usize {
+    stage_keys(warps) * (k_pitch(dim) + v_pitch(dim_v))
+}
+
+/// Row pitch of staged keys: the head dim padded to the 16-deep instruction, plus
+/// [`ROW_PAD`]. A multiple of 8 elements, so every row starts 16-byte aligned (`ldmatrix`).
+const fn k_pitch(dim: usize) -> usize {
+    dim.div_ceil(16) * 16 + ROW_PAD
+}
+
+/// Row pitch of staged values: the value dim padded to 8-column tiles, plus [`ROW_PAD`].
+const fn v_pitch(dim_v: usize) -> usize {
+    dim_v.div_ceil(8) * 8 + ROW_PAD
+}
+
 /// Shared memory of one cube with `warps` warps, in bytes, for 16-bit inputs.
-pub const fn shared_memory_bytes(dim: usize, dim_v: usize, warps: usize) -> usize {
-    let k_pitch = dim.div_ceil(16) * 16 + ROW_PAD;
-    let v_pitch = dim_v.div_ceil(8) * 8 + ROW_PAD;
-    stage_keys(warps) * (k_pitch + v_pitch) * 2
+pub const fn shared_memory_bytes(
+    dim: usize,
+    dim_v: usize,
+    warps: usize,
+    staging: Staging,
+) -> usize {
+    staging.buffers() * stage_elems(dim, dim_v, warps) * 2
 }
 
 /// Copies rows `first_row .. first_row + block_rows` (zeros for rows `>= rows`, which must be
 /// at least 1), columns `0 .. width` (zeros for columns `>= row_len`) of a row-major tensor
-/// to shared memory as pairs of adjacent columns, `smem[(j * pitch + c) / 2]`, in the input
-/// dtype, so that a fragment reads two elements with one 32-bit load. Every thread of the
-/// cube takes part; the caller synchronises. Out-of-range elements are read at a clamped,
-/// valid address and then replaced: no load sits behind a branch, so each thread has all
-/// its loads in flight at once instead of waiting for them one by one.
+/// to `smem[base + j * pitch + c]`, through registers. Every thread of the cube takes part;
+/// the caller synchronises. Out-of-range elements are read at a clamped, valid address and
+/// then replaced: no load sits behind a branch, so each thread has all its loads in flight
+/// at once instead of waiting for them one by one.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn stage_rows<F: Float>(
     tensor: &Tensor<F>,
-    smem: &mut SharedMemory<Pair<F>>,
+    smem: &mut SharedMemory<F>,
+    base: usize,
     first_row: usize,
     rows: usize,
     #[comptime] row_len: usize,
@@ -113,30 +171,143 @@ fn stage_rows<F: Float>(
     #[comptime] block_rows: usize,
     #[comptime] units: usize,
 ) {
-    let half = comptime!(width / 2);
-    // 16 rows per warp, 32 lanes and a width that is a multiple of 8: every thread copies
-    // width / 4 pairs.
-    comptime!(assert!(width.is_multiple_of(2) && pitch.is_multiple_of(2)));
-    comptime!(assert!((block_rows * half).is_multiple_of(units)));
+    // 16 rows per warp, 32 lanes and an even width: every thread copies width / 2 elements.
+    comptime!(assert!((block_rows * width).is_multiple_of(units)));
     let tid = UNIT_POS_Y as usize * comptime!(PLANE) + UNIT_POS_X as usize;
     let last = rows - 1;
     #[unroll]
-    for r in 0..comptime!(block_rows * half / units) {
+    for r in 0..comptime!(block_rows * width / units) {
         let i = tid + r * units;
-        let j = i / half;
-        let c = (i % half) * 2;
+        let j = i / width;
+        let c = i % width;
         let row = (first_row + select(j < rows, j, last)) * row_len;
-        let mut pair = Pair::<F>::empty();
-        #[unroll]
-        for e in 0..2usize {
-            let mut col = c + e;
-            if comptime!(width > row_len) {
-                col = select(c + e < row_len, c + e, comptime!(row_len - 1));
-            }
-            let x = tensor[row + col];
-            pair[e] = select(j < rows && c + e < row_len, x, F::new(0.0));
+        let mut col = c;
+        if comptime!(width > row_len) {
+            col = select(c < row_len, c, comptime!(row_len - 1));
         }
-        smem[j * comptime!(pitch / 2) + c / 2] = pair;
+        let x = tensor[row + col];
+        smem[base + j * pitch + c] = select(j < rows && c < row_len, x, F::new(0.0));
+    }
+}
+
+/// Issues the `cp.async` copies of rows `first_row .. first_row + block_rows` of a row-major
+/// tensor with rows of `row_len` (a multiple of 8) to `smem[base + j * pitch ..]`, 16 bytes
+/// each. Rows `>= rows` (at least 1) copy row `rows - 1` instead. The caller commits them to
+/// a barrier.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_rows_async<F: Float>(
+    tensor: &Tensor<F>,
+    smem: &mut SharedMemory<F>,
+    base: usize,
+    first_row: usize,
+    rows: usize,
+    #[comptime] row_len: usize,
+    #[comptime] pitch: usize,
+    #[comptime] block_rows: usize,
+    #[comptime] units: usize,
+) {
+    let per_row = comptime!(row_len / 8);
+    let total = comptime!(block_rows * per_row);
+    let tid = UNIT_POS_Y as usize * comptime!(PLANE) + UNIT_POS_X as usize;
+    let last = rows - 1;
+    #[unroll]
+    for r in 0..comptime!(total.div_ceil(units)) {
+        let i = tid + r * units;
+        if i < total {
+            let j = i / per_row;
+            let c = (i % per_row) * 8;
+            let src = (first_row + select(j < rows, j, last)) * row_len + c;
+            let dst = base + j * pitch + c;
+            copy_async(
+                &tensor.slice(src, src + 8),
+                &mut smem.slice_mut(dst, dst + 8),
+                8u32,
+            );
+        }
+    }
+}
+
+/// Zeros the key columns `dim .. k_pitch` of every staged row of every buffer: with a head
+/// dim that is not a multiple of 16, the score's last instruction reads them (times zero
+/// query elements, so they must not hold NaN). The copies never write them.
+#[cube]
+fn zero_key_padding<F: Float>(
+    smem: &mut SharedMemory<F>,
+    #[comptime] dim: usize,
+    #[comptime] dim_v: usize,
+    #[comptime] warps: usize,
+    #[comptime] buffers: usize,
+) {
+    let pad = comptime!(k_pitch(dim) - ROW_PAD - dim);
+    if comptime!(pad > 0) {
+        let staged = comptime!(stage_keys(warps));
+        let total = comptime!(buffers * staged * pad);
+        let units = comptime!(PLANE * warps);
+        let tid = UNIT_POS_Y as usize * comptime!(PLANE) + UNIT_POS_X as usize;
+        #[unroll]
+        for r in 0..comptime!(total.div_ceil(units)) {
+            let i = tid + r * units;
+            if i < total {
+                let b = i / comptime!(staged * pad);
+                let j = (i / pad) % staged;
+                let c = dim + i % pad;
+                smem[b * comptime!(stage_elems(dim, dim_v, warps))
+                    + j * comptime!(k_pitch(dim))
+                    + c] = F::new(0.0);
+            }
+        }
+    }
+}
+
+/// `acc = acc * alpha + p · v` for value tile `ct` (8 columns), its B fragment in
+/// `regs[first]`, `regs[first + 1]` (keys `2 (lane % 4) + e` and 8 below). Values of keys
+/// that no row takes enter as zeros (`key_live`), unless every key of the block takes part.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn pv_tile<F: Float>(
+    def: &MmaDefinition<F, F, f32>,
+    pa: &Array<Pair<F>>,
+    regs: &Array<Pair<F>>,
+    #[comptime] first: usize,
+    key_live: &Array<u32>,
+    all_live: u32,
+    alpha: &Array<f32>,
+    any: &Array<u32>,
+    acc: &mut Array<Pair<f32>>,
+    ct: usize,
+) {
+    let mut bf = Array::<Pair<F>>::new(2usize);
+    #[unroll]
+    for v in 0..2usize {
+        bf[v] = regs[first + v];
+    }
+    if all_live == 0 {
+        #[unroll]
+        for v in 0..2usize {
+            let mut pair = bf[v];
+            #[unroll]
+            for e in 0..2usize {
+                pair[e] = select(key_live[v * 2 + e] != 0, pair[e], F::new(0.0));
+            }
+            bf[v] = pair;
+        }
+    }
+    let mut pv = Array::<Pair<f32>>::new(2usize);
+    pv[0usize] = Pair::<f32>::new(0.0);
+    pv[1usize] = Pair::<f32>::new(0.0);
+    def.execute_inplace(pa, &bf, &mut pv);
+    #[unroll]
+    for h in 0..2usize {
+        if any[h] != 0 {
+            let mut cur = acc[ct * 2 + h];
+            let add = pv[h];
+            #[unroll]
+            for e in 0..2usize {
+                cur[e] = cur[e] * alpha[h] + add[e];
+            }
+            acc[ct * 2 + h] = cur;
+        }
     }
 }
 
@@ -160,6 +331,7 @@ pub fn attention_mma_partials_kernel<F: Float>(
     #[comptime] dim: usize,
     #[comptime] dim_v: usize,
     #[comptime] warps: usize,
+    #[comptime] double: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     if CUBE_POS >= ext.groups * ext.chunks {
@@ -170,8 +342,10 @@ pub fn attention_mma_partials_kernel<F: Float>(
     let units = comptime!(PLANE * warps);
     let k_steps = comptime!(dim.div_ceil(16));
     let n_tiles = comptime!(dim_v.div_ceil(8));
-    let k_pitch = comptime!(dim.div_ceil(16) * 16 + ROW_PAD);
-    let v_pitch = comptime!(dim_v.div_ceil(8) * 8 + ROW_PAD);
+    let k_pitch = comptime!(k_pitch(dim));
+    let v_pitch = comptime!(v_pitch(dim_v));
+    let stage_elems = comptime!(stage_elems(dim, dim_v, warps));
+    let buffers = comptime!(if double { 2usize } else { 1usize });
 
     let lane = UNIT_POS_X;
     let warp = UNIT_POS_Y as usize;
@@ -223,73 +397,166 @@ pub fn attention_mma_partials_kernel<F: Float>(
         acc[i] = Pair::<f32>::new(0.0);
     }
 
-    let mut k_s = SharedMemory::<Pair<F>>::new(comptime!(staged * k_pitch / 2));
-    let mut v_s = SharedMemory::<Pair<F>>::new(comptime!(staged * v_pitch / 2));
+    let mut stage = SharedMemory::<F>::new_aligned(comptime!(buffers * stage_elems), 16usize);
+    zero_key_padding(&mut stage, dim, dim_v, warps, buffers);
+    // One barrier per buffer: the copies into a buffer complete on its barrier.
+    let bar0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let row0 = bh * ext.seq_k;
     let mut first = k_start;
+    if comptime!(double) {
+        sync_cube(); // the zeroed padding is visible to every warp
+        if first < k_end {
+            stage_rows_async(
+                key,
+                &mut stage,
+                0usize,
+                row0 + first,
+                k_end - first,
+                dim,
+                k_pitch,
+                staged,
+                units,
+            );
+            stage_rows_async(
+                value,
+                &mut stage,
+                comptime!(staged * k_pitch),
+                row0 + first,
+                k_end - first,
+                dim_v,
+                v_pitch,
+                staged,
+                units,
+            );
+            bar0.commit_copy_async();
+        }
+    }
+    let mut round = 0usize;
     while first < k_end {
-        sync_cube(); // the previous stage has been read
-        stage_rows(
-            key,
-            &mut k_s,
-            row0 + first,
-            k_end - first,
-            dim,
-            comptime!(k_steps * 16),
-            k_pitch,
-            staged,
-            units,
-        );
-        stage_rows(
-            value,
-            &mut v_s,
-            row0 + first,
-            k_end - first,
-            dim_v,
-            comptime!(n_tiles * 8),
-            v_pitch,
-            staged,
-            units,
-        );
-        sync_cube();
+        let next = first + staged;
+        let buf = round % buffers;
+        if comptime!(double) {
+            // The next stage's copies go out before this one is computed on; the other
+            // buffer was last read in the previous round, which ended with a sync.
+            if next < k_end {
+                let base = (1 - buf) * stage_elems;
+                stage_rows_async(
+                    key,
+                    &mut stage,
+                    base,
+                    row0 + next,
+                    k_end - next,
+                    dim,
+                    k_pitch,
+                    staged,
+                    units,
+                );
+                stage_rows_async(
+                    value,
+                    &mut stage,
+                    base + comptime!(staged * k_pitch),
+                    row0 + next,
+                    k_end - next,
+                    dim_v,
+                    v_pitch,
+                    staged,
+                    units,
+                );
+                if buf == 0 {
+                    bar1.commit_copy_async();
+                } else {
+                    bar0.commit_copy_async();
+                }
+            }
+            if buf == 0 {
+                bar0.arrive_and_wait();
+            } else {
+                bar1.arrive_and_wait();
+            }
+        } else {
+            sync_cube(); // the previous stage has been read
+            stage_rows(
+                key,
+                &mut stage,
+                0usize,
+                row0 + first,
+                k_end - first,
+                dim,
+                comptime!(k_steps * 16),
+                k_pitch,
+                staged,
+                units,
+            );
+            stage_rows(
+                value,
+                &mut stage,
+                comptime!(staged * k_pitch),
+                row0 + first,
+                k_end - first,
+                dim_v,
+                comptime!(n_tiles * 8),
+                v_pitch,
+                staged,
+                units,
+            );
+            sync_cube();
+        }
+        let k_base = buf * stage_elems;
+        let v_base = k_base + comptime!(staged * k_pitch);
+        // The 8x8 matrix whose row this lane addresses in an `ldmatrix.x4`, and that row.
+        let matrix = (lane / 8) as usize;
+        let matrix_row = (lane % 8) as usize;
 
         for b in 0..warps {
             let kb = first + b * comptime!(BLOCK_K);
             if kb < k_end {
                 let key0 = b * comptime!(BLOCK_K); // first staged row of the block
 
-                // Scores: two 8-key tiles, each one mma chain over the head dim.
+                // Scores: two 8-key tiles, each one mma chain over the head dim. One
+                // `ldmatrix.x4` per 16 dims brings both tiles' B fragments (B is dims x
+                // keys, staged as keys x dims): matrix `i` is keys `8 (i / 2) ..`, dims
+                // `16 ks + 8 (i % 2) ..`.
+                let mut c0 = Array::<Pair<f32>>::new(2usize);
+                let mut c1 = Array::<Pair<f32>>::new(2usize);
+                #[unroll]
+                for i in 0..2usize {
+                    c0[i] = Pair::<f32>::new(0.0);
+                    c1[i] = Pair::<f32>::new(0.0);
+                }
+                #[unroll]
+                for ks in 0..k_steps {
+                    let mut a = Array::<Pair<F>>::new(4usize);
+                    #[unroll]
+                    for v in 0..4usize {
+                        a[v] = q_frag[ks * 4 + v];
+                    }
+                    let at = k_base
+                        + (key0 + (matrix / 2) * 8 + matrix_row) * k_pitch
+                        + ks * 16
+                        + (matrix % 2) * 8;
+                    let regs = def.load_matrix::<F, Const<2>>(
+                        &stage.slice(at, at + 8),
+                        MatrixIdent::B,
+                        4usize,
+                        false,
+                    );
+                    let mut b0 = Array::<Pair<F>>::new(2usize);
+                    let mut b1 = Array::<Pair<F>>::new(2usize);
+                    b0[0usize] = regs[0usize];
+                    b0[1usize] = regs[1usize];
+                    b1[0usize] = regs[2usize];
+                    b1[1usize] = regs[3usize];
+                    def.execute_inplace(&a, &b0, &mut c0);
+                    def.execute_inplace(&a, &b1, &mut c1);
+                }
                 let mut s = Array::<f32>::new(8usize);
                 #[unroll]
-                for nt in 0..2usize {
-                    let mut c = Array::<Pair<f32>>::new(2usize);
-                    c[0usize] = Pair::<f32>::new(0.0);
-                    c[1usize] = Pair::<f32>::new(0.0);
-                    #[unroll]
-                    for ks in 0..k_steps {
-                        let mut a = Array::<Pair<F>>::new(4usize);
-                        #[unroll]
-                        for v in 0..4usize {
-                            a[v] = q_frag[ks * 4 + v];
-                        }
-                        let mut bf = Array::<Pair<F>>::new(2usize);
-                        #[unroll]
-                        for v in 0..2usize {
-                            // B is (dims x keys): row = dim, column = key. Elements `2 v`
-                            // and `2 v + 1` are adjacent dims of one key: one staged pair.
-                            let (r, cc) = def.position_of_nth(lane, (v * 2) as u32, MatrixIdent::B);
-                            bf[v] = k_s[((key0 + nt * 8 + cc as usize) * k_pitch
-                                + ks * 16
-                                + r as usize)
-                                / 2];
-                        }
-                        def.execute_inplace(&a, &bf, &mut c);
-                    }
-                    #[unroll]
-                    for i in 0..4usize {
-                        let pair = c[i / 2];
-                        s[nt * 4 + i] = pair[i % 2];
-                    }
+                for i in 0..4usize {
+                    let p0 = c0[i / 2];
+                    let p1 = c1[i / 2];
+                    s[i] = p0[i % 2];
+                    s[4 + i] = p1[i % 2];
                 }
 
                 // Options, and which keys take part, element by element.
@@ -326,8 +593,11 @@ pub fn attention_mma_partials_kernel<F: Float>(
                 // Keys that no row of the warp takes (index `2 nt + e`: key `8 nt + 2 (lane
                 // % 4) + e`, the keys of this lane's B elements in `p · v`): their values
                 // enter the product as zeros, so that a masked key's value (padding may
-                // hold NaN) never reaches a sum as `0 * NaN`.
+                // hold NaN, a row past the chunk is a copy) never reaches a sum as
+                // `0 * NaN`. `all_live` is the same in every lane: the selects are skipped
+                // as a whole when no key of the block needs them.
                 let mut key_live = Array::<u32>::new(4usize);
+                let mut all_live = 1u32;
                 #[unroll]
                 for nt in 0..2usize {
                     #[unroll]
@@ -337,8 +607,11 @@ pub fn attention_mma_partials_kernel<F: Float>(
                         flag |= plane_shuffle_xor(flag, 8u32);
                         flag |= plane_shuffle_xor(flag, 16u32);
                         key_live[nt * 2 + e] = flag;
+                        all_live &= flag;
                     }
                 }
+                all_live &= plane_shuffle_xor(all_live, 1u32);
+                all_live &= plane_shuffle_xor(all_live, 2u32);
 
                 // Row statistics across the quad, weights, and the chunk state's `m`, `l`.
                 let mut p = Array::<f32>::new(8usize);
@@ -402,48 +675,58 @@ pub fn attention_mma_partials_kernel<F: Float>(
                     pa[v] = pair;
                 }
 
-                // `acc = acc * alpha + p · v`, 8 columns per instruction.
+                // `acc = acc * alpha + p · v`, 8 columns per instruction. The B fragments
+                // (keys x columns, staged as keys x columns) come transposed out of
+                // `ldmatrix`: matrix `i` is keys `8 (i % 2) ..`, columns `8 (ct + i / 2) ..`,
+                // so one `.x4` feeds two tiles (an `.x2` the last of an odd count).
                 #[unroll]
-                for ct in 0..n_tiles {
-                    let mut bf = Array::<Pair<F>>::new(2usize);
-                    #[unroll]
-                    for v in 0..2usize {
-                        let mut pair = Pair::<F>::empty();
-                        #[unroll]
-                        for e in 0..2usize {
-                            // B is (keys x columns): row = key, column = value column.
-                            let (r, cc) =
-                                def.position_of_nth(lane, (v * 2 + e) as u32, MatrixIdent::B);
-                            let at = (key0 + r as usize) * v_pitch + ct * 8 + cc as usize;
-                            let staged_pair = v_s[at / 2];
-                            // (`is_multiple_of` has no cube expansion.)
-                            #[allow(clippy::manual_is_multiple_of)]
-                            let even = at % 2 == 0;
-                            let x = select(even, staged_pair[0usize], staged_pair[1usize]);
-                            pair[e] = select(key_live[v * 2 + e] != 0, x, F::new(0.0));
-                        }
-                        bf[v] = pair;
-                    }
-                    let mut pv = Array::<Pair<f32>>::new(2usize);
-                    pv[0usize] = Pair::<f32>::new(0.0);
-                    pv[1usize] = Pair::<f32>::new(0.0);
-                    def.execute_inplace(&pa, &bf, &mut pv);
-                    #[unroll]
-                    for h in 0..2usize {
-                        if any[h] != 0 {
-                            let mut cur = acc[ct * 2 + h];
-                            let add = pv[h];
-                            #[unroll]
-                            for e in 0..2usize {
-                                cur[e] = cur[e] * alpha[h] + add[e];
-                            }
-                            acc[ct * 2 + h] = cur;
-                        }
-                    }
+                for pair_of_tiles in 0..comptime!(n_tiles / 2) {
+                    let ct = pair_of_tiles * 2;
+                    let at = v_base
+                        + (key0 + (matrix % 2) * 8 + matrix_row) * v_pitch
+                        + (ct + matrix / 2) * 8;
+                    let regs = def.load_matrix::<F, Const<2>>(
+                        &stage.slice(at, at + 8),
+                        MatrixIdent::B,
+                        4usize,
+                        true,
+                    );
+                    pv_tile(
+                        &def, &pa, &regs, 0usize, &key_live, all_live, &alpha, &any, &mut acc, ct,
+                    );
+                    pv_tile(
+                        &def,
+                        &pa,
+                        &regs,
+                        2usize,
+                        &key_live,
+                        all_live,
+                        &alpha,
+                        &any,
+                        &mut acc,
+                        ct + 1,
+                    );
+                }
+                if comptime!(n_tiles % 2 == 1) {
+                    let ct = comptime!(n_tiles - 1);
+                    let at = v_base + (key0 + (matrix % 2) * 8 + matrix_row) * v_pitch + ct * 8;
+                    let regs = def.load_matrix::<F, Const<2>>(
+                        &stage.slice(at, at + 8),
+                        MatrixIdent::B,
+                        2usize,
+                        true,
+                    );
+                    pv_tile(
+                        &def, &pa, &regs, 0usize, &key_live, all_live, &alpha, &any, &mut acc, ct,
+                    );
                 }
             }
         }
-        first += staged;
+        if comptime!(double) {
+            sync_cube(); // this buffer has been read: the next round may refill it
+        }
+        first = next;
+        round += 1;
     }
 
     // The chunk state, to the slots of the scalar kernels' layout (with this block size).

@@ -103,19 +103,26 @@ pub fn extremum_lanes_kernel<F: Float, I: Int>(
         }
         let base = index_offset_contiguous_fastdivmod(row, &out_shape, &row_strides, 1usize);
         // Loads issued `SCAN_UNROLL` at a time, as in the sum (see there), then taken in
-        // index order; the entries of the last group past `end` are masked.
+        // index order.
         let mut j = start + lane;
-        while j < end {
-            let vals = load_group(input, base, j, lanes, reduce_stride, end);
+        let group = lanes * SCAN_UNROLL;
+        while j + group - lanes < end {
+            let vals = load_group(input, base + j * reduce_stride, lanes * reduce_stride);
             #[unroll]
             for u in 0..SCAN_UNROLL {
                 let v = vals[u];
-                let index = j + u * lanes;
-                let take = index < end && scan_takes(v, best_v, best_i == reduce_len, abs, min);
+                let take = scan_takes(v, best_v, best_i == reduce_len, abs, min);
                 best_v = select(take, value_of(v, abs), best_v);
-                best_i = select(take, index, best_i);
+                best_i = select(take, j + u * lanes, best_i);
             }
-            j += lanes * SCAN_UNROLL;
+            j += group;
+        }
+        while j < end {
+            let v = f32::cast_from(input[base + j * reduce_stride]);
+            let take = scan_takes(v, best_v, best_i == reduce_len, abs, min);
+            best_v = select(take, value_of(v, abs), best_v);
+            best_i = select(take, j, best_i);
+            j += lanes;
         }
     }
 

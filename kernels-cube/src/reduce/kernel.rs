@@ -12,7 +12,7 @@ use cubecl::std::FastDivmod;
 pub const CUBE_UNITS: u32 = 256;
 
 /// Loads one thread of a lanes kernel issues before it folds them in (in index order).
-pub const SCAN_UNROLL: usize = 32;
+pub const SCAN_UNROLL: usize = 16;
 
 /// Outputs handled by one cube of [`reduce_unit_kernel`].
 pub const UNITS_PER_CUBE: u32 = 128;
@@ -62,17 +62,24 @@ pub fn reduce_lanes_kernel<F: Float>(
         let base = row_offset(row, &out_shape, &row_strides);
         // `SCAN_UNROLL` loads are issued before the first of their adds waits: a plain loop
         // has one load in flight per thread, so a few rows were latency-bound (64 rows of
-        // 4096: 18 us where Burn took 6). The last group of a row is masked rather than
-        // finished one load at a time. The adds stay in increasing `j`.
+        // 4096: 18 us where Burn took 6). The adds stay in increasing `j`.
         let mut j = lane;
-        while j < reduce_len {
-            let vals = load_group(input, base, j, lanes, reduce_stride, reduce_len);
+        let group = lanes * SCAN_UNROLL;
+        while j + group - lanes < reduce_len {
+            let vals = load_group(input, base + j * reduce_stride, lanes * reduce_stride);
             #[unroll]
             for u in 0..SCAN_UNROLL {
-                let valid = j + u * lanes < reduce_len;
-                partial = select(valid, combine(partial, vals[u], prod), partial);
+                partial = combine(partial, vals[u], prod);
             }
-            j += lanes * SCAN_UNROLL;
+            j += group;
+        }
+        while j < reduce_len {
+            partial = combine(
+                partial,
+                f32::cast_from(input[base + j * reduce_stride]),
+                prod,
+            );
+            j += lanes;
         }
     }
 
@@ -174,25 +181,14 @@ pub fn reduce_unit_kernel<F: Float>(
     }
 }
 
-/// Entries `j, j + lanes, ..., j + (SCAN_UNROLL - 1) * lanes` of the row at `base`, as f32:
-/// one group of a lanes kernel's scan, every load issued before any of them is used. Entries
-/// at or past `end` read entry `end - 1` instead (in bounds; `end > j` holds), and the caller
-/// must not use them.
+/// The `SCAN_UNROLL` entries `first, first + step, ...` of `input`, as f32: one group of a
+/// lanes kernel's scan, every load issued before any of them is used.
 #[cube]
-pub(crate) fn load_group<F: Float>(
-    input: &Tensor<F>,
-    base: usize,
-    j: usize,
-    lanes: usize,
-    stride: usize,
-    end: usize,
-) -> Array<f32> {
+pub(crate) fn load_group<F: Float>(input: &Tensor<F>, first: usize, step: usize) -> Array<f32> {
     let mut vals = Array::<f32>::new(SCAN_UNROLL);
     #[unroll]
     for u in 0..SCAN_UNROLL {
-        let k = j + u * lanes;
-        let k = select(k < end, k, end - 1);
-        vals[u] = f32::cast_from(input[base + k * stride]);
+        vals[u] = f32::cast_from(input[first + u * step]);
     }
     vals
 }
