@@ -228,6 +228,77 @@ fn stage_rows_async<F: Float>(
     }
 }
 
+/// Issues the `cp.async` copies of one stage, keys then values, into the buffer at `base`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_async<F: Float>(
+    key: &Tensor<F>,
+    value: &Tensor<F>,
+    smem: &mut SharedMemory<F>,
+    base: usize,
+    first_row: usize,
+    rows: usize,
+    #[comptime] dim: usize,
+    #[comptime] dim_v: usize,
+    #[comptime] warps: usize,
+) {
+    let staged = comptime!(stage_keys(warps));
+    let units = comptime!(PLANE * warps);
+    let k_pitch = comptime!(k_pitch(dim));
+    stage_rows_async(
+        key, smem, base, first_row, rows, dim, k_pitch, staged, units,
+    );
+    let v_base = base + comptime!(staged * k_pitch);
+    stage_rows_async(
+        value,
+        smem,
+        v_base,
+        first_row,
+        rows,
+        dim_v,
+        comptime!(v_pitch(dim_v)),
+        staged,
+        units,
+    );
+}
+
+/// Stages keys then values through registers into the one buffer, padded with zeros to the
+/// instruction's shape.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn stage_plain<F: Float>(
+    key: &Tensor<F>,
+    value: &Tensor<F>,
+    smem: &mut SharedMemory<F>,
+    first_row: usize,
+    rows: usize,
+    #[comptime] dim: usize,
+    #[comptime] dim_v: usize,
+    #[comptime] warps: usize,
+) {
+    let staged = comptime!(stage_keys(warps));
+    let units = comptime!(PLANE * warps);
+    let k_pitch = comptime!(k_pitch(dim));
+    let k_width = comptime!(dim.div_ceil(16) * 16);
+    stage_rows(
+        key, smem, 0usize, first_row, rows, dim, k_width, k_pitch, staged, units,
+    );
+    let v_width = comptime!(dim_v.div_ceil(8) * 8);
+    let v_base = comptime!(staged * k_pitch);
+    stage_rows(
+        value,
+        smem,
+        v_base,
+        first_row,
+        rows,
+        dim_v,
+        v_width,
+        comptime!(v_pitch(dim_v)),
+        staged,
+        units,
+    );
+}
+
 /// Zeros the key columns `dim .. k_pitch` of every staged row of every buffer: with a head
 /// dim that is not a multiple of 16, the score's last instruction reads them (times zero
 /// query elements, so they must not hold NaN). The copies never write them.
@@ -339,7 +410,6 @@ pub fn attention_mma_partials_kernel<F: Float>(
     }
     let block_q = comptime!(TILE_Q * warps);
     let staged = comptime!(stage_keys(warps));
-    let units = comptime!(PLANE * warps);
     let k_steps = comptime!(dim.div_ceil(16));
     let n_tiles = comptime!(dim_v.div_ceil(8));
     let k_pitch = comptime!(k_pitch(dim));
@@ -407,27 +477,16 @@ pub fn attention_mma_partials_kernel<F: Float>(
     if comptime!(double) {
         sync_cube(); // the zeroed padding is visible to every warp
         if first < k_end {
-            stage_rows_async(
+            stage_async(
                 key,
+                value,
                 &mut stage,
                 0usize,
                 row0 + first,
                 k_end - first,
                 dim,
-                k_pitch,
-                staged,
-                units,
-            );
-            stage_rows_async(
-                value,
-                &mut stage,
-                comptime!(staged * k_pitch),
-                row0 + first,
-                k_end - first,
                 dim_v,
-                v_pitch,
-                staged,
-                units,
+                warps,
             );
             bar0.commit_copy_async();
         }
@@ -441,27 +500,16 @@ pub fn attention_mma_partials_kernel<F: Float>(
             // buffer was last read in the previous round, which ended with a sync.
             if next < k_end {
                 let base = (1 - buf) * stage_elems;
-                stage_rows_async(
+                stage_async(
                     key,
+                    value,
                     &mut stage,
                     base,
                     row0 + next,
                     k_end - next,
                     dim,
-                    k_pitch,
-                    staged,
-                    units,
-                );
-                stage_rows_async(
-                    value,
-                    &mut stage,
-                    base + comptime!(staged * k_pitch),
-                    row0 + next,
-                    k_end - next,
                     dim_v,
-                    v_pitch,
-                    staged,
-                    units,
+                    warps,
                 );
                 if buf == 0 {
                     bar1.commit_copy_async();
@@ -476,29 +524,15 @@ pub fn attention_mma_partials_kernel<F: Float>(
             }
         } else {
             sync_cube(); // the previous stage has been read
-            stage_rows(
+            stage_plain(
                 key,
+                value,
                 &mut stage,
-                0usize,
                 row0 + first,
                 k_end - first,
                 dim,
-                comptime!(k_steps * 16),
-                k_pitch,
-                staged,
-                units,
-            );
-            stage_rows(
-                value,
-                &mut stage,
-                comptime!(staged * k_pitch),
-                row0 + first,
-                k_end - first,
                 dim_v,
-                comptime!(n_tiles * 8),
-                v_pitch,
-                staged,
-                units,
+                warps,
             );
             sync_cube();
         }
