@@ -115,17 +115,17 @@ pub fn bench_ms<X: Backend, T>(device: &X::Device, mut f: impl FnMut() -> T) -> 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flush {
     /// Write 64 MiB, as triton's `do_bench` (and so the torch anchors) does. The L2 is then
-    /// full of dirty lines, which the timed call pays to write back as it evicts them: about
-    /// 50 MiB, 0.017 ms at 3 TB/s, a sixth of a 0.1 ms read.
+    /// full of dirty lines, which the timed call pays to write back as it evicts them (Burn's
+    /// mean over 16384 x 4096 f32 on an H100: 0.102 ms against 0.094 with [`Flush::Clean`]).
     Dirty,
     /// Read 64 MiB: the L2 holds clean lines of another tensor, so the timed call pays only
     /// for its own traffic.
     Clean,
 }
 
-/// f32 elements written (read, for [`Flush::Clean`]) between two timed calls: 64 MiB, more than the H100's 50 MiB of
-/// L2, so that every call starts from a cold cache as in triton's `do_bench`, which the
-/// torch anchors use.
+/// f32 elements written (read, for [`Flush::Clean`]) between two timed calls: 64 MiB, more
+/// than the H100's 50 MiB of L2, so that every call starts from a cold cache as in triton's
+/// `do_bench`, which the torch anchors use.
 const FLUSH_LEN: usize = 16 << 20;
 /// f32 elements of the tensor one blocker pass rewrites: 128 MiB (about 0.09 ms on an H100;
 /// wgpu refuses buffers of 256 MiB).

@@ -130,15 +130,26 @@ const fn stage_elems(dim: usize, dim_v: usize, warps: usize) -> usize {
     stage_keys(warps) * (k_pitch(dim) + v_pitch(dim_v))
 }
 
-/// Row pitch of staged keys: the head dim padded to the 16-deep instruction, plus
-/// [`ROW_PAD`]. A multiple of 8 elements, so every row starts 16-byte aligned (`ldmatrix`).
-const fn k_pitch(dim: usize) -> usize {
-    dim.div_ceil(16) * 16 + ROW_PAD
+/// Columns of a staged key row that the score chain reads: the head dim padded to the
+/// 16-deep instruction.
+const fn k_width(dim: usize) -> usize {
+    dim.div_ceil(16) * 16
 }
 
-/// Row pitch of staged values: the value dim padded to 8-column tiles, plus [`ROW_PAD`].
+/// Columns of a staged value row that `p · v` reads: the value dim padded to 8-column tiles.
+const fn v_width(dim_v: usize) -> usize {
+    dim_v.div_ceil(8) * 8
+}
+
+/// Row pitch of staged keys: [`k_width`] plus [`ROW_PAD`]. A multiple of 8 elements, so
+/// every row starts 16-byte aligned (`ldmatrix`).
+const fn k_pitch(dim: usize) -> usize {
+    k_width(dim) + ROW_PAD
+}
+
+/// Row pitch of staged values: [`v_width`] plus [`ROW_PAD`].
 const fn v_pitch(dim_v: usize) -> usize {
-    dim_v.div_ceil(8) * 8 + ROW_PAD
+    v_width(dim_v) + ROW_PAD
 }
 
 /// Shared memory of one cube with `warps` warps, in bytes, for 16-bit inputs.
@@ -279,11 +290,11 @@ fn stage_plain<F: Float>(
     let staged = comptime!(stage_keys(warps));
     let units = comptime!(PLANE * warps);
     let k_pitch = comptime!(k_pitch(dim));
-    let k_width = comptime!(dim.div_ceil(16) * 16);
+    let k_width = comptime!(k_width(dim));
     stage_rows(
         key, smem, 0usize, first_row, rows, dim, k_width, k_pitch, staged, units,
     );
-    let v_width = comptime!(dim_v.div_ceil(8) * 8);
+    let v_width = comptime!(v_width(dim_v));
     let v_base = comptime!(staged * k_pitch);
     stage_rows(
         value,
@@ -310,7 +321,7 @@ fn zero_key_padding<F: Float>(
     #[comptime] warps: usize,
     #[comptime] buffers: usize,
 ) {
-    let pad = comptime!(k_pitch(dim) - ROW_PAD - dim);
+    let pad = comptime!(k_width(dim) - dim);
     if comptime!(pad > 0) {
         let staged = comptime!(stage_keys(warps));
         let total = comptime!(buffers * staged * pad);
