@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -p burn-batch-invariant-examples --bins
-suite=$(cargo test --release -p burn-batch-invariant-tests --no-run --message-format=json 2>/dev/null |
+# The workspace selection keeps one feature set for the suite and the binaries: building
+# the examples package alone re-compiles burn and cubecl with other features.
+cargo build --release --workspace --bins
+suite=$(cargo test --release --workspace --no-run --message-format=json 2>/dev/null |
     python3 -c 'import sys, json
 for line in sys.stdin:
     m = json.loads(line)

@@ -1,4 +1,4 @@
-//! `float_matmul` (and `Linear`, through the default body of `ModuleOps::linear`) through
+//! `float_matmul` (and `Linear`, through `ModuleOps::linear`) through
 //! `BatchInvariant<B>`: bitwise invariance to the number of rows, including across the
 //! switches between the tensor-core tilings at M = 64 and M = 256; batched and broadcast
 //! matmul; transposed and sliced views; run-to-run determinism; accuracy against the f64
@@ -11,7 +11,7 @@ use batch_invariant_kernels::matmul::{
 };
 use burn::module::Param;
 use burn::nn::LinearConfig;
-use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::ops::{FloatTensorOps, ModuleOps};
 use burn::tensor::{FloatDType, Shape, Tensor, TensorPrimitive};
 use burn_batch_invariant_tests::*;
 use burn_cubecl::{tensor::CubeTensor, CubeBackend, CubeRuntime};
@@ -430,6 +430,71 @@ fn bad_input_names_the_op<B: KernelHost>(device: &B::Device) {
             "{msg}"
         );
     }
+    // `linear`: a bias of length 1 would broadcast over the outputs without complaint in
+    // Burn's composite; every shape that does not fit is refused with the op and the shapes.
+    let linear_cases: Vec<(Vec<usize>, Vec<usize>, Option<Vec<usize>>, &str)> = vec![
+        (
+            vec![2, 3, 4],
+            vec![4, 5],
+            Some(vec![1]),
+            "bias must be [d_output] = [5]",
+        ),
+        (
+            vec![2, 3, 4],
+            vec![4, 5],
+            Some(vec![6]),
+            "bias must be [d_output] = [5]",
+        ),
+        (
+            vec![2, 3, 4],
+            vec![4, 5],
+            Some(vec![1, 5]),
+            "bias must be [d_output] = [5]",
+        ),
+        (vec![3, 4], vec![5, 2], None, "must be d_input = 5"),
+        (
+            vec![3, 4],
+            vec![1, 4, 2],
+            None,
+            "weight must be [d_input, d_output]",
+        ),
+    ];
+    for (x, w, b, reason) in linear_cases {
+        let (xp, wp) = (
+            prim(x.clone(), FloatDType::F32),
+            prim(w.clone(), FloatDType::F32),
+        );
+        let bp = b.clone().map(|b| prim(b, FloatDType::F32));
+        let msg = panic_message(move || BatchInvariant::<B>::linear(xp, wp, bp));
+        assert!(
+            msg.contains("BatchInvariant::linear")
+                && msg.contains(reason)
+                && msg.contains(&format!("{x:?}"))
+                && msg.contains(&format!("{w:?}"))
+                && b.is_none_or(|b| msg.contains(&format!("{b:?}"))),
+            "{msg}"
+        );
+    }
+    // A fitting bias still gives Burn's composite: the routed matmul plus the broadcast add.
+    let (xp, wp, bp) = (
+        prim(vec![2, 3, 4], FloatDType::F32),
+        prim(vec![4, 5], FloatDType::F32),
+        prim(vec![5], FloatDType::F32),
+    );
+    let got = BatchInvariant::<B>::linear(xp.clone(), wp.clone(), Some(bp.clone()));
+    let want = BatchInvariant::<B>::float_add(
+        BatchInvariant::<B>::float_matmul(
+            xp,
+            BatchInvariant::<B>::float_reshape(wp, Shape::from(vec![1, 4, 5])),
+        ),
+        BatchInvariant::<B>::float_reshape(bp, Shape::from(vec![1, 1, 5])),
+    );
+    let as_tensor = |t| Tensor::<BatchInvariant<B>, 3>::from_primitive(TensorPrimitive::Float(t));
+    assert!(
+        bits(as_tensor(got)) == bits(as_tensor(want)),
+        "linear differs from its composite"
+    );
+
     let dtypes = float_dtypes::<B>(device);
     if let Some(&other) = dtypes.iter().find(|d| **d != FloatDType::F32) {
         let (lp, rp) = (prim(vec![3, 4], FloatDType::F32), prim(vec![4, 2], other));

@@ -75,14 +75,23 @@ fn packed_rows_invariance<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     let _serial = serial();
     let rows = FULL_CUBES_FROM_ROWS + 9;
-    for len in [5usize, 100] {
-        let x = tensor::<BatchInvariant<B>, 2>(
-            random_values(rows * len, 40 + len as u64),
-            [rows, len],
-            FloatDType::F32,
-            device,
-        );
-        check_batches(x, 1, 0, &format!("{rows} packed rows of {len}"));
+    // 5: one thread per row; 100 and 1028: vector loads (`reduce_vector_kernel`, eight rows
+    // per cube here, one per cube for the batches below), 1028 through a partial group of
+    // segments and a one-vector tail.
+    for (len, dtypes) in [
+        (5usize, vec![FloatDType::F32]),
+        (100, vec![FloatDType::F32]),
+        (1028, float_dtypes::<B>(device)),
+    ] {
+        for dtype in dtypes {
+            let x = tensor::<BatchInvariant<B>, 2>(
+                random_values(rows * len, 40 + len as u64),
+                [rows, len],
+                dtype,
+                device,
+            );
+            check_batches(x, 1, 0, &format!("{rows} packed rows of {len}, {dtype:?}"));
+        }
     }
 }
 
@@ -138,24 +147,35 @@ fn middle_dim_invariance<B: KernelHost>(device: &B::Device) {
     }
 }
 
-/// A row stored contiguously and the same row stored with a stride go through different
-/// thread mappings; the order, hence the bits, must be the same.
+/// A row stored contiguously, the same row stored with a stride, and the same row one
+/// element into a wider buffer go through different thread mappings (vector loads where
+/// the length is a multiple of 4, one thread per row, the lanes kernel for the unaligned
+/// view); the order, hence the bits, must be the same.
 fn mappings_agree<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     for dtype in float_dtypes::<B>(device) {
-        for len in [1, 31, 32, 33, 1000, 4097, 8191, 8192, 10000] {
+        for len in [1, 31, 32, 33, 1000, 2180, 4096, 4097, 8191, 8192, 10000] {
             let rows = 7;
             let values = random_values(rows * len, 3000 + len as u64);
             let transposed = transposed_values(&values, rows, len);
+            let padded: Vec<f32> = values
+                .chunks(len)
+                .flat_map(|row| std::iter::once(f32::NAN).chain(row.iter().copied()))
+                .collect();
             let contiguous = tensor::<BatchInvariant<B>, 2>(values, [rows, len], dtype, device);
             let strided =
                 tensor::<BatchInvariant<B>, 2>(transposed, [len, rows], dtype, device).transpose();
+            let shifted = tensor::<BatchInvariant<B>, 2>(padded, [rows, len + 1], dtype, device)
+                .narrow(1, 1, len);
             for op in [ReduceOp::Mean, ReduceOp::Sum] {
-                let a = apply(contiguous.clone(), 1, op);
-                let b = apply(strided.clone(), 1, op);
+                let a = bits(apply(contiguous.clone(), 1, op));
                 assert!(
-                    bits(a) == bits(b),
+                    a == bits(apply(strided.clone(), 1, op)),
                     "len {len} {dtype:?} {op:?}: contiguous and strided rows reduce differently"
+                );
+                assert!(
+                    a == bits(apply(shifted.clone(), 1, op)),
+                    "len {len} {dtype:?} {op:?}: aligned and shifted rows reduce differently"
                 );
             }
         }

@@ -26,9 +26,16 @@ pub use host::KernelHost;
 pub use batch_invariant_kernels as kernels;
 
 /// The fixed `(queries, keys)` block size of the invariant attention, the counterpart of
-/// vLLM's `get_batch_invariant_attention_block_size()`. Keys are also split into chunks of
-/// [`kernels::attention::KEY_SPLIT`] by absolute position; `docs/contract.md` gives the
-/// whole order.
+/// vLLM's `get_batch_invariant_attention_block_size()`: `(16, 16)` on the portable kernels.
+/// Keys are also split into chunks of [`kernels::attention::KEY_SPLIT`] by absolute
+/// position; `docs/contract.md` gives the whole order.
 pub fn attention_block_size() -> (usize, usize) {
     kernels::attention::attention_block_size()
+}
+
+/// The block size on the tensor-core kernel, which CUDA runs for f16/bf16 with head dims up
+/// to 128: `(16, 64)`. Which of the two applies depends on the device, the dtype and the
+/// head dims only.
+pub fn tensor_core_attention_block_size() -> (usize, usize) {
+    kernels::attention::tensor_core_attention_block_size()
 }

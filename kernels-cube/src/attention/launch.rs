@@ -267,15 +267,15 @@ pub fn launch_attention_with_scratch<R: Runtime>(
             PREFILL_WARPS
         };
         let offsets = [&key, &value].map(|t| t.handle.offset_start.unwrap_or(0));
-        let staging = tensor_core::staging_for(client, dim, dim_v, offsets);
+        let staging = tensor_core::staging_for(client, dim, dim_v, offsets, warps);
         Partials::TensorCore { warps, staging }
     } else {
         Partials::Scalar
     };
     let needed = match partials {
         Partials::Scalar => shared_memory_bytes(dim),
-        Partials::TensorCore { warps, staging } => {
-            tensor_core::shared_memory_bytes(dim, dim_v, warps, staging)
+        Partials::TensorCore { staging, .. } => {
+            tensor_core::shared_memory_bytes(dim, dim_v, staging)
         }
     };
     let available = client.properties().hardware.max_shared_memory_size;
@@ -376,7 +376,8 @@ pub fn launch_attention_with_scratch<R: Runtime>(
                             dim,
                             dim_v,
                             warps,
-                            staging == Staging::Async,
+                            staging != Staging::Plain,
+                            staging == Staging::Double,
                             dtype,
                         );
                     }

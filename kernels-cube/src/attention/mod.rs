@@ -28,11 +28,12 @@
 //!    then a cast to the output dtype.
 //!
 //! On CUDA, f16/bf16 inputs with head dims up to 128 take the tensor-core kernel
-//! ([`tensor_core`]), which keeps steps 1, 3, 4 and 5 and computes a block with `mma.sync`:
-//! the score's dot product is one instruction chain over 16 dims at a time, the block's
-//! row maximum and sum are folded across the four lanes of a row in a fixed butterfly, and
-//! `p_0 v_0 + p_1 v_1 + ...` is one instruction per 8 columns, with the weights rounded to
-//! the input dtype, added to `acc * alpha`. Which arithmetic runs depends on the device, the
+//! ([`tensor_core`]), which keeps steps 1, 3, 4 and 5 with blocks of
+//! [`tensor_core::MMA_BLOCK_K`] (64) keys instead of 16, and computes a block with
+//! `mma.sync`: the score's dot product is one instruction chain over 16 dims at a time, the
+//! block's row maximum and sum are taken per lane and then folded across the four lanes of
+//! a row in a fixed butterfly, and `p_0 v_0 + p_1 v_1 + ...` is one instruction chain per 8
+//! columns, with the weights rounded to the input dtype, added to `acc * alpha`. Which arithmetic runs depends on the device, the
 //! dtype and the head dims, never on the batch or the sequence lengths.
 //!
 //! A key that does not take part changes nothing, bit for bit, and an empty chunk is
@@ -77,8 +78,14 @@ pub const BLOCK_K: usize = 16;
 /// Keys per chunk: the unit of the key split, aligned to absolute key positions.
 pub const KEY_SPLIT: usize = 512;
 
-/// The fixed block size of the invariant attention, `(queries, keys)`, as the seed's
-/// `get_batch_invariant_attention_block_size()` exposes it.
+/// The fixed block size of the invariant attention's portable kernels, `(queries, keys)`,
+/// as the seed's `get_batch_invariant_attention_block_size()` exposes it.
 pub const fn attention_block_size() -> (usize, usize) {
     (BLOCK_Q, BLOCK_K)
+}
+
+/// The fixed block size of the tensor-core kernel (CUDA, f16/bf16, head dims up to 128),
+/// `(queries, keys)`: 16-query tiles, online-softmax blocks of 64 keys.
+pub const fn tensor_core_attention_block_size() -> (usize, usize) {
+    (tensor_core::TILE_Q, tensor_core::MMA_BLOCK_K)
 }

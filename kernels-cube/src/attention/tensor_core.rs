@@ -2,15 +2,20 @@
 //! f32 accumulators), for head dims up to [`MAX_MMA_HEAD_DIM`].
 //!
 //! It keeps the structure of the fixed order (chunks of [`KEY_SPLIT`] keys at absolute
-//! positions, blocks of [`BLOCK_K`] keys, an online softmax per chunk, the chunk states merged
-//! in chunk order by the same combine kernel) and changes how a block is computed:
+//! positions, an online softmax per chunk over blocks in order, the chunk states merged in
+//! chunk order by the same combine kernel) with blocks of [`MMA_BLOCK_K`] (64) keys, and
+//! changes how a block is computed:
 //!
 //! - a score is one `mma` chain over the head dim, 16 dims per instruction, in increasing
 //!   order (zeros pad the head dim to a multiple of 16);
-//! - the block's row maximum and row sum are formed across the four lanes that hold a row,
-//!   in one fixed butterfly (`xor 1`, then `xor 2`), the same for every row;
-//! - the weights are rounded to the input dtype and `p · v` over the block's 16 keys is one
-//!   `mma` per 8 output columns, from a zero accumulator; then `acc = acc * alpha + pv`.
+//! - the block's row maximum and row sum are formed across the four lanes that hold a row:
+//!   each lane takes its 16 entries of the row (the sum as eight pair sums, then a tree
+//!   4-2-1 over them), then one fixed butterfly (`xor 1`, then `xor 2`), the same for every
+//!   row;
+//! - `exp` is CUDA's `__expf` (`weight_exp`);
+//! - the weights are rounded to the input dtype and `p · v` over the block's 64 keys is one
+//!   `mma` chain per 8 output columns, four 16-key steps in increasing order from a zero
+//!   accumulator; then `acc = acc * alpha + pv`.
 //!
 //! Every query row is computed by the same instructions whatever its place in the 16-row
 //! tile of a warp, and the instruction computes each output row from its own input row, so
@@ -26,12 +31,14 @@
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::features::MmaConfig;
-use cubecl::ir::{ElemType, FloatKind, MatrixIdent};
+use cubecl::ir::{ElemType, FastMath, FloatKind, MatrixIdent};
 use cubecl::prelude::barrier::{copy_async, Barrier};
 use cubecl::prelude::*;
 
-use super::kernel::{chunk_end, finish_score, Extents};
-use super::{BLOCK_K, KEY_SPLIT};
+use super::kernel::{
+    chunk_end, finish_score, Extents, FLAG_BIAS, FLAG_CAUSAL, FLAG_MASK, FLAG_SOFTCAP,
+};
+use super::KEY_SPLIT;
 
 /// Lanes of a plane (warp); the instruction's layout is defined for 32.
 pub const PLANE: usize = 32;
@@ -82,52 +89,74 @@ pub fn is_supported<R: Runtime>(
         && properties.hardware.plane_size_max == PLANE as u32
 }
 
-/// Keys staged per round: one block per warp of the cube.
-pub const fn stage_keys(warps: usize) -> usize {
-    BLOCK_K * warps
-}
+/// Keys per block of the online softmax on this kernel: the unit at which the row maximum,
+/// the rescale `acc * alpha` and the row sum are taken. Part of the numerical contract of
+/// the tensor-core path (the scalar kernels use [`super::BLOCK_K`]); blocks start at absolute key
+/// positions `c * KEY_SPLIT + b * MMA_BLOCK_K`, so it depends on nothing but itself.
+///
+/// 64 rather than the scalar path's 16: the per-block work (the quad butterflies, one
+/// `exp` for `alpha`, the rescale of 64 accumulators per lane) is paid once per 64 keys
+/// instead of four times. With 16-key blocks `ncu` counted about 53 issued instructions per
+/// `mma` and the prefill stayed at 45 TFLOP/s.
+pub const MMA_BLOCK_K: usize = 64;
+/// Eight-key score tiles of a block: the `n` of the score instruction.
+const SCORE_TILES: usize = MMA_BLOCK_K / 8;
+/// Sixteen-key steps of a block's `p · v` chain: the `k` of that instruction.
+const PV_STEPS: usize = MMA_BLOCK_K / 16;
+// The row sum's tree over the score tiles is spelled out for eight of them.
+const _: () = assert!(SCORE_TILES == 8);
 
-/// How a cube stages keys and values in shared memory. Only speed depends on it: both
+/// How a cube stages keys and values in shared memory. Only speed depends on it: all three
 /// stage the same values (rows past the chunk's end hold copies of its last row, which the
 /// kernel masks exactly as it masks any key that takes no part).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Staging {
     /// 16-byte `cp.async` copies into one of two buffers while the cube computes on the
-    /// other: head dims that are multiples of 8 and 16-byte aligned rows.
-    Async,
-    /// Loads and stores through registers into one buffer: any head dim.
+    /// other: head dims that are multiples of 8 and 16-byte aligned rows, prefill cubes.
+    Double,
+    /// The same copies into one buffer, waited for before each block: decode cubes, whose
+    /// one warp would otherwise hold 70 KiB of shared memory (two 64-key stages at head dim
+    /// 128) and leave three warps per multiprocessor; one buffer lets twice as many cubes
+    /// overlap each other's loads.
+    Single,
+    /// Loads and stores through registers into one buffer: any head dim or alignment.
     Plain,
 }
 
 impl Staging {
     const fn buffers(self) -> usize {
         match self {
-            Self::Async => 2,
-            Self::Plain => 1,
+            Self::Double => 2,
+            Self::Single | Self::Plain => 1,
         }
     }
 }
 
-/// The staging for these head dims and operand offsets (bytes) on this runtime.
+/// The staging for these head dims and operand offsets (bytes) on this runtime, for a cube
+/// of `warps` warps.
 pub fn staging_for<R: Runtime>(
     client: &ComputeClient<R>,
     dim: usize,
     dim_v: usize,
     offsets: [u64; 2],
+    warps: usize,
 ) -> Staging {
     let aligned = dim.is_multiple_of(8)
         && dim_v.is_multiple_of(8)
         && offsets.iter().all(|o| o.is_multiple_of(16));
-    if aligned && client.properties().features.copy_async {
-        Staging::Async
-    } else {
+    if !(aligned && client.properties().features.copy_async) {
         Staging::Plain
+    } else if warps > 1 {
+        Staging::Double
+    } else {
+        Staging::Single
     }
 }
 
-/// Elements of one staging buffer: keys then values, each row padded to its pitch.
-const fn stage_elems(dim: usize, dim_v: usize, warps: usize) -> usize {
-    stage_keys(warps) * (k_pitch(dim) + v_pitch(dim_v))
+/// Elements of one staging buffer: one block of keys then its values, each row padded to
+/// its pitch. Every warp of the cube reads the whole block.
+const fn stage_elems(dim: usize, dim_v: usize) -> usize {
+    MMA_BLOCK_K * (k_pitch(dim) + v_pitch(dim_v))
 }
 
 /// Columns of a staged key row that the score chain reads: the head dim padded to the
@@ -152,14 +181,9 @@ const fn v_pitch(dim_v: usize) -> usize {
     v_width(dim_v) + ROW_PAD
 }
 
-/// Shared memory of one cube with `warps` warps, in bytes, for 16-bit inputs.
-pub const fn shared_memory_bytes(
-    dim: usize,
-    dim_v: usize,
-    warps: usize,
-    staging: Staging,
-) -> usize {
-    staging.buffers() * stage_elems(dim, dim_v, warps) * 2
+/// Shared memory of one cube, in bytes, for 16-bit inputs (the same for any warp count).
+pub const fn shared_memory_bytes(dim: usize, dim_v: usize, staging: Staging) -> usize {
+    staging.buffers() * stage_elems(dim, dim_v) * 2
 }
 
 /// Copies rows `first_row .. first_row + block_rows` (zeros for rows `>= rows`, which must be
@@ -253,7 +277,7 @@ fn stage_async<F: Float>(
     #[comptime] dim_v: usize,
     #[comptime] warps: usize,
 ) {
-    let staged = comptime!(stage_keys(warps));
+    let staged = comptime!(MMA_BLOCK_K);
     let units = comptime!(PLANE * warps);
     let k_pitch = comptime!(k_pitch(dim));
     stage_rows_async(
@@ -287,7 +311,7 @@ fn stage_plain<F: Float>(
     #[comptime] dim_v: usize,
     #[comptime] warps: usize,
 ) {
-    let staged = comptime!(stage_keys(warps));
+    let staged = comptime!(MMA_BLOCK_K);
     let units = comptime!(PLANE * warps);
     let k_pitch = comptime!(k_pitch(dim));
     let k_width = comptime!(k_width(dim));
@@ -323,7 +347,7 @@ fn zero_key_padding<F: Float>(
 ) {
     let pad = comptime!(k_width(dim) - dim);
     if comptime!(pad > 0) {
-        let staged = comptime!(stage_keys(warps));
+        let staged = comptime!(MMA_BLOCK_K);
         let total = comptime!(buffers * staged * pad);
         let units = comptime!(PLANE * warps);
         let tid = UNIT_POS_Y as usize * comptime!(PLANE) + UNIT_POS_X as usize;
@@ -334,51 +358,66 @@ fn zero_key_padding<F: Float>(
                 let b = i / comptime!(staged * pad);
                 let j = (i / pad) % staged;
                 let c = dim + i % pad;
-                smem[b * comptime!(stage_elems(dim, dim_v, warps))
-                    + j * comptime!(k_pitch(dim))
-                    + c] = F::new(0.0);
+                smem[b * comptime!(stage_elems(dim, dim_v)) + j * comptime!(k_pitch(dim)) + c] =
+                    F::new(0.0);
             }
         }
     }
 }
 
-/// `acc = acc * alpha + p · v` for value tile `ct` (8 columns), its B fragment in
-/// `regs[first]`, `regs[first + 1]` (keys `2 (lane % 4) + e` and 8 below). Values of keys
-/// that no row takes enter as zeros (`key_live`), unless every key of the block takes part.
+/// `e^x` for the weights and `alpha`: CUDA's `__expf` (`ex2.approx` of `x * log2 e`), two
+/// instructions where `expf` takes about ten, 34 times per lane and block. Its relative error
+/// (a few units of 2^-22 over the range a weight can take) is far below the rounding of the
+/// weights to the input dtype that follows. Part of this kernel's arithmetic, the same in
+/// every cube.
+#[cube(fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf)]
+fn weight_exp(x: f32) -> f32 {
+    f32::exp(x)
+}
+
+/// The B fragment of a `p · v` step for one 8-column value tile: `regs[first]`,
+/// `regs[first + 1]`, which hold keys `8 v + 2 (lane % 4) + e` of the step's 16 (score tile
+/// `tile + v`). Values of keys that no row of the warp takes (`key_live`, indexed
+/// `2 * score tile + e`) enter as zeros, so that a masked key's value (padding may hold NaN,
+/// a row past the chunk is a copy) never reaches a sum as `0 * NaN`; a block that every
+/// query row takes whole (`complete`, the same in every lane) skips the selects.
 #[cube]
-#[allow(clippy::too_many_arguments)]
-fn pv_tile<F: Float>(
-    def: &MmaDefinition<F, F, f32>,
-    pa: &Array<Pair<F>>,
+fn value_fragment<F: Float>(
     regs: &Array<Pair<F>>,
     #[comptime] first: usize,
     key_live: &Array<u32>,
-    all_live: u32,
-    alpha: &Array<f32>,
-    any: &Array<u32>,
-    acc: &mut Array<Pair<f32>>,
-    ct: usize,
-) {
+    complete: bool,
+    tile: usize,
+) -> Array<Pair<F>> {
     let mut bf = Array::<Pair<F>>::new(2usize);
     #[unroll]
     for v in 0..2usize {
         bf[v] = regs[first + v];
     }
-    if all_live == 0 {
+    if !complete {
         #[unroll]
         for v in 0..2usize {
             let mut pair = bf[v];
             #[unroll]
             for e in 0..2usize {
-                pair[e] = select(key_live[v * 2 + e] != 0, pair[e], F::new(0.0));
+                pair[e] = select(key_live[(tile + v) * 2 + e] != 0, pair[e], F::new(0.0));
             }
             bf[v] = pair;
         }
     }
-    let mut pv = Array::<Pair<f32>>::new(2usize);
-    pv[0usize] = Pair::<f32>::new(0.0);
-    pv[1usize] = Pair::<f32>::new(0.0);
-    def.execute_inplace(pa, &bf, &mut pv);
+    bf
+}
+
+/// `acc = acc * alpha + pv` for value tile `ct`, in each of the lane's two rows that took
+/// part in the block (`any`).
+#[cube]
+fn rescale_add(
+    acc: &mut Array<Pair<f32>>,
+    pv: &Array<Pair<f32>>,
+    alpha: &Array<f32>,
+    any: &Array<u32>,
+    ct: usize,
+) {
     #[unroll]
     for h in 0..2usize {
         if any[h] != 0 {
@@ -413,6 +452,7 @@ pub fn attention_mma_partials_kernel<F: Float>(
     #[comptime] dim: usize,
     #[comptime] dim_v: usize,
     #[comptime] warps: usize,
+    #[comptime] copy_async: bool,
     #[comptime] double: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -420,12 +460,12 @@ pub fn attention_mma_partials_kernel<F: Float>(
         terminate!(); // a whole spare cube of a 2-D grid: no thread of it syncs
     }
     let block_q = comptime!(TILE_Q * warps);
-    let staged = comptime!(stage_keys(warps));
+    let staged = comptime!(MMA_BLOCK_K);
     let k_steps = comptime!(dim.div_ceil(16));
     let n_tiles = comptime!(dim_v.div_ceil(8));
     let k_pitch = comptime!(k_pitch(dim));
     let v_pitch = comptime!(v_pitch(dim_v));
-    let stage_elems = comptime!(stage_elems(dim, dim_v, warps));
+    let stage_elems = comptime!(stage_elems(dim, dim_v));
     let buffers = comptime!(if double { 2usize } else { 1usize });
 
     let lane = UNIT_POS_X;
@@ -439,6 +479,15 @@ pub fn attention_mma_partials_kernel<F: Float>(
     let qw = q0 + warp * comptime!(TILE_Q);
     let k_start = chunk * comptime!(KEY_SPLIT);
     let k_end = chunk_end(&ext, k_start, q0 + block_q, flags);
+    // Where this warp's rows stop seeing keys of the chunk: a block past it is a no-op for
+    // every row of the warp, which skips it while the other warps work on it.
+    let warp_end = chunk_end(&ext, k_start, qw + comptime!(TILE_Q), flags);
+    // Whether the lane's two rows are queries (a decode step has one, in row 0).
+    let mut row_real = Array::<u32>::new(2usize);
+    #[unroll]
+    for h in 0..2usize {
+        row_real[h] = select(qw + (lane / 4) as usize + h * 8 < ext.seq_q, 1u32, 0u32);
+    }
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
 
     // The warp's 16 query rows as A fragments, one per 16 dims (zeros past the head dim and
@@ -533,6 +582,21 @@ pub fn attention_mma_partials_kernel<F: Float>(
             } else {
                 bar1.arrive_and_wait();
             }
+        } else if comptime!(copy_async) {
+            sync_cube(); // the previous stage has been read, the padding zeroed
+            stage_async(
+                key,
+                value,
+                &mut stage,
+                0usize,
+                row0 + first,
+                k_end - first,
+                dim,
+                dim_v,
+                warps,
+            );
+            bar0.commit_copy_async();
+            bar0.arrive_and_wait();
         } else {
             sync_cube(); // the previous stage has been read
             stage_plain(
@@ -548,36 +612,33 @@ pub fn attention_mma_partials_kernel<F: Float>(
             sync_cube();
         }
         let k_base = buf * stage_elems;
-        let v_base = k_base + comptime!(staged * k_pitch);
+        let v_base = k_base + comptime!(MMA_BLOCK_K * k_pitch);
         // The 8x8 matrix whose row this lane addresses in an `ldmatrix.x4`, and that row.
         let matrix = (lane / 8) as usize;
         let matrix_row = (lane % 8) as usize;
-
-        for b in 0..warps {
-            let kb = first + b * comptime!(BLOCK_K);
-            if kb < k_end {
-                let key0 = b * comptime!(BLOCK_K); // first staged row of the block
-
-                // Scores: two 8-key tiles, each one mma chain over the head dim. One
-                // `ldmatrix.x4` per 16 dims brings both tiles' B fragments (B is dims x
-                // keys, staged as keys x dims): matrix `i` is keys `8 (i / 2) ..`, dims
-                // `16 ks + 8 (i % 2) ..`.
-                let mut c0 = Array::<Pair<f32>>::new(2usize);
-                let mut c1 = Array::<Pair<f32>>::new(2usize);
+        let kb = first; // absolute position of the block's first key
+        if kb < warp_end && qw < ext.seq_q {
+            // Scores: eight 8-key tiles, each one mma chain over the head dim in increasing
+            // order. One `ldmatrix.x4` per 16 dims and pair of tiles brings both B fragments (B
+            // is dims x keys, staged as keys x dims): matrix `i` is keys `16 tp + 8 (i / 2) ..`,
+            // dims `16 ks + 8 (i % 2) ..`. Tile `nt`'s accumulator is `c[2 nt]` (row `lane / 4`)
+            // and `c[2 nt + 1]` (8 below).
+            let mut c = Array::<Pair<f32>>::new(comptime!(SCORE_TILES * 2));
+            #[unroll]
+            for i in 0..comptime!(SCORE_TILES * 2) {
+                c[i] = Pair::<f32>::new(0.0);
+            }
+            #[unroll]
+            for ks in 0..k_steps {
+                let mut a = Array::<Pair<F>>::new(4usize);
                 #[unroll]
-                for i in 0..2usize {
-                    c0[i] = Pair::<f32>::new(0.0);
-                    c1[i] = Pair::<f32>::new(0.0);
+                for v in 0..4usize {
+                    a[v] = q_frag[ks * 4 + v];
                 }
                 #[unroll]
-                for ks in 0..k_steps {
-                    let mut a = Array::<Pair<F>>::new(4usize);
-                    #[unroll]
-                    for v in 0..4usize {
-                        a[v] = q_frag[ks * 4 + v];
-                    }
+                for tp in 0..comptime!(SCORE_TILES / 2) {
                     let at = k_base
-                        + (key0 + (matrix / 2) * 8 + matrix_row) * k_pitch
+                        + (tp * 16 + (matrix / 2) * 8 + matrix_row) * k_pitch
                         + ks * 16
                         + (matrix % 2) * 8;
                     let regs = def.load_matrix::<F, Const<2>>(
@@ -586,35 +647,53 @@ pub fn attention_mma_partials_kernel<F: Float>(
                         4usize,
                         false,
                     );
-                    let mut b0 = Array::<Pair<F>>::new(2usize);
-                    let mut b1 = Array::<Pair<F>>::new(2usize);
-                    b0[0usize] = regs[0usize];
-                    b0[1usize] = regs[1usize];
-                    b1[0usize] = regs[2usize];
-                    b1[1usize] = regs[3usize];
-                    def.execute_inplace(&a, &b0, &mut c0);
-                    def.execute_inplace(&a, &b1, &mut c1);
+                    #[unroll]
+                    for half in 0..2usize {
+                        let nt = tp * 2 + half;
+                        let mut bf = Array::<Pair<F>>::new(2usize);
+                        bf[0usize] = regs[half * 2];
+                        bf[1usize] = regs[half * 2 + 1];
+                        let mut cc = Array::<Pair<f32>>::new(2usize);
+                        cc[0usize] = c[nt * 2];
+                        cc[1usize] = c[nt * 2 + 1];
+                        def.execute_inplace(&a, &bf, &mut cc);
+                        c[nt * 2] = cc[0usize];
+                        c[nt * 2 + 1] = cc[1usize];
+                    }
                 }
-                let mut s = Array::<f32>::new(8usize);
-                #[unroll]
-                for i in 0..4usize {
-                    let p0 = c0[i / 2];
-                    let p1 = c1[i / 2];
-                    s[i] = p0[i % 2];
-                    s[4 + i] = p1[i % 2];
-                }
+            }
 
-                // Options, and which keys take part, element by element.
-                let mut live = Array::<u32>::new(8usize);
+            // Options, and which keys take part. `s[4 nt + 2 h + e]` is row `lane / 4 + 8 h`,
+            // key `kb + 8 nt + 2 (lane % 4) + e`. A block inside the key range and in front of
+            // every row's causal cut, with no mask, bias or softcap: `finish_score` reduces to
+            // `* scale` and the `-inf` test, spelled out here without its per-element branches
+            // (same operations, same bits).
+            let plain = (flags & comptime!(FLAG_MASK | FLAG_BIAS | FLAG_SOFTCAP)) == 0;
+            let mut visible = kb + comptime!(MMA_BLOCK_K) <= k_end;
+            if (flags & FLAG_CAUSAL) != 0 {
+                visible = visible && kb + comptime!(MMA_BLOCK_K - 1) + ext.seq_q <= qw + ext.seq_k;
+            }
+            let mut s = Array::<f32>::new(comptime!(SCORE_TILES * 4));
+            let mut live = Array::<u32>::new(comptime!(SCORE_TILES * 4));
+            if plain && visible {
                 #[unroll]
-                for nt in 0..2usize {
+                for i in 0..comptime!(SCORE_TILES * 4) {
+                    let pair = c[i / 2];
+                    let v = pair[i % 2] * scale;
+                    s[i] = v;
+                    live[i] = select(v < f32::min_value(), 0u32, row_real[(i / 2) % 2]);
+                }
+            } else {
+                #[unroll]
+                for nt in 0..SCORE_TILES {
                     #[unroll]
                     for i in 0..4usize {
                         let (r, cc) = def.position_of_nth(lane, i as u32, MatrixIdent::Accumulator);
                         let row = qw + r as usize;
                         let key_pos = kb + nt * 8 + cc as usize;
+                        let pair = c[nt * 2 + i / 2];
                         let score = finish_score(
-                            s[nt * 4 + i],
+                            pair[i % 2],
                             row < ext.seq_q && key_pos < k_end,
                             mask,
                             bias,
@@ -627,24 +706,29 @@ pub fn attention_mma_partials_kernel<F: Float>(
                             flags,
                         );
                         s[nt * 4 + i] = score.value;
-                        let mut flag = 0u32;
-                        if score.live {
-                            flag = 1u32;
-                        }
-                        live[nt * 4 + i] = flag;
+                        live[nt * 4 + i] = select(score.live, 1u32, 0u32);
                     }
                 }
+            }
+            // `complete`: every query row of the warp takes every key of the block. Then every
+            // key is taken by some row and exactly the query rows take part, which is what the
+            // shuffles below would find; they run only when some score is out.
+            let mut lane_complete = 1u32;
+            #[unroll]
+            for i in 0..comptime!(SCORE_TILES * 4) {
+                lane_complete &= live[i] | (1u32 - row_real[(i / 2) % 2]);
+            }
+            let complete = plane_all(lane_complete != 0);
 
-                // Keys that no row of the warp takes (index `2 nt + e`: key `8 nt + 2 (lane
-                // % 4) + e`, the keys of this lane's B elements in `p · v`): their values
-                // enter the product as zeros, so that a masked key's value (padding may
-                // hold NaN, a row past the chunk is a copy) never reaches a sum as
-                // `0 * NaN`. `all_live` is the same in every lane: the selects are skipped
-                // as a whole when no key of the block needs them.
-                let mut key_live = Array::<u32>::new(4usize);
-                let mut all_live = 1u32;
+            // Which rows take part at all, and which keys no row takes (index `2 nt + e`: key
+            // `8 nt + 2 (lane % 4) + e`, the keys of this lane's B elements in `p · v`).
+            let mut any = Array::<u32>::new(2usize);
+            any[0usize] = row_real[0usize];
+            any[1usize] = row_real[1usize];
+            let mut key_live = Array::<u32>::new(comptime!(SCORE_TILES * 2));
+            if !complete {
                 #[unroll]
-                for nt in 0..2usize {
+                for nt in 0..SCORE_TILES {
                     #[unroll]
                     for e in 0..2usize {
                         let mut flag = live[nt * 4 + e] | live[nt * 4 + 2 + e];
@@ -652,83 +736,108 @@ pub fn attention_mma_partials_kernel<F: Float>(
                         flag |= plane_shuffle_xor(flag, 8u32);
                         flag |= plane_shuffle_xor(flag, 16u32);
                         key_live[nt * 2 + e] = flag;
-                        all_live &= flag;
                     }
                 }
-                all_live &= plane_shuffle_xor(all_live, 1u32);
-                all_live &= plane_shuffle_xor(all_live, 2u32);
-
-                // Row statistics across the quad, weights, and the chunk state's `m`, `l`.
-                let mut p = Array::<f32>::new(8usize);
-                let mut alpha = Array::<f32>::new(2usize);
-                let mut any = Array::<u32>::new(2usize);
                 #[unroll]
                 for h in 0..2usize {
                     let mut row_any = 0u32;
-                    let mut block_max = f32::min_value();
                     #[unroll]
-                    for nt in 0..2usize {
-                        #[unroll]
-                        for e in 0..2usize {
-                            let i = nt * 4 + h * 2 + e;
-                            if live[i] != 0 {
-                                row_any = 1u32;
-                                block_max = f32::max(block_max, s[i]);
-                            }
-                        }
+                    for nt in 0..SCORE_TILES {
+                        row_any |= live[nt * 4 + h * 2] | live[nt * 4 + h * 2 + 1];
                     }
                     row_any |= plane_shuffle_xor(row_any, 1u32);
                     row_any |= plane_shuffle_xor(row_any, 2u32);
-                    block_max = f32::max(block_max, plane_shuffle_xor(block_max, 1u32));
-                    block_max = f32::max(block_max, plane_shuffle_xor(block_max, 2u32));
-                    let m_new = f32::max(m[h], block_max);
-                    #[unroll]
-                    for nt in 0..2usize {
-                        #[unroll]
-                        for e in 0..2usize {
-                            let i = nt * 4 + h * 2 + e;
-                            let mut w = 0.0f32;
-                            if live[i] != 0 {
-                                w = f32::exp(s[i] - m_new);
-                            }
-                            p[i] = w;
-                        }
-                    }
-                    let part = (p[h * 2] + p[h * 2 + 1]) + (p[4 + h * 2] + p[4 + h * 2 + 1]);
-                    let mut row_sum = part + plane_shuffle_xor(part, 1u32);
-                    row_sum += plane_shuffle_xor(row_sum, 2u32);
-                    let mut a = 1.0f32;
-                    if row_any != 0 {
-                        a = f32::exp(m[h] - m_new);
-                        l[h] = l[h] * a + row_sum;
-                        m[h] = m_new;
-                    }
-                    alpha[h] = a;
                     any[h] = row_any;
                 }
+            }
 
-                // The weights as the A operand of `p · v`: A element `2 v + e` is score
-                // tile `v / 2`, element `2 (v % 2) + e`.
-                let mut pa = Array::<Pair<F>>::new(4usize);
+            // Row statistics across the quad (the lane's 16 entries of a row in increasing key
+            // order, then `xor 1`, `xor 2`), the weights, and the chunk state's `m`, `l`.
+            let mut p = Array::<f32>::new(comptime!(SCORE_TILES * 4));
+            let mut alpha = Array::<f32>::new(2usize);
+            #[unroll]
+            for h in 0..2usize {
+                let mut block_max = f32::min_value();
+                #[unroll]
+                for nt in 0..SCORE_TILES {
+                    #[unroll]
+                    for e in 0..2usize {
+                        let i = nt * 4 + h * 2 + e;
+                        block_max = select(live[i] != 0, f32::max(block_max, s[i]), block_max);
+                    }
+                }
+                block_max = f32::max(block_max, plane_shuffle_xor(block_max, 1u32));
+                block_max = f32::max(block_max, plane_shuffle_xor(block_max, 2u32));
+                let m_new = f32::max(m[h], block_max);
+                #[unroll]
+                for nt in 0..SCORE_TILES {
+                    #[unroll]
+                    for e in 0..2usize {
+                        let i = nt * 4 + h * 2 + e;
+                        p[i] = select(live[i] != 0, weight_exp(s[i] - m_new), 0.0f32);
+                    }
+                }
+                // The lane's part of the row sum: pairs of keys, then a tree over the tiles.
+                let mut part = Array::<f32>::new(SCORE_TILES);
+                #[unroll]
+                for nt in 0..SCORE_TILES {
+                    part[nt] = p[nt * 4 + h * 2] + p[nt * 4 + h * 2 + 1];
+                }
+                #[unroll]
+                for t in 0..4usize {
+                    part[t] = part[t] + part[t + 4];
+                }
+                #[unroll]
+                for t in 0..2usize {
+                    part[t] = part[t] + part[t + 2];
+                }
+                part[0usize] = part[0usize] + part[1usize];
+                let mut row_sum = part[0usize] + plane_shuffle_xor(part[0usize], 1u32);
+                row_sum += plane_shuffle_xor(row_sum, 2u32);
+                let mut a = 1.0f32;
+                if any[h] != 0 {
+                    a = weight_exp(m[h] - m_new);
+                    l[h] = l[h] * a + row_sum;
+                    m[h] = m_new;
+                }
+                alpha[h] = a;
+            }
+
+            // The weights as the A operands of `p · v`, one per 16-key step: A element
+            // `2 v + e` of step `kt` is score tile `2 kt + v / 2`, element `2 (v % 2) + e`.
+            let mut pa = Array::<Pair<F>>::new(comptime!(PV_STEPS * 4));
+            #[unroll]
+            for kt in 0..PV_STEPS {
                 #[unroll]
                 for v in 0..4usize {
                     let mut pair = Pair::<F>::empty();
                     #[unroll]
                     for e in 0..2usize {
-                        pair[e] = F::cast_from(p[(v / 2) * 4 + (v % 2) * 2 + e]);
+                        pair[e] = F::cast_from(p[(kt * 2 + v / 2) * 4 + (v % 2) * 2 + e]);
                     }
-                    pa[v] = pair;
+                    pa[kt * 4 + v] = pair;
                 }
+            }
 
-                // `acc = acc * alpha + p · v`, 8 columns per instruction. The B fragments
-                // (keys x columns, staged as keys x columns) come transposed out of
-                // `ldmatrix`: matrix `i` is keys `8 (i % 2) ..`, columns `8 (ct + i / 2) ..`,
-                // so one `.x4` feeds two tiles (an `.x2` the last of an odd count).
+            // `acc = acc * alpha + p · v`, 8 columns per instruction chain: the chain runs over
+            // the block's 16-key steps in increasing order from a zero accumulator. The B
+            // fragments (keys x columns, staged as keys x columns) come transposed out of
+            // `ldmatrix`: matrix `i` is keys `16 kt + 8 (i % 2) ..`, columns `8 (ct + i / 2) ..`,
+            // so one `.x4` feeds two tiles (an `.x2` the last of an odd count).
+            #[unroll]
+            for pair_of_tiles in 0..comptime!(n_tiles / 2) {
+                let ct = pair_of_tiles * 2;
+                let mut pv0 = Array::<Pair<f32>>::new(2usize);
+                let mut pv1 = Array::<Pair<f32>>::new(2usize);
                 #[unroll]
-                for pair_of_tiles in 0..comptime!(n_tiles / 2) {
-                    let ct = pair_of_tiles * 2;
+                for h in 0..2usize {
+                    pv0[h] = Pair::<f32>::new(0.0);
+                    pv1[h] = Pair::<f32>::new(0.0);
+                }
+                #[unroll]
+                for kt in 0..PV_STEPS {
                     let at = v_base
-                        + (key0 + (matrix % 2) * 8 + matrix_row) * v_pitch
+                        + (kt * 16 + (matrix % 2) * 8 + matrix_row) * v_pitch
                         + (ct + matrix / 2) * 8;
                     let regs = def.load_matrix::<F, Const<2>>(
                         &stage.slice(at, at + 8),
@@ -736,35 +845,44 @@ pub fn attention_mma_partials_kernel<F: Float>(
                         4usize,
                         true,
                     );
-                    pv_tile(
-                        &def, &pa, &regs, 0usize, &key_live, all_live, &alpha, &any, &mut acc, ct,
-                    );
-                    pv_tile(
-                        &def,
-                        &pa,
-                        &regs,
-                        2usize,
-                        &key_live,
-                        all_live,
-                        &alpha,
-                        &any,
-                        &mut acc,
-                        ct + 1,
-                    );
+                    let mut a = Array::<Pair<F>>::new(4usize);
+                    #[unroll]
+                    for v in 0..4usize {
+                        a[v] = pa[kt * 4 + v];
+                    }
+                    let b0 = value_fragment(&regs, 0usize, &key_live, complete, kt * 2);
+                    let b1 = value_fragment(&regs, 2usize, &key_live, complete, kt * 2);
+                    def.execute_inplace(&a, &b0, &mut pv0);
+                    def.execute_inplace(&a, &b1, &mut pv1);
                 }
-                if comptime!(n_tiles % 2 == 1) {
-                    let ct = comptime!(n_tiles - 1);
-                    let at = v_base + (key0 + (matrix % 2) * 8 + matrix_row) * v_pitch + ct * 8;
+                rescale_add(&mut acc, &pv0, &alpha, &any, ct);
+                rescale_add(&mut acc, &pv1, &alpha, &any, ct + 1);
+            }
+            if comptime!(n_tiles % 2 == 1) {
+                let ct = comptime!(n_tiles - 1);
+                let mut pv = Array::<Pair<f32>>::new(2usize);
+                #[unroll]
+                for h in 0..2usize {
+                    pv[h] = Pair::<f32>::new(0.0);
+                }
+                #[unroll]
+                for kt in 0..PV_STEPS {
+                    let at = v_base + (kt * 16 + (matrix % 2) * 8 + matrix_row) * v_pitch + ct * 8;
                     let regs = def.load_matrix::<F, Const<2>>(
                         &stage.slice(at, at + 8),
                         MatrixIdent::B,
                         2usize,
                         true,
                     );
-                    pv_tile(
-                        &def, &pa, &regs, 0usize, &key_live, all_live, &alpha, &any, &mut acc, ct,
-                    );
+                    let mut a = Array::<Pair<F>>::new(4usize);
+                    #[unroll]
+                    for v in 0..4usize {
+                        a[v] = pa[kt * 4 + v];
+                    }
+                    let b = value_fragment(&regs, 0usize, &key_live, complete, kt * 2);
+                    def.execute_inplace(&a, &b, &mut pv);
                 }
+                rescale_add(&mut acc, &pv, &alpha, &any, ct);
             }
         }
         if comptime!(double) {

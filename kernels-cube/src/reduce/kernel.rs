@@ -108,6 +108,146 @@ pub fn reduce_lanes_kernel<F: Float>(
     }
 }
 
+/// Elements of one vector load of [`reduce_vector_kernel`].
+pub const VECTOR: usize = 4;
+/// Elements of a row one warp-wide vector load of [`reduce_vector_kernel`] covers.
+const SEGMENT: usize = crate::reduce::SHORT_ROW_LANES * VECTOR;
+
+/// The order of [`reduce_lanes_kernel`] for short contiguous rows (32 partials, one warp per
+/// row, thread `t` owning partial `t`), with the row read by vector loads: each load covers
+/// a segment of 128 consecutive elements (512 bytes in f32), several segments in flight per
+/// warp, staged through shared memory, from which thread `t` takes elements
+/// `t, t + 32, t + 64, t + 96` of each segment in order. The adds are those of the lanes
+/// kernel, in the same order (`group` segments in flight, at most `SCAN_UNROLL`, fewer where
+/// shared memory is small); the fold `p[i] += p[i + s]` for `s = 16, ..., 1` runs as
+/// shuffles where the runtime's planes are 32 lanes (CUDA), else through shared memory as
+/// in the lanes kernel (lavapipe's planes are narrower).
+///
+/// Why: the lanes kernel's loads cover 128 bytes of a row each, and a full device then
+/// reads some 16000 rows at once in small pieces; 16 row pieces of 512 bytes per warp are
+/// the pattern DRAM streams best (Burn's own reduction reads rows that way) and need a
+/// quarter of the round trips for a few rows.
+///
+/// The launch takes this mapping only for rows whose starts and length are multiples of
+/// [`VECTOR`] elements, at aligned addresses.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+pub fn reduce_vector_kernel<F: Float, N: Size>(
+    input: &Tensor<Vector<F, N>>,
+    output: &mut Tensor<F>,
+    out_shape: Sequence<FastDivmod<usize>>,
+    row_strides: Sequence<usize>,
+    reduce_len: usize,
+    num_rows: usize,
+    #[comptime] rows_per_cube: usize,
+    #[comptime] group: usize,
+    #[comptime] shuffle_fold: bool,
+    #[comptime] mean: bool,
+    #[comptime] prod: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let lane = UNIT_POS_X as usize;
+    let warp = UNIT_POS_Y as usize;
+    let row = CUBE_POS * rows_per_cube + warp;
+    // A warp past the last row reduces the last row again and writes nothing: every warp
+    // takes part in every `sync_cube` (WGSL has no warp-level barrier).
+    let in_range = row < num_rows;
+    let row_read = select(in_range, row, num_rows - 1);
+    let lanes = comptime!(crate::reduce::SHORT_ROW_LANES);
+    let staged = comptime!(group * SEGMENT);
+    let mut stage = SharedMemory::<f32>::new(comptime!(group * SEGMENT * rows_per_cube));
+    let at = warp * staged;
+
+    let mut partial = identity(prod);
+    {
+        let base = row_offset(row_read, &out_shape, &row_strides) / comptime!(VECTOR);
+        let segments = reduce_len / comptime!(SEGMENT);
+        let mut first = 0usize;
+        while first < segments {
+            let count = select(segments - first < group, segments - first, group);
+            // Every load is issued before any is used; a load past `count` re-reads the
+            // group's first segment (a valid address) and is never added.
+            let mut vals = Array::<Vector<F, N>>::new(group);
+            #[unroll]
+            for u in 0..group {
+                let seg = first + select(u < count, u, 0usize);
+                vals[u] = input[base + seg * lanes + lane];
+            }
+            sync_cube(); // the previous group has been read
+            #[unroll]
+            for u in 0..group {
+                let x = vals[u];
+                #[unroll]
+                for q in 0..VECTOR {
+                    stage[at + u * comptime!(SEGMENT) + lane * comptime!(VECTOR) + q] =
+                        f32::cast_from(x[q]);
+                }
+            }
+            sync_cube();
+            #[unroll]
+            for u in 0..group {
+                if u < count {
+                    #[unroll]
+                    for k in 0..VECTOR {
+                        let x = stage[at + u * comptime!(SEGMENT) + k * lanes + lane];
+                        partial = combine(partial, x, prod);
+                    }
+                }
+            }
+            first += count;
+        }
+        // The last, partial segment: `tail` elements, a multiple of `VECTOR`.
+        let tail = reduce_len - segments * comptime!(SEGMENT);
+        if tail > 0 {
+            let live = lane * comptime!(VECTOR) < tail;
+            let x = input[base + segments * lanes + select(live, lane, 0usize)];
+            sync_cube();
+            #[unroll]
+            for q in 0..VECTOR {
+                stage[at + lane * comptime!(VECTOR) + q] = f32::cast_from(x[q]);
+            }
+            sync_cube();
+            #[unroll]
+            for k in 0..VECTOR {
+                if k * lanes + lane < tail {
+                    partial = combine(partial, stage[at + k * lanes + lane], prod);
+                }
+            }
+        }
+    }
+
+    // `p[i] += p[i + s]` for s = 16, 8, 4, 2, 1: lane `i < s` takes lane `i + s`'s value,
+    // by shuffles where a plane is the row's 32 threads, else through shared memory.
+    if comptime!(shuffle_fold) {
+        partial = combine(partial, plane_shuffle_xor(partial, 16u32), prod);
+        partial = combine(partial, plane_shuffle_xor(partial, 8u32), prod);
+        partial = combine(partial, plane_shuffle_xor(partial, 4u32), prod);
+        partial = combine(partial, plane_shuffle_xor(partial, 2u32), prod);
+        partial = combine(partial, plane_shuffle_xor(partial, 1u32), prod);
+    } else {
+        sync_cube(); // the stage has been read
+        stage[at + lane] = partial;
+        sync_cube();
+        let mut step = comptime!(lanes / 2).runtime();
+        while step > 0 {
+            if lane < step {
+                stage[at + lane] = combine(stage[at + lane], stage[at + lane + step], prod);
+            }
+            sync_cube();
+            step /= 2;
+        }
+        partial = stage[at];
+    }
+
+    if in_range && lane == 0 {
+        if comptime!(mean) {
+            output[row] = F::cast_from(partial / f32::cast_from(reduce_len));
+        } else {
+            output[row] = F::cast_from(partial);
+        }
+    }
+}
+
 /// One thread per output row holding all `lanes` partials (the inner loops are unrolled, so
 /// every partial index is a compile-time constant).
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -224,3 +364,5 @@ fn combine(a: f32, b: f32, #[comptime] prod: bool) -> f32 {
 
 // `reduce_unit_kernel` spells out the fold steps for these two partial counts.
 const _: () = assert!(super::SHORT_ROW_LANES == 32 && super::LONG_ROW_LANES == 256);
+// `reduce_vector_kernel`'s shuffles (16 ... 1) are spelled out for 32 partials.
+const _: () = assert!(super::SHORT_ROW_LANES == 32);

@@ -2,10 +2,14 @@
 
 use core::fmt;
 
+use cubecl::features::Plane;
 use cubecl::prelude::*;
 use cubecl::std::FastDivmod;
 
-use super::kernel::{reduce_lanes_kernel, reduce_unit_kernel, CUBE_UNITS, UNITS_PER_CUBE};
+use super::kernel::{
+    reduce_lanes_kernel, reduce_unit_kernel, reduce_vector_kernel, CUBE_UNITS, SCAN_UNROLL,
+    UNITS_PER_CUBE, VECTOR,
+};
 use super::{lanes_for_len, ReduceOp};
 
 /// Why [`launch_reduce_dim`] refused its arguments. The Burn layer validates user input
@@ -74,8 +78,30 @@ pub fn launch_reduce_dim<R: Runtime>(
     // (strided rows, rows shorter than the lane count) is served better by one thread per row.
     let lanes = lanes_for_len(reduce_len);
     let lanes_mapping = reduce_stride == 1 && reduce_len >= lanes;
+    let vector_mapping = lanes_mapping && vector_aligned(&input, dim, lanes, dtype);
     unsafe {
-        if lanes_mapping {
+        if vector_mapping {
+            let rows_per_cube = rows_per_cube(lanes, num_rows);
+            reduce_vector_kernel::launch_unchecked(
+                client,
+                cube_count(client, num_rows.div_ceil(rows_per_cube)),
+                CubeDim::new_2d(lanes as u32, rows_per_cube as u32),
+                address_type,
+                VECTOR,
+                input.into_tensor_arg(),
+                output.into_tensor_arg(),
+                shape_arg,
+                row_strides,
+                reduce_len,
+                num_rows,
+                rows_per_cube,
+                vector_group(client, rows_per_cube),
+                shuffle_fold(client, lanes),
+                mean,
+                prod,
+                dtype,
+            );
+        } else if lanes_mapping {
             let rows_per_cube = rows_per_cube(lanes, num_rows);
             let cubes = num_rows.div_ceil(rows_per_cube);
             reduce_lanes_kernel::launch_unchecked(
@@ -117,6 +143,43 @@ pub fn launch_reduce_dim<R: Runtime>(
         }
     }
     Ok(())
+}
+
+/// Whether [`reduce_vector_kernel`] can read `input`'s rows along `dim`: 32 partials (short
+/// rows), a length and every row start a multiple of [`VECTOR`] elements, and a 16-byte
+/// aligned first element. It changes how the rows are read, never the order of the adds.
+fn vector_aligned<R: Runtime>(
+    input: &TensorBinding<R>,
+    dim: usize,
+    lanes: usize,
+    dtype: StorageType,
+) -> bool {
+    let offset = input.handle.offset_start.unwrap_or(0) as usize;
+    let rows_aligned = (0..input.shape.len())
+        .all(|d| d == dim || input.shape[d] == 1 || input.strides[d].is_multiple_of(VECTOR));
+    lanes == super::SHORT_ROW_LANES
+        && input.shape[dim].is_multiple_of(VECTOR)
+        && rows_aligned
+        && offset.is_multiple_of(VECTOR * dtype.size())
+}
+
+/// Segments of a row each warp of [`reduce_vector_kernel`] stages per round: `SCAN_UNROLL`
+/// where the cube's shared memory holds them (CUDA), fewer where it is small (WebGPU's
+/// 16 KiB). It changes how many loads are in flight, never the order of the adds.
+fn vector_group<R: Runtime>(client: &ComputeClient<R>, rows_per_cube: usize) -> usize {
+    let segment_bytes = super::SHORT_ROW_LANES * VECTOR * core::mem::size_of::<f32>();
+    let fits =
+        client.properties().hardware.max_shared_memory_size / (rows_per_cube * segment_bytes);
+    fits.clamp(1, SCAN_UNROLL)
+}
+
+/// Whether a row's `lanes` threads are exactly one plane of the runtime, so that the fold
+/// can shuffle. Only the speed of the fold depends on it.
+fn shuffle_fold<R: Runtime>(client: &ComputeClient<R>, lanes: usize) -> bool {
+    let hardware = &client.properties().hardware;
+    hardware.plane_size_min as usize == lanes
+        && hardware.plane_size_max as usize == lanes
+        && client.properties().features.plane.contains(Plane::Ops)
 }
 
 /// `Err((shape, strides))` unless `output` is contiguous with shape `expected`.

@@ -10,18 +10,22 @@
 //! pairwise, `p[i] += p[i + s]` for `s = P/2, P/4, ..., 1`, and the mean divides the total by `L` once, in f32. Nothing in that description mentions the number of rows, the strides or the device
 //! (beyond IEEE f32 adds), which is the whole point.
 //!
-//! # Two mappings, one order
+//! # Three mappings, one order
 //!
 //! * [`kernel::reduce_lanes_kernel`]: one group of `P` threads per output, thread `t`
 //!   owns partial `t`; the fold goes through shared memory. Consecutive threads read
 //!   consecutive elements, the right mapping when the reduced dim is the innermost one.
+//! * [`kernel::reduce_vector_kernel`]: the same for many short rows (32 partials) whose
+//!   starts and length are multiples of 4 elements: 8 threads per row, each reading 4
+//!   consecutive elements per load and owning 4 partials, the fold in registers and
+//!   shuffles. It is the lanes mapping with 16-byte loads (f32) and no cube barrier.
 //! * [`kernel::reduce_unit_kernel`]: one thread per output holds all `P` partials (in
 //!   registers for 32; the 256 of long rows spill to local memory, a cost only strided long
 //!   rows pay). Neighbouring threads handle neighbouring outputs, the right mapping when the
 //!   reduced dim is strided (reducing over rows, a transposed view).
 //!
-//! The launch picks the mapping from the input's strides. Both produce the same bits; the
-//! tests check it.
+//! The launch picks the mapping from the input's strides, alignment and row count. All
+//! produce the same bits; the tests check it.
 
 pub mod cpu_reference;
 pub mod kernel;

@@ -7,12 +7,21 @@ use crate::{routing, BatchInvariant, KernelHost};
 
 impl<B: KernelHost> ModuleOps<Self> for BatchInvariant<B> {
     // default-body: layer_norm
-    // default-body: linear, linear_x_backward, linear_weight_backward, linear_bias_backward
+    // default-body: linear_x_backward, linear_weight_backward, linear_bias_backward
     // `layer_norm` keeps Burn's default composite so that its two means run through our
     // routed `float_mean_dim` (burn-cubecl does not override it, so with the mode off it is
     // still exactly the inner backend's computation).
     // The `linear` family is `float_matmul` (routed) plus reshapes, a bias add and, for the
-    // weight and bias gradients, `float_sum_dim` over the batch (routed).
+    // weight and bias gradients, `float_sum_dim` over the batch (routed). `linear` itself is
+    // written out for its shape checks (`routing::matmul::linear`).
+
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        routing::matmul::linear::<B>(x, weight, bias)
+    }
 
     fn embedding(weights: FloatTensor<Self>, indices: IntTensor<Self>) -> FloatTensor<Self> {
         B::embedding(weights, indices)

@@ -2,12 +2,13 @@
 //!
 //! Burn's matmul autotunes among cubek's tensor-core, unit and gemv kernels per (M, N, K)
 //! bucket, so one row of `x @ W` changes with the number of rows beside it. The invariant
-//! kernel fixes the instruction and the K walk. `ModuleOps::linear` and its backward
-//! helpers reach this through their default bodies (see `ops/module.rs`).
+//! kernel fixes the instruction and the K walk. `ModuleOps::linear` is Burn's composite
+//! with the shape checks it lacks ([`linear`]); its backward helpers reach the matmul
+//! through their default bodies (see `ops/module.rs`).
 
 use batch_invariant_kernels::matmul::launch::matmul_output_shape;
 use burn_backend::tensor::FloatTensor;
-use burn_backend::TensorMetadata;
+use burn_backend::{Shape, TensorMetadata};
 
 use super::checks::check_float_dtype;
 use crate::{mode, KernelHost};
@@ -34,4 +35,69 @@ pub(crate) fn float_matmul<B: KernelHost>(
         panic!("BatchInvariant::{op}: {reason} (dtype {lhs_dtype:?})");
     }
     B::invariant_matmul(lhs, rhs)
+}
+
+/// `ModuleOps::linear`: `x @ weight` through [`float_matmul`], then `bias` broadcast over the
+/// rows, as Burn's composite computes it (the add is elementwise, invariant as it is). The
+/// composite itself checks nothing, and its `float_add` broadcasts a bias of length 1 over
+/// any output width: a silent wrong answer this refuses, like any other bias or weight shape
+/// that does not fit.
+pub(crate) fn linear<B: KernelHost>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+) -> FloatTensor<B> {
+    if !mode::is_enabled() {
+        return B::linear(x, weight, bias);
+    }
+    let op = "linear";
+    let (x_shape, w_shape) = (x.shape(), weight.shape());
+    let dtype = x.dtype();
+    check_float_dtype(op, &x_shape, dtype);
+    let w = w_shape.as_slice();
+    if w.len() != 2 {
+        panic!(
+            "BatchInvariant::{op}: weight must be [d_input, d_output], got shape {w_shape:?} \
+             (x shape {x_shape:?}, dtype {dtype:?})"
+        );
+    }
+    if x_shape.as_slice().last() != Some(&w[0]) {
+        panic!(
+            "BatchInvariant::{op}: the last dim of x {x_shape:?} must be d_input = {} of \
+             weight {w_shape:?} (dtype {dtype:?})",
+            w[0]
+        );
+    }
+    let rank = x_shape.num_dims();
+    let bias = bias.map(|bias| {
+        let b_shape = bias.shape();
+        if b_shape.as_slice() != [w[1]] {
+            panic!(
+                "BatchInvariant::{op}: bias must be [d_output] = [{}] for weight {w_shape:?}, \
+                 got shape {b_shape:?} (x shape {x_shape:?}, dtype {dtype:?})",
+                w[1]
+            );
+        }
+        if bias.dtype() != dtype {
+            panic!(
+                "BatchInvariant::{op}: bias dtype {:?} differs from x dtype {dtype:?} \
+                 (x shape {x_shape:?}, bias shape {b_shape:?})",
+                bias.dtype()
+            );
+        }
+        B::float_reshape(bias, leading_ones(&[w[1]], rank))
+    });
+    let weight = B::float_reshape(weight, leading_ones(w, rank.max(2)));
+    let output = float_matmul::<B>(x, weight);
+    match bias {
+        Some(bias) => B::float_add(output, bias),
+        None => output,
+    }
+}
+
+/// `dims` with leading 1s up to `rank` dims, the broadcast view Burn's composite builds.
+fn leading_ones(dims: &[usize], rank: usize) -> Shape {
+    let mut out = vec![1; rank.saturating_sub(dims.len())];
+    out.extend_from_slice(dims);
+    Shape::from(out)
 }
