@@ -52,7 +52,7 @@
 //! 256 threads per (batch x head, chunk) that computes the chunk's scores one key per thread
 //! and then carries one output column per thread. Both perform the operations above in the
 //! same order through the same helpers (`finish_score`, `chunk_end`); the suite compares a
-//! decode step with the prefill bitwise. The tensor-core kernel gives a cube 8 warps of 16
+//! decode step with the prefill bitwise. The tensor-core kernel gives a cube 4 warps of 16
 //! queries each for a prefill and one warp (its query in row 0 of the tile) for a decode
 //! step. Queries and chunks that the causal rule rules out
 //! entirely are not launched work (their state is written empty). The options that select
