@@ -432,7 +432,9 @@ fn bad_input_names_the_op<B: KernelHost>(device: &B::Device) {
     }
     // `linear`: a bias of length 1 would broadcast over the outputs without complaint in
     // Burn's composite; every shape that does not fit is refused with the op and the shapes.
-    let linear_cases: Vec<(Vec<usize>, Vec<usize>, Option<Vec<usize>>, &str)> = vec![
+    // (x shape, weight shape, bias shape, what the message must say)
+    type LinearCase = (Vec<usize>, Vec<usize>, Option<Vec<usize>>, &'static str);
+    let linear_cases: Vec<LinearCase> = vec![
         (
             vec![2, 3, 4],
             vec![4, 5],

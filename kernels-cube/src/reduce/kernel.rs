@@ -84,22 +84,9 @@ pub fn reduce_lanes_kernel<F: Float>(
     }
 
     let mut shared = SharedMemory::<f32>::new(comptime!(CUBE_UNITS as usize));
-    let slot = local_row * lanes;
-    shared[slot + lane] = partial;
-    sync_cube();
-
-    // Fixed pairwise fold: after step `s`, partial `i < s` holds `p[i] + p[i + s]`.
-    let mut step = comptime!(lanes / 2).runtime();
-    while step > 0 {
-        if lane < step {
-            shared[slot + lane] = combine(shared[slot + lane], shared[slot + lane + step], prod);
-        }
-        sync_cube();
-        step /= 2;
-    }
+    let total = fold_shared(&mut shared, local_row * lanes, lane, partial, lanes, prod);
 
     if in_range && lane == 0 {
-        let total = shared[slot];
         if comptime!(mean) {
             output[row] = F::cast_from(total / f32::cast_from(reduce_len));
         } else {
@@ -226,17 +213,7 @@ pub fn reduce_vector_kernel<F: Float, N: Size>(
         partial = combine(partial, plane_shuffle_xor(partial, 1u32), prod);
     } else {
         sync_cube(); // the stage has been read
-        stage[at + lane] = partial;
-        sync_cube();
-        let mut step = comptime!(lanes / 2).runtime();
-        while step > 0 {
-            if lane < step {
-                stage[at + lane] = combine(stage[at + lane], stage[at + lane + step], prod);
-            }
-            sync_cube();
-            step /= 2;
-        }
-        partial = stage[at];
+        partial = fold_shared(&mut stage, at, lane, partial, lanes, prod);
     }
 
     if in_range && lane == 0 {
@@ -331,6 +308,31 @@ pub(crate) fn load_group<F: Float>(input: &Tensor<F>, first: usize, step: usize)
         vals[u] = f32::cast_from(input[first + u * step]);
     }
     vals
+}
+
+/// The fixed pairwise fold of a row's `lanes` partials through shared memory, thread `lane`
+/// holding partial `lane`: after step `s`, partial `i < s` holds `p[i] + p[i + s]`. Every
+/// thread of the cube takes part in every `sync_cube`; the total is returned to all.
+#[cube]
+fn fold_shared(
+    shared: &mut SharedMemory<f32>,
+    slot: usize,
+    lane: usize,
+    partial: f32,
+    #[comptime] lanes: usize,
+    #[comptime] prod: bool,
+) -> f32 {
+    shared[slot + lane] = partial;
+    sync_cube();
+    let mut step = comptime!(lanes / 2).runtime();
+    while step > 0 {
+        if lane < step {
+            shared[slot + lane] = combine(shared[slot + lane], shared[slot + lane + step], prod);
+        }
+        sync_cube();
+        step /= 2;
+    }
+    shared[slot]
 }
 
 /// One step of the fold of [`reduce_unit_kernel`], unrolled so the partials stay in registers.
