@@ -106,8 +106,9 @@ pub const MMA_BLOCK_K: usize = 64;
 const SCORE_TILES: usize = MMA_BLOCK_K / 8;
 /// Sixteen-key steps of a block's `p · v` chain: the `k` of that instruction.
 const PV_STEPS: usize = MMA_BLOCK_K / 16;
-// The row sum's tree over the score tiles is spelled out for eight of them.
-const _: () = assert!(SCORE_TILES == 8);
+// The row sum's tree over the score tiles is spelled out for eight of them, and a chunk
+// holds a whole number of blocks (so blocks start at absolute positions in every chunk).
+const _: () = assert!(SCORE_TILES == 8 && KEY_SPLIT.is_multiple_of(MMA_BLOCK_K));
 
 /// How a cube stages keys and values in shared memory. Only speed depends on it: all three
 /// stage the same values (rows past the chunk's end hold copies of its last row, which the
