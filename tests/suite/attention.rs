@@ -510,11 +510,7 @@ fn staging_paths_agree<R: CubeRuntime>(device: &R::Device) {
                 let (k, v) = (operand(52, sk, d, shifted), operand(53, sk, dv, shifted));
                 let client = q.client.clone();
                 let offsets = [&k, &v].map(|t| t.handle.offset_start.unwrap_or(0));
-                let warps = if sq == 1 {
-                    tensor_core::DECODE_WARPS
-                } else {
-                    tensor_core::PREFILL_WARPS
-                };
+                let warps = tensor_core::warps_for(sq);
                 let staging = tensor_core::staging_for(&client, d, dv, offsets, warps);
                 let out = nan_poison(&client, device, vec![b, h, sq, dv], q.dtype);
                 launch_attention_with_scratch(

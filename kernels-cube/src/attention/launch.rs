@@ -9,9 +9,7 @@ use super::kernel::{
     decode_shared_words, decode_value_rows, ExtentsLaunch, COMBINE_UNITS, CUBE_UNITS,
     DECODE_STAGE_WORDS, FLAG_BIAS, FLAG_CAUSAL, FLAG_MASK, FLAG_SOFTCAP, PIECE,
 };
-use super::tensor_core::{
-    self, attention_mma_partials_kernel, Staging, DECODE_WARPS, PREFILL_WARPS, TILE_Q,
-};
+use super::tensor_core::{self, attention_mma_partials_kernel, Staging, TILE_Q};
 use super::{BLOCK_K, BLOCK_Q, KEY_SPLIT};
 use crate::reduce::launch::{contiguous_strides, cube_count};
 
@@ -261,11 +259,7 @@ pub fn launch_attention_with_scratch<R: Runtime>(
     // The arithmetic is chosen by device, dtype and head dims alone (the two kernels round
     // differently); the warps of a tensor-core cube only change which cube computes a row.
     let partials = if tensor_core::is_supported(client, dtype, dim, dim_v) {
-        let warps = if seq_q == 1 {
-            DECODE_WARPS
-        } else {
-            PREFILL_WARPS
-        };
+        let warps = tensor_core::warps_for(seq_q);
         let offsets = [&key, &value].map(|t| t.handle.offset_start.unwrap_or(0));
         let staging = tensor_core::staging_for(client, dim, dim_v, offsets, warps);
         Partials::TensorCore { warps, staging }

@@ -51,6 +51,16 @@ pub const TILE_Q: usize = 16;
 pub const PREFILL_WARPS: usize = 4;
 /// Warps of a decode cube (one query, padded to a tile of 16 rows).
 pub const DECODE_WARPS: usize = 1;
+
+/// Warps per cube for `seq_q` queries per (batch, head): one for a decode step, else
+/// [`PREFILL_WARPS`]. Only which cube computes a row depends on it.
+pub const fn warps_for(seq_q: usize) -> usize {
+    if seq_q == 1 {
+        DECODE_WARPS
+    } else {
+        PREFILL_WARPS
+    }
+}
 /// Largest head dim (query/key and value) this kernel takes: its query fragments and
 /// accumulators live in registers. Wider heads run the scalar kernels.
 pub const MAX_MMA_HEAD_DIM: usize = 128;
