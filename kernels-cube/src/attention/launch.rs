@@ -6,7 +6,7 @@ use cubecl::prelude::*;
 
 use super::kernel::{
     attention_combine_kernel, attention_decode_partials_kernel, attention_partials_kernel,
-    decode_shared_words, decode_value_rows, ExtentsLaunch, COMBINE_UNITS, CUBE_UNITS,
+    combine_cols, decode_shared_words, decode_value_rows, ExtentsLaunch, COMBINE_UNITS, CUBE_UNITS,
     DECODE_STAGE_WORDS, FLAG_BIAS, FLAG_CAUSAL, FLAG_MASK, FLAG_SOFTCAP, PIECE,
 };
 use super::tensor_core::{self, attention_mma_partials_kernel, Staging, TILE_Q};
@@ -417,7 +417,10 @@ pub fn launch_attention_with_scratch<R: Runtime>(
             }
             attention_combine_kernel::launch_unchecked(
                 client,
-                cube_count(client, (groups * block_q * dim_v).div_ceil(COMBINE_UNITS)),
+                cube_count(
+                    client,
+                    (groups * block_q * (dim_v / combine_cols(dim_v))).div_ceil(COMBINE_UNITS),
+                ),
                 CubeDim::new_1d(COMBINE_UNITS as u32),
                 address_type,
                 ArrayArg::from_raw_parts(stats.clone(), states * 2),

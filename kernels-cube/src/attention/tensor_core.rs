@@ -260,19 +260,53 @@ fn stage_rows_async<F: Float>(
     let total = comptime!(block_rows * per_row);
     let tid = UNIT_POS_Y as usize * comptime!(PLANE) + UNIT_POS_X as usize;
     let last = rows - 1;
-    #[unroll]
-    for r in 0..comptime!(total.div_ceil(units)) {
-        let i = tid + r * units;
-        if i < total {
-            let j = i / per_row;
-            let c = (i % per_row) * 8;
-            let src = (first_row + select(j < rows, j, last)) * row_len + c;
-            let dst = base + j * pitch + c;
-            copy_async(
-                &tensor.slice(src, src + 8),
-                &mut smem.slice_mut(dst, dst + 8),
-                8u32,
-            );
+    if comptime!(units.is_multiple_of(per_row) && total.is_multiple_of(units)) {
+        // Every round copies `units / per_row` whole rows, the thread the same 16 bytes of
+        // each: its row and column are worked out once, and a full block needs no clamp.
+        let step = comptime!(units / per_row);
+        let j0 = tid / per_row;
+        let col = (tid % per_row) * 8;
+        let src0 = first_row * row_len + col;
+        let dst0 = base + j0 * pitch + col;
+        if rows >= block_rows {
+            #[unroll]
+            for r in 0..comptime!(total / units) {
+                let src = src0 + (j0 + r * step) * row_len;
+                let dst = dst0 + comptime!(r * step * pitch);
+                copy_async(
+                    &tensor.slice(src, src + 8),
+                    &mut smem.slice_mut(dst, dst + 8),
+                    8u32,
+                );
+            }
+        } else {
+            #[unroll]
+            for r in 0..comptime!(total / units) {
+                let j = j0 + r * step;
+                let src = src0 + select(j < rows, j, last) * row_len;
+                let dst = dst0 + comptime!(r * step * pitch);
+                copy_async(
+                    &tensor.slice(src, src + 8),
+                    &mut smem.slice_mut(dst, dst + 8),
+                    8u32,
+                );
+            }
+        }
+    } else {
+        #[unroll]
+        for r in 0..comptime!(total.div_ceil(units)) {
+            let i = tid + r * units;
+            if i < total {
+                let j = i / per_row;
+                let c = (i % per_row) * 8;
+                let src = (first_row + select(j < rows, j, last)) * row_len + c;
+                let dst = base + j * pitch + c;
+                copy_async(
+                    &tensor.slice(src, src + 8),
+                    &mut smem.slice_mut(dst, dst + 8),
+                    8u32,
+                );
+            }
         }
     }
 }
@@ -422,8 +456,8 @@ fn value_fragment<F: Float>(
     bf
 }
 
-/// `acc = acc * alpha + pv` for value tile `ct`, in each of the lane's two rows that took
-/// part in the block (`any`).
+/// `acc = acc * alpha + pv` for value tile `ct`, in each of the lane's two rows; with
+/// `masked`, only in rows that took part in the block (`any`).
 #[cube]
 fn rescale_add(
     acc: &mut Array<Pair<f32>>,
@@ -431,19 +465,350 @@ fn rescale_add(
     alpha: &Array<f32>,
     any: &Array<u32>,
     ct: usize,
+    #[comptime] masked: bool,
 ) {
     #[unroll]
     for h in 0..2usize {
-        if any[h] != 0 {
-            let mut cur = acc[ct * 2 + h];
-            let add = pv[h];
-            #[unroll]
-            for e in 0..2usize {
-                cur[e] = cur[e] * alpha[h] + add[e];
+        let mut cur = acc[ct * 2 + h];
+        let add = pv[h];
+        #[unroll]
+        for e in 0..2usize {
+            cur[e] = cur[e] * alpha[h] + add[e];
+        }
+        if comptime!(masked) {
+            if any[h] != 0 {
+                acc[ct * 2 + h] = cur;
             }
+        } else {
             acc[ct * 2 + h] = cur;
         }
     }
+}
+
+/// `x[0] = min(x[0 .. n])` by a tree (`n` a power of two); the rest of `x` is clobbered.
+#[cube]
+fn min_tree(x: &mut Array<f32>, #[comptime] n: usize) {
+    let mut width = comptime!(n / 2);
+    #[unroll]
+    for _ in 0..comptime!(n.trailing_zeros()) {
+        #[unroll]
+        for i in 0..width {
+            x[i] = f32::min(x[i], x[i + width]);
+        }
+        width = comptime!(width / 2);
+    }
+}
+
+/// `x[0] = max(x[0 .. n])` by a tree (`n` a power of two); the rest of `x` is clobbered.
+/// The maximum does not depend on the order: CUDA's `max` returns the other operand of a
+/// NaN, and the sign of a zero maximum changes no weight (`s - m`, `m - m'` are the same
+/// either way).
+#[cube]
+fn max_tree(x: &mut Array<f32>, #[comptime] n: usize) {
+    let mut width = comptime!(n / 2);
+    #[unroll]
+    for _ in 0..comptime!(n.trailing_zeros()) {
+        #[unroll]
+        for i in 0..width {
+            x[i] = f32::max(x[i], x[i + width]);
+        }
+        width = comptime!(width / 2);
+    }
+}
+
+/// The block's softmax step for the lane's two rows: the row maximum and sum across the
+/// quad, the weights `p` (as the A operands of `p · v`, rounded to the input dtype) and
+/// `alpha`, and the chunk state's `m`, `l`. With `masked`, keys that are not `live` and rows
+/// that are not `any` take no part; without, every key and row does.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn block_weights<F: Float>(
+    s: &Array<f32>,
+    live: &Array<u32>,
+    any: &Array<u32>,
+    m: &mut Array<f32>,
+    l: &mut Array<f32>,
+    pa: &mut Array<Pair<F>>,
+    alpha: &mut Array<f32>,
+    #[comptime] masked: bool,
+) {
+    let mut p = Array::<f32>::new(comptime!(SCORE_TILES * 4));
+    #[unroll]
+    for h in 0..2usize {
+        // The lane's 16 entries of the row, then `xor 1`, `xor 2`.
+        let mut x = Array::<f32>::new(comptime!(SCORE_TILES * 2));
+        #[unroll]
+        for nt in 0..SCORE_TILES {
+            #[unroll]
+            for e in 0..2usize {
+                let i = nt * 4 + h * 2 + e;
+                if comptime!(masked) {
+                    x[nt * 2 + e] = select(live[i] != 0, s[i], f32::min_value());
+                } else {
+                    x[nt * 2 + e] = s[i];
+                }
+            }
+        }
+        max_tree(&mut x, comptime!(SCORE_TILES * 2));
+        let mut block_max = x[0usize];
+        block_max = f32::max(block_max, plane_shuffle_xor(block_max, 1u32));
+        block_max = f32::max(block_max, plane_shuffle_xor(block_max, 2u32));
+        let m_new = f32::max(m[h], block_max);
+        #[unroll]
+        for nt in 0..SCORE_TILES {
+            #[unroll]
+            for e in 0..2usize {
+                let i = nt * 4 + h * 2 + e;
+                if comptime!(masked) {
+                    p[i] = select(live[i] != 0, weight_exp(s[i] - m_new), 0.0f32);
+                } else {
+                    p[i] = weight_exp(s[i] - m_new);
+                }
+            }
+        }
+        // The lane's part of the row sum: pairs of keys, then a tree over the tiles.
+        let mut part = Array::<f32>::new(SCORE_TILES);
+        #[unroll]
+        for nt in 0..SCORE_TILES {
+            part[nt] = p[nt * 4 + h * 2] + p[nt * 4 + h * 2 + 1];
+        }
+        #[unroll]
+        for t in 0..4usize {
+            part[t] = part[t] + part[t + 4];
+        }
+        #[unroll]
+        for t in 0..2usize {
+            part[t] = part[t] + part[t + 2];
+        }
+        part[0usize] = part[0usize] + part[1usize];
+        let mut row_sum = part[0usize] + plane_shuffle_xor(part[0usize], 1u32);
+        row_sum += plane_shuffle_xor(row_sum, 2u32);
+        if comptime!(masked) {
+            let mut a = 1.0f32;
+            if any[h] != 0 {
+                a = weight_exp(m[h] - m_new);
+                l[h] = l[h] * a + row_sum;
+                m[h] = m_new;
+            }
+            alpha[h] = a;
+        } else {
+            let a = weight_exp(m[h] - m_new);
+            l[h] = l[h] * a + row_sum;
+            m[h] = m_new;
+            alpha[h] = a;
+        }
+    }
+
+    // A element `2 v + e` of step `kt` is score tile `2 kt + v / 2`, element `2 (v % 2) + e`.
+    #[unroll]
+    for kt in 0..PV_STEPS {
+        #[unroll]
+        for v in 0..4usize {
+            let mut pair = Pair::<F>::empty();
+            #[unroll]
+            for e in 0..2usize {
+                pair[e] = F::cast_from(p[(kt * 2 + v / 2) * 4 + (v % 2) * 2 + e]);
+            }
+            pa[kt * 4 + v] = pair;
+        }
+    }
+}
+
+/// `acc = acc * alpha + p · v`, 8 columns per instruction chain: the chain runs over the
+/// block's 16-key steps in increasing order from a zero accumulator. The B fragments (keys
+/// x columns, staged as keys x columns) come transposed out of `ldmatrix`: matrix `i` is
+/// keys `16 kt + 8 (i % 2) ..`, columns `8 (ct + i / 2) ..`, so one `.x4` feeds two tiles (an
+/// `.x2` the last of an odd count). With `masked`, values of keys no row takes enter as
+/// zeros (unless `complete`) and rows that take no part keep their accumulators.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_pv<F: Float>(
+    stage: &SharedMemory<F>,
+    pa: &Array<Pair<F>>,
+    alpha: &Array<f32>,
+    any: &Array<u32>,
+    key_live: &Array<u32>,
+    complete: bool,
+    acc: &mut Array<Pair<f32>>,
+    v_base: usize,
+    matrix: usize,
+    matrix_row: usize,
+    #[comptime] v_pitch: usize,
+    #[comptime] n_tiles: usize,
+    #[comptime] masked: bool,
+) {
+    let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+    #[unroll]
+    for pair_of_tiles in 0..comptime!(n_tiles / 2) {
+        let ct = pair_of_tiles * 2;
+        let mut pv0 = Array::<Pair<f32>>::new(2usize);
+        let mut pv1 = Array::<Pair<f32>>::new(2usize);
+        #[unroll]
+        for h in 0..2usize {
+            pv0[h] = Pair::<f32>::new(0.0);
+            pv1[h] = Pair::<f32>::new(0.0);
+        }
+        #[unroll]
+        for kt in 0..PV_STEPS {
+            let at = v_base
+                + (kt * 16 + (matrix % 2) * 8 + matrix_row) * v_pitch
+                + (ct + matrix / 2) * 8;
+            let regs = def.load_matrix::<F, Const<2>>(
+                &stage.slice(at, at + 8),
+                MatrixIdent::B,
+                4usize,
+                true,
+            );
+            let mut a = Array::<Pair<F>>::new(4usize);
+            #[unroll]
+            for v in 0..4usize {
+                a[v] = pa[kt * 4 + v];
+            }
+            if comptime!(masked) {
+                let b0 = value_fragment(&regs, 0usize, key_live, complete, kt * 2);
+                let b1 = value_fragment(&regs, 2usize, key_live, complete, kt * 2);
+                def.execute_inplace(&a, &b0, &mut pv0);
+                def.execute_inplace(&a, &b1, &mut pv1);
+            } else {
+                let mut b0 = Array::<Pair<F>>::new(2usize);
+                let mut b1 = Array::<Pair<F>>::new(2usize);
+                #[unroll]
+                for v in 0..2usize {
+                    b0[v] = regs[v];
+                    b1[v] = regs[2 + v];
+                }
+                def.execute_inplace(&a, &b0, &mut pv0);
+                def.execute_inplace(&a, &b1, &mut pv1);
+            }
+        }
+        rescale_add(acc, &pv0, alpha, any, ct, masked);
+        rescale_add(acc, &pv1, alpha, any, ct + 1, masked);
+    }
+    if comptime!(n_tiles % 2 == 1) {
+        let ct = comptime!(n_tiles - 1);
+        let mut pv = Array::<Pair<f32>>::new(2usize);
+        #[unroll]
+        for h in 0..2usize {
+            pv[h] = Pair::<f32>::new(0.0);
+        }
+        #[unroll]
+        for kt in 0..PV_STEPS {
+            let at = v_base + (kt * 16 + (matrix % 2) * 8 + matrix_row) * v_pitch + ct * 8;
+            let regs = def.load_matrix::<F, Const<2>>(
+                &stage.slice(at, at + 8),
+                MatrixIdent::B,
+                2usize,
+                true,
+            );
+            let mut a = Array::<Pair<F>>::new(4usize);
+            #[unroll]
+            for v in 0..4usize {
+                a[v] = pa[kt * 4 + v];
+            }
+            if comptime!(masked) {
+                let b = value_fragment(&regs, 0usize, key_live, complete, kt * 2);
+                def.execute_inplace(&a, &b, &mut pv);
+            } else {
+                def.execute_inplace(&a, &regs, &mut pv);
+            }
+        }
+        rescale_add(acc, &pv, alpha, any, ct, masked);
+    }
+}
+
+/// A block that every query row of the warp takes whole (see the kernel): the weights and
+/// `p · v` without liveness. Rows past the last query take part too; their state is never
+/// written, and no row's arithmetic reads another row's.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn block_complete<F: Float>(
+    s: &Array<f32>,
+    stage: &SharedMemory<F>,
+    m: &mut Array<f32>,
+    l: &mut Array<f32>,
+    acc: &mut Array<Pair<f32>>,
+    v_base: usize,
+    matrix: usize,
+    matrix_row: usize,
+    #[comptime] v_pitch: usize,
+    #[comptime] n_tiles: usize,
+) {
+    // Placeholders for the liveness the masked helpers read; the unmasked ones never do.
+    let none = Array::<u32>::new(1usize);
+    let mut pa = Array::<Pair<F>>::new(comptime!(PV_STEPS * 4));
+    let mut alpha = Array::<f32>::new(2usize);
+    block_weights::<F>(s, &none, &none, m, l, &mut pa, &mut alpha, false);
+    accumulate_pv::<F>(
+        stage, &pa, &alpha, &none, &none, true, acc, v_base, matrix, matrix_row, v_pitch, n_tiles,
+        false,
+    );
+}
+
+/// Any other block: the keys that take part (`live`, per score) and the rows that are
+/// queries (`row_real`) decide what enters the row statistics and `p · v`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn block_general<F: Float>(
+    s: &Array<f32>,
+    live: &Array<u32>,
+    row_real: &Array<u32>,
+    stage: &SharedMemory<F>,
+    m: &mut Array<f32>,
+    l: &mut Array<f32>,
+    acc: &mut Array<Pair<f32>>,
+    v_base: usize,
+    matrix: usize,
+    matrix_row: usize,
+    #[comptime] v_pitch: usize,
+    #[comptime] n_tiles: usize,
+) {
+    // `complete`: every query row of the warp takes every key of the block. Then every key
+    // is taken by some row and exactly the query rows take part, which is what the shuffles
+    // below would find; they run only when some score is out.
+    let mut lane_complete = 1u32;
+    #[unroll]
+    for i in 0..comptime!(SCORE_TILES * 4) {
+        lane_complete &= live[i] | (1u32 - row_real[(i / 2) % 2]);
+    }
+    let complete = plane_all(lane_complete != 0);
+
+    // Which rows take part at all, and which keys no row takes (index `2 nt + e`: key
+    // `8 nt + 2 (lane % 4) + e`, the keys of this lane's B elements in `p · v`).
+    let mut any = Array::<u32>::new(2usize);
+    any[0usize] = row_real[0usize];
+    any[1usize] = row_real[1usize];
+    let mut key_live = Array::<u32>::new(comptime!(SCORE_TILES * 2));
+    if !complete {
+        #[unroll]
+        for nt in 0..SCORE_TILES {
+            #[unroll]
+            for e in 0..2usize {
+                let mut flag = live[nt * 4 + e] | live[nt * 4 + 2 + e];
+                flag |= plane_shuffle_xor(flag, 4u32);
+                flag |= plane_shuffle_xor(flag, 8u32);
+                flag |= plane_shuffle_xor(flag, 16u32);
+                key_live[nt * 2 + e] = flag;
+            }
+        }
+        #[unroll]
+        for h in 0..2usize {
+            let mut row_any = 0u32;
+            #[unroll]
+            for nt in 0..SCORE_TILES {
+                row_any |= live[nt * 4 + h * 2] | live[nt * 4 + h * 2 + 1];
+            }
+            row_any |= plane_shuffle_xor(row_any, 1u32);
+            row_any |= plane_shuffle_xor(row_any, 2u32);
+            any[h] = row_any;
+        }
+    }
+    let mut pa = Array::<Pair<F>>::new(comptime!(PV_STEPS * 4));
+    let mut alpha = Array::<f32>::new(2usize);
+    block_weights::<F>(s, live, &any, m, l, &mut pa, &mut alpha, true);
+    accumulate_pv::<F>(
+        stage, &pa, &alpha, &any, &key_live, complete, acc, v_base, matrix, matrix_row, v_pitch,
+        n_tiles, true,
+    );
 }
 
 /// One cube of `warps` warps per (group of `16 * warps` queries of this slab, chunk); warp
@@ -677,226 +1042,81 @@ pub fn attention_mma_partials_kernel<F: Float>(
                 }
             }
 
-            // Options, and which keys take part. `s[4 nt + 2 h + e]` is row `lane / 4 + 8 h`,
-            // key `kb + 8 nt + 2 (lane % 4) + e`. A block inside the key range and in front of
-            // every row's causal cut, with no mask, bias or softcap: `finish_score` reduces to
-            // `* scale` and the `-inf` test, spelled out here without its per-element branches
-            // (same operations, same bits).
+            // A block inside the key range and in front of every row's causal cut, with no
+            // mask, bias or softcap, and no score at `-inf` (an overflow): every query row
+            // takes every key, and `finish_score` reduces to `* scale`. Such a block runs
+            // `block_complete`, without the per-key liveness the general path carries; both
+            // perform the same operations on every key that takes part, so a row gets the
+            // same bits whichever path its warp takes (a decode step takes the complete one
+            // where the same row in a prefill shares its block with rows the causal cut
+            // reaches).
             let plain = (flags & comptime!(FLAG_MASK | FLAG_BIAS | FLAG_SOFTCAP)) == 0;
             let mut visible = kb + comptime!(MMA_BLOCK_K) <= k_end;
             if (flags & FLAG_CAUSAL) != 0 {
                 visible = visible && kb + comptime!(MMA_BLOCK_K - 1) + ext.seq_q <= qw + ext.seq_k;
             }
             let mut s = Array::<f32>::new(comptime!(SCORE_TILES * 4));
-            let mut live = Array::<u32>::new(comptime!(SCORE_TILES * 4));
+            let mut fast = false;
             if plain && visible {
                 #[unroll]
                 for i in 0..comptime!(SCORE_TILES * 4) {
                     let pair = c[i / 2];
-                    let v = pair[i % 2] * scale;
-                    s[i] = v;
-                    live[i] = select(v < f32::min_value(), 0u32, row_real[(i / 2) % 2]);
+                    s[i] = pair[i % 2] * scale;
                 }
+                // The smallest score of the lane (NaN never wins a comparison): `-inf`
+                // anywhere sends the warp to the general path, which leaves that key out.
+                let mut lo = Array::<f32>::new(comptime!(SCORE_TILES * 2));
+                #[unroll]
+                for i in 0..comptime!(SCORE_TILES * 2) {
+                    lo[i] = f32::min(s[2 * i], s[2 * i + 1]);
+                }
+                min_tree(&mut lo, comptime!(SCORE_TILES * 2));
+                fast = plane_all(lo[0usize] >= f32::min_value());
+            }
+            if fast {
+                block_complete::<F>(
+                    &s, &stage, &mut m, &mut l, &mut acc, v_base, matrix, matrix_row, v_pitch,
+                    n_tiles,
+                );
             } else {
-                #[unroll]
-                for nt in 0..SCORE_TILES {
+                let mut live = Array::<u32>::new(comptime!(SCORE_TILES * 4));
+                if plain && visible {
                     #[unroll]
-                    for i in 0..4usize {
-                        let (r, cc) = def.position_of_nth(lane, i as u32, MatrixIdent::Accumulator);
-                        let row = qw + r as usize;
-                        let key_pos = kb + nt * 8 + cc as usize;
-                        let pair = c[nt * 2 + i / 2];
-                        let score = finish_score(
-                            pair[i % 2],
-                            row < ext.seq_q && key_pos < k_end,
-                            mask,
-                            bias,
-                            &ext,
-                            bh,
-                            row,
-                            key_pos,
-                            scale,
-                            softcap,
-                            flags,
-                        );
-                        s[nt * 4 + i] = score.value;
-                        live[nt * 4 + i] = select(score.live, 1u32, 0u32);
+                    for i in 0..comptime!(SCORE_TILES * 4) {
+                        live[i] = select(s[i] < f32::min_value(), 0u32, row_real[(i / 2) % 2]);
                     }
-                }
-            }
-            // `complete`: every query row of the warp takes every key of the block. Then every
-            // key is taken by some row and exactly the query rows take part, which is what the
-            // shuffles below would find; they run only when some score is out.
-            let mut lane_complete = 1u32;
-            #[unroll]
-            for i in 0..comptime!(SCORE_TILES * 4) {
-                lane_complete &= live[i] | (1u32 - row_real[(i / 2) % 2]);
-            }
-            let complete = plane_all(lane_complete != 0);
-
-            // Which rows take part at all, and which keys no row takes (index `2 nt + e`: key
-            // `8 nt + 2 (lane % 4) + e`, the keys of this lane's B elements in `p · v`).
-            let mut any = Array::<u32>::new(2usize);
-            any[0usize] = row_real[0usize];
-            any[1usize] = row_real[1usize];
-            let mut key_live = Array::<u32>::new(comptime!(SCORE_TILES * 2));
-            if !complete {
-                #[unroll]
-                for nt in 0..SCORE_TILES {
-                    #[unroll]
-                    for e in 0..2usize {
-                        let mut flag = live[nt * 4 + e] | live[nt * 4 + 2 + e];
-                        flag |= plane_shuffle_xor(flag, 4u32);
-                        flag |= plane_shuffle_xor(flag, 8u32);
-                        flag |= plane_shuffle_xor(flag, 16u32);
-                        key_live[nt * 2 + e] = flag;
-                    }
-                }
-                #[unroll]
-                for h in 0..2usize {
-                    let mut row_any = 0u32;
+                } else {
                     #[unroll]
                     for nt in 0..SCORE_TILES {
-                        row_any |= live[nt * 4 + h * 2] | live[nt * 4 + h * 2 + 1];
-                    }
-                    row_any |= plane_shuffle_xor(row_any, 1u32);
-                    row_any |= plane_shuffle_xor(row_any, 2u32);
-                    any[h] = row_any;
-                }
-            }
-
-            // Row statistics across the quad (the lane's 16 entries of a row in increasing key
-            // order, then `xor 1`, `xor 2`), the weights, and the chunk state's `m`, `l`.
-            let mut p = Array::<f32>::new(comptime!(SCORE_TILES * 4));
-            let mut alpha = Array::<f32>::new(2usize);
-            #[unroll]
-            for h in 0..2usize {
-                let mut block_max = f32::min_value();
-                #[unroll]
-                for nt in 0..SCORE_TILES {
-                    #[unroll]
-                    for e in 0..2usize {
-                        let i = nt * 4 + h * 2 + e;
-                        block_max = select(live[i] != 0, f32::max(block_max, s[i]), block_max);
-                    }
-                }
-                block_max = f32::max(block_max, plane_shuffle_xor(block_max, 1u32));
-                block_max = f32::max(block_max, plane_shuffle_xor(block_max, 2u32));
-                let m_new = f32::max(m[h], block_max);
-                #[unroll]
-                for nt in 0..SCORE_TILES {
-                    #[unroll]
-                    for e in 0..2usize {
-                        let i = nt * 4 + h * 2 + e;
-                        p[i] = select(live[i] != 0, weight_exp(s[i] - m_new), 0.0f32);
+                        #[unroll]
+                        for i in 0..4usize {
+                            let (r, cc) =
+                                def.position_of_nth(lane, i as u32, MatrixIdent::Accumulator);
+                            let row = qw + r as usize;
+                            let key_pos = kb + nt * 8 + cc as usize;
+                            let pair = c[nt * 2 + i / 2];
+                            let score = finish_score(
+                                pair[i % 2],
+                                row < ext.seq_q && key_pos < k_end,
+                                mask,
+                                bias,
+                                &ext,
+                                bh,
+                                row,
+                                key_pos,
+                                scale,
+                                softcap,
+                                flags,
+                            );
+                            s[nt * 4 + i] = score.value;
+                            live[nt * 4 + i] = select(score.live, 1u32, 0u32);
+                        }
                     }
                 }
-                // The lane's part of the row sum: pairs of keys, then a tree over the tiles.
-                let mut part = Array::<f32>::new(SCORE_TILES);
-                #[unroll]
-                for nt in 0..SCORE_TILES {
-                    part[nt] = p[nt * 4 + h * 2] + p[nt * 4 + h * 2 + 1];
-                }
-                #[unroll]
-                for t in 0..4usize {
-                    part[t] = part[t] + part[t + 4];
-                }
-                #[unroll]
-                for t in 0..2usize {
-                    part[t] = part[t] + part[t + 2];
-                }
-                part[0usize] = part[0usize] + part[1usize];
-                let mut row_sum = part[0usize] + plane_shuffle_xor(part[0usize], 1u32);
-                row_sum += plane_shuffle_xor(row_sum, 2u32);
-                let mut a = 1.0f32;
-                if any[h] != 0 {
-                    a = weight_exp(m[h] - m_new);
-                    l[h] = l[h] * a + row_sum;
-                    m[h] = m_new;
-                }
-                alpha[h] = a;
-            }
-
-            // The weights as the A operands of `p · v`, one per 16-key step: A element
-            // `2 v + e` of step `kt` is score tile `2 kt + v / 2`, element `2 (v % 2) + e`.
-            let mut pa = Array::<Pair<F>>::new(comptime!(PV_STEPS * 4));
-            #[unroll]
-            for kt in 0..PV_STEPS {
-                #[unroll]
-                for v in 0..4usize {
-                    let mut pair = Pair::<F>::empty();
-                    #[unroll]
-                    for e in 0..2usize {
-                        pair[e] = F::cast_from(p[(kt * 2 + v / 2) * 4 + (v % 2) * 2 + e]);
-                    }
-                    pa[kt * 4 + v] = pair;
-                }
-            }
-
-            // `acc = acc * alpha + p · v`, 8 columns per instruction chain: the chain runs over
-            // the block's 16-key steps in increasing order from a zero accumulator. The B
-            // fragments (keys x columns, staged as keys x columns) come transposed out of
-            // `ldmatrix`: matrix `i` is keys `16 kt + 8 (i % 2) ..`, columns `8 (ct + i / 2) ..`,
-            // so one `.x4` feeds two tiles (an `.x2` the last of an odd count).
-            #[unroll]
-            for pair_of_tiles in 0..comptime!(n_tiles / 2) {
-                let ct = pair_of_tiles * 2;
-                let mut pv0 = Array::<Pair<f32>>::new(2usize);
-                let mut pv1 = Array::<Pair<f32>>::new(2usize);
-                #[unroll]
-                for h in 0..2usize {
-                    pv0[h] = Pair::<f32>::new(0.0);
-                    pv1[h] = Pair::<f32>::new(0.0);
-                }
-                #[unroll]
-                for kt in 0..PV_STEPS {
-                    let at = v_base
-                        + (kt * 16 + (matrix % 2) * 8 + matrix_row) * v_pitch
-                        + (ct + matrix / 2) * 8;
-                    let regs = def.load_matrix::<F, Const<2>>(
-                        &stage.slice(at, at + 8),
-                        MatrixIdent::B,
-                        4usize,
-                        true,
-                    );
-                    let mut a = Array::<Pair<F>>::new(4usize);
-                    #[unroll]
-                    for v in 0..4usize {
-                        a[v] = pa[kt * 4 + v];
-                    }
-                    let b0 = value_fragment(&regs, 0usize, &key_live, complete, kt * 2);
-                    let b1 = value_fragment(&regs, 2usize, &key_live, complete, kt * 2);
-                    def.execute_inplace(&a, &b0, &mut pv0);
-                    def.execute_inplace(&a, &b1, &mut pv1);
-                }
-                rescale_add(&mut acc, &pv0, &alpha, &any, ct);
-                rescale_add(&mut acc, &pv1, &alpha, &any, ct + 1);
-            }
-            if comptime!(n_tiles % 2 == 1) {
-                let ct = comptime!(n_tiles - 1);
-                let mut pv = Array::<Pair<f32>>::new(2usize);
-                #[unroll]
-                for h in 0..2usize {
-                    pv[h] = Pair::<f32>::new(0.0);
-                }
-                #[unroll]
-                for kt in 0..PV_STEPS {
-                    let at = v_base + (kt * 16 + (matrix % 2) * 8 + matrix_row) * v_pitch + ct * 8;
-                    let regs = def.load_matrix::<F, Const<2>>(
-                        &stage.slice(at, at + 8),
-                        MatrixIdent::B,
-                        2usize,
-                        true,
-                    );
-                    let mut a = Array::<Pair<F>>::new(4usize);
-                    #[unroll]
-                    for v in 0..4usize {
-                        a[v] = pa[kt * 4 + v];
-                    }
-                    let b = value_fragment(&regs, 0usize, &key_live, complete, kt * 2);
-                    def.execute_inplace(&a, &b, &mut pv);
-                }
-                rescale_add(&mut acc, &pv, &alpha, &any, ct);
+                block_general::<F>(
+                    &s, &live, &row_real, &stage, &mut m, &mut l, &mut acc, v_base, matrix,
+                    matrix_row, v_pitch, n_tiles,
+                );
             }
         }
         if comptime!(double) {
