@@ -638,6 +638,8 @@ fn accumulate_pv<F: Float>(
     #[comptime] masked: bool,
 ) {
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+    // The lane's row of its matrix once; every `ldmatrix` is then a constant away.
+    let lane_v = v_base + ((matrix % 2) * 8 + matrix_row) * v_pitch + (matrix / 2) * 8;
     #[unroll]
     for pair_of_tiles in 0..comptime!(n_tiles / 2) {
         let ct = pair_of_tiles * 2;
@@ -650,9 +652,7 @@ fn accumulate_pv<F: Float>(
         }
         #[unroll]
         for kt in 0..PV_STEPS {
-            let at = v_base
-                + (kt * 16 + (matrix % 2) * 8 + matrix_row) * v_pitch
-                + (ct + matrix / 2) * 8;
+            let at = lane_v + comptime!(kt * 16 * v_pitch + ct * 8);
             let regs = def.load_matrix::<F, Const<2>>(
                 &stage.slice(at, at + 8),
                 MatrixIdent::B,
@@ -1007,6 +1007,8 @@ pub fn attention_mma_partials_kernel<F: Float>(
             for i in 0..comptime!(SCORE_TILES * 2) {
                 c[i] = Pair::<f32>::new(0.0);
             }
+            // The lane's row of its matrix once; every `ldmatrix` is then a constant away.
+            let lane_k = k_base + ((matrix / 2) * 8 + matrix_row) * k_pitch + (matrix % 2) * 8;
             #[unroll]
             for ks in 0..k_steps {
                 let mut a = Array::<Pair<F>>::new(4usize);
@@ -1016,10 +1018,7 @@ pub fn attention_mma_partials_kernel<F: Float>(
                 }
                 #[unroll]
                 for tp in 0..comptime!(SCORE_TILES / 2) {
-                    let at = k_base
-                        + (tp * 16 + (matrix / 2) * 8 + matrix_row) * k_pitch
-                        + ks * 16
-                        + (matrix % 2) * 8;
+                    let at = lane_k + comptime!(tp * 16 * k_pitch + ks * 16);
                     let regs = def.load_matrix::<F, Const<2>>(
                         &stage.slice(at, at + 8),
                         MatrixIdent::B,
@@ -1085,6 +1084,27 @@ pub fn attention_mma_partials_kernel<F: Float>(
                     for i in 0..comptime!(SCORE_TILES * 4) {
                         live[i] = select(s[i] < f32::min_value(), 0u32, row_real[(i / 2) % 2]);
                     }
+                } else if plain {
+                    // `finish_score` without the options' code: `* scale`, the key range,
+                    // the causal cut and the `-inf` test (NaN takes part, as there).
+                    let causal = (flags & FLAG_CAUSAL) != 0;
+                    #[unroll]
+                    for nt in 0..SCORE_TILES {
+                        #[unroll]
+                        for i in 0..4usize {
+                            let row = qw + (lane / 4) as usize + comptime!((i / 2) * 8);
+                            let key_pos = kb + (quad_lane * 2) + comptime!(nt * 8 + i % 2);
+                            let pair = c[nt * 2 + i / 2];
+                            let v = pair[i % 2] * scale;
+                            let mut ok = row < ext.seq_q && key_pos < k_end;
+                            if causal {
+                                ok = ok && key_pos + ext.seq_q <= row + ext.seq_k;
+                            }
+                            s[nt * 4 + i] = v;
+                            live[nt * 4 + i] =
+                                select(ok, select(v < f32::min_value(), 0u32, 1u32), 0u32);
+                        }
+                    }
                 } else {
                     #[unroll]
                     for nt in 0..SCORE_TILES {
@@ -1144,7 +1164,9 @@ pub fn attention_mma_partials_kernel<F: Float>(
                     #[unroll]
                     for e in 0..2usize {
                         let col = ct * 8 + quad_lane * 2 + e;
-                        if col < dim_v {
+                        if comptime!(dim_v.is_multiple_of(8)) {
+                            accs[slot * dim_v + col] = pair[e];
+                        } else if col < dim_v {
                             accs[slot * dim_v + col] = pair[e];
                         }
                     }
