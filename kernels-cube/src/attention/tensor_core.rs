@@ -1164,9 +1164,13 @@ pub fn attention_mma_partials_kernel<F: Float>(
                     #[unroll]
                     for e in 0..2usize {
                         let col = ct * 8 + quad_lane * 2 + e;
-                        if comptime!(dim_v.is_multiple_of(8)) {
-                            accs[slot * dim_v + col] = pair[e];
-                        } else if col < dim_v {
+                        // Only a value dim that is not whole 8-column tiles has columns
+                        // past its end.
+                        let mut in_range = true;
+                        if comptime!(!dim_v.is_multiple_of(8)) {
+                            in_range = col < dim_v;
+                        }
+                        if in_range {
                             accs[slot * dim_v + col] = pair[e];
                         }
                     }
