@@ -1,11 +1,16 @@
 //! `Autodiff<BatchInvariant<B>>`: Burn differentiates softmax, log_softmax and layer_norm
 //! through their primitives (`max_dim`, `exp`, `sum_dim`/`mean_dim`, ...), so invariance
 //! there rests on the routed reductions. One row's forward value and input gradient must
-//! not depend on the rest of the batch.
+//! not depend on the rest of the batch. With `mode::parity` on, an inference forward gives
+//! the bits of the training forward.
 
 use burn::backend::Autodiff;
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::FloatDType;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use burn_batch_invariant::mode;
+use burn_batch_invariant_examples::transformer::{prompts, LmConfig, TinyLm};
 use burn_batch_invariant_tests::*;
 
 fn composites_are_invariant<B: KernelHost>(device: &B::Device) {
@@ -55,4 +60,107 @@ fn composites_are_invariant<B: KernelHost>(device: &B::Device) {
 #[test]
 fn autodiff_composites_are_batch_invariant() {
     on_test_backend!(composites_are_invariant);
+}
+
+/// `Autodiff` runs its own composites for softmax, log_softmax and attention; with parity on,
+/// `BatchInvariant` runs them too, so the inference forward (no `Autodiff` anywhere) and the
+/// training forward (inputs that require gradients) agree bit for bit: per op, and for the
+/// whole transformer's logits. Whether the fused kernels (parity off) happen to give the same
+/// bits on this runtime is printed, not asserted: the fused softmax follows the routed
+/// primitives' order and may.
+fn parity_matches_the_training_forward<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_exclusive();
+    mode::enable();
+    type Ad<B> = Autodiff<BatchInvariant<B>>;
+    let f32 = FloatDType::F32;
+    let (rows, len) = (7, 1000);
+    let data = random_values(rows * len, 41);
+    let inference = |which: usize| {
+        let x = tensor::<BatchInvariant<B>, 2>(data.clone(), [rows, len], f32, device);
+        bits(if which == 0 {
+            softmax(x, 1)
+        } else {
+            log_softmax(x, 1)
+        })
+    };
+    let training = |which: usize| {
+        let x = tensor::<Ad<B>, 2>(data.clone(), [rows, len], f32, device).require_grad();
+        let y = if which == 0 {
+            softmax(x, 1)
+        } else {
+            log_softmax(x, 1)
+        };
+        bits(y.inner())
+    };
+    let shape = [2, 3, 9, 16];
+    let qkv = |which: u64| random_values(shape.iter().product(), 50 + which);
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: true,
+    };
+    let attn_inference = || {
+        let [q, k, v] =
+            [0, 1, 2].map(|w| tensor::<BatchInvariant<B>, 4>(qkv(w), shape, f32, device));
+        bits(attention(q, k, v, None, None, options))
+    };
+    let attn_training = || {
+        let [q, k, v] =
+            [0, 1, 2].map(|w| tensor::<Ad<B>, 4>(qkv(w), shape, f32, device).require_grad());
+        bits(attention(q, k, v, None, None, options).inner())
+    };
+    let config = LmConfig::tiny();
+    let (n, seq) = (3, 11);
+    let ids: Vec<i64> = prompts(n, 40, config.vocab)
+        .into_iter()
+        .flat_map(|p| p.into_iter().cycle().take(seq).map(|t| t as i64))
+        .collect();
+    let lm_inference = || {
+        let model = TinyLm::<BatchInvariant<B>>::new(config, 7, f32, device);
+        let tokens = Tensor::<BatchInvariant<B>, 2, Int>::from_data(
+            TensorData::new(ids.clone(), [n, seq]),
+            device,
+        );
+        bits(model.forward(tokens, &[seq; 3]))
+    };
+    let lm_training = || {
+        let model = TinyLm::<Ad<B>>::new(config, 7, f32, device);
+        let tokens =
+            Tensor::<Ad<B>, 2, Int>::from_data(TensorData::new(ids.clone(), [n, seq]), device);
+        let x = model.embed(tokens).detach().require_grad();
+        bits(model.forward_embedded(x, &[seq; 3]).inner())
+    };
+
+    let fused = {
+        let _off = mode::parity::scoped(false);
+        [inference(0), inference(1), attn_inference()]
+    };
+    let _on = mode::parity::scoped(true);
+    for (which, name) in ["softmax", "log_softmax"].iter().enumerate() {
+        assert!(
+            inference(which) == training(which),
+            "{name}: the inference forward with parity on differs from the training forward"
+        );
+        eprintln!(
+            "{name}: the fused kernel alone has parity on this runtime: {}",
+            fused[which] == inference(which)
+        );
+    }
+    assert!(
+        attn_inference() == attn_training(),
+        "attention: the inference forward with parity on differs from the training forward"
+    );
+    eprintln!(
+        "attention: the fused kernel alone has parity on this runtime: {}",
+        fused[2] == attn_inference()
+    );
+    assert!(
+        lm_inference() == lm_training(),
+        "transformer: inference logits with parity on differ from the training forward's"
+    );
+}
+
+#[test]
+fn autodiff_parity_matches_the_training_forward() {
+    on_test_backend!(parity_matches_the_training_forward);
 }

@@ -23,26 +23,87 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// Name of the environment variable read when the switch is first used.
 pub const ENV_VAR: &str = "BURN_BATCH_INVARIANT";
 
+/// Name of the environment variable read when the [`parity`] switch is first used (unset:
+/// off). Same values as [`ENV_VAR`].
+pub const PARITY_ENV_VAR: &str = "BURN_BATCH_INVARIANT_PARITY";
+
 const UNSET: u8 = 0;
 const OFF: u8 = 1;
 const ON: u8 = 2;
 
-static STATE: AtomicU8 = AtomicU8::new(UNSET);
+/// A process-wide switch that takes its first value from an environment variable.
+struct Switch {
+    state: AtomicU8,
+    var: &'static str,
+    default: bool,
+    what: &'static str,
+}
+
+static ROUTING: Switch = Switch::new(ENV_VAR, true, "batch-invariant routing");
+static PARITY: Switch = Switch::new(PARITY_ENV_VAR, false, "train/inference parity");
+
+impl Switch {
+    const fn new(var: &'static str, default: bool, what: &'static str) -> Self {
+        Self {
+            state: AtomicU8::new(UNSET),
+            var,
+            default,
+            what,
+        }
+    }
+
+    fn parse(&self, value: Option<&str>) -> Result<bool, String> {
+        let Some(raw) = value else {
+            return Ok(self.default);
+        };
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "on" | "yes" => Ok(true),
+            "0" | "false" | "off" | "no" => Ok(false),
+            _ => Err(format!(
+                "{}={raw:?} is not a valid value: use 1/true/on/yes to enable {} or \
+                 0/false/off/no to disable it",
+                self.var, self.what
+            )),
+        }
+    }
+
+    /// The current state, reading the environment variable on first use.
+    fn state(&self) -> u8 {
+        let current = self.state.load(Ordering::Acquire);
+        if current != UNSET {
+            return current;
+        }
+        let from_env = std::env::var(self.var).ok();
+        let enabled = self
+            .parse(from_env.as_deref())
+            .unwrap_or_else(|msg| panic!("{msg}"));
+        // Another thread may have initialised or set the switch meanwhile; its value wins.
+        match self.state.compare_exchange(
+            UNSET,
+            encode(enabled),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => encode(enabled),
+            Err(existing) => existing,
+        }
+    }
+
+    fn is_on(&self) -> bool {
+        self.state() == ON
+    }
+
+    /// Sets the switch and returns its previous value.
+    fn set(&self, enabled: bool) -> bool {
+        self.state(); // an invalid environment value is reported even when the first call is a set
+        self.state.swap(encode(enabled), Ordering::AcqRel) == ON
+    }
+}
 
 /// Parses a value of [`ENV_VAR`]. `None` means "unset"; an unknown value is an error that
 /// quotes it.
 pub fn parse_env_value(value: Option<&str>) -> Result<bool, String> {
-    let Some(raw) = value else {
-        return Ok(true);
-    };
-    match raw.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "on" | "yes" => Ok(true),
-        "0" | "false" | "off" | "no" => Ok(false),
-        _ => Err(format!(
-            "{ENV_VAR}={raw:?} is not a valid value: use 1/true/on/yes to enable batch-invariant \
-             routing or 0/false/off/no to disable it"
-        )),
-    }
+    ROUTING.parse(value)
 }
 
 fn encode(enabled: bool) -> u8 {
@@ -53,30 +114,14 @@ fn encode(enabled: bool) -> u8 {
     }
 }
 
-/// The current state, reading [`ENV_VAR`] on first use.
-fn state() -> u8 {
-    let current = STATE.load(Ordering::Acquire);
-    if current != UNSET {
-        return current;
-    }
-    let from_env = std::env::var(ENV_VAR).ok();
-    let enabled = parse_env_value(from_env.as_deref()).unwrap_or_else(|msg| panic!("{msg}"));
-    // Another thread may have initialised or set the switch meanwhile; its value wins.
-    match STATE.compare_exchange(UNSET, encode(enabled), Ordering::AcqRel, Ordering::Acquire) {
-        Ok(_) => encode(enabled),
-        Err(existing) => existing,
-    }
-}
-
 /// Whether routed ops currently use the batch-invariant kernels.
 pub fn is_enabled() -> bool {
-    state() == ON
+    ROUTING.is_on()
 }
 
 /// Sets the switch and returns its previous value.
 pub fn set_enabled(enabled: bool) -> bool {
-    state(); // an invalid environment value is reported even when the first call is a set
-    STATE.swap(encode(enabled), Ordering::AcqRel) == ON
+    ROUTING.set(enabled)
 }
 
 /// Routes the batch-sensitive ops to the batch-invariant kernels (the default).
@@ -110,6 +155,51 @@ pub struct ModeGuard {
 
 impl Drop for ModeGuard {
     fn drop(&mut self) {
-        STATE.store(encode(self.previous), Ordering::Release);
+        ROUTING
+            .state
+            .store(encode(self.previous), Ordering::Release);
+    }
+}
+
+/// The train/inference parity switch (off unless [`PARITY_ENV_VAR`] says otherwise).
+///
+/// `Autodiff<B>` in Burn 0.21 computes `softmax`, `log_softmax` and `attention` with its own
+/// composites of primitives, never with `B`'s methods, so a training forward cannot reach
+/// the fused invariant kernels. Both are batch invariant, but their bits differ. With
+/// parity on, `BatchInvariant` runs those three ops through the very composites `Autodiff`
+/// runs (over the same routed primitives), so an inference forward gives the bits of the
+/// training forward: what on-policy RL needs, at the cost of the fused kernels' speed
+/// (attention materialises its scores). Every other routed op already has parity.
+pub mod parity {
+    use super::{encode, Ordering, PARITY};
+
+    /// Whether `softmax`, `log_softmax` and `attention` run `Autodiff`'s composites.
+    pub fn is_enabled() -> bool {
+        PARITY.is_on()
+    }
+
+    /// Sets the parity switch and returns its previous value.
+    pub fn set_enabled(enabled: bool) -> bool {
+        PARITY.set(enabled)
+    }
+
+    /// Sets the parity switch until the returned guard is dropped (see [`super::scoped`]).
+    #[must_use = "the parity switch is restored when the guard is dropped"]
+    pub fn scoped(enabled: bool) -> ParityGuard {
+        ParityGuard {
+            previous: set_enabled(enabled),
+        }
+    }
+
+    /// Restores the previous parity setting when dropped; see [`scoped`].
+    #[derive(Debug)]
+    pub struct ParityGuard {
+        previous: bool,
+    }
+
+    impl Drop for ParityGuard {
+        fn drop(&mut self) {
+            PARITY.state.store(encode(self.previous), Ordering::Release);
+        }
     }
 }

@@ -13,6 +13,7 @@ use burn_backend::tensor::{BoolTensor, FloatTensor};
 use burn_backend::{DType, FloatDType, Shape, TensorMetadata};
 
 use super::checks::check_float_dtype;
+use super::parity;
 use crate::{mode, KernelHost};
 
 const OP: &str = "attention";
@@ -27,6 +28,9 @@ pub(crate) fn attention<B: KernelHost>(
 ) -> FloatTensor<B> {
     if !mode::is_enabled() {
         return B::attention(query, key, value, mask, attn_bias, options);
+    }
+    if mode::parity::is_enabled() {
+        return parity::attention::<B>(query, key, value, mask, attn_bias, options);
     }
     let dtype = query.dtype();
     let (q, k, v) = (query.shape(), key.shape(), value.shape());

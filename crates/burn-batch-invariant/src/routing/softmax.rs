@@ -9,11 +9,15 @@ use burn_backend::tensor::FloatTensor;
 use burn_backend::TensorMetadata;
 
 use super::checks::{check_dim, check_float_dtype};
+use super::parity;
 use crate::{mode, KernelHost};
 
 pub(crate) fn softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
     if !mode::is_enabled() {
         return B::softmax(tensor, dim);
+    }
+    if mode::parity::is_enabled() {
+        return parity::softmax::<B>(tensor, dim);
     }
     run::<B>("softmax", tensor, dim, SoftmaxKind::Softmax)
 }
@@ -21,6 +25,9 @@ pub(crate) fn softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> Floa
 pub(crate) fn log_softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
     if !mode::is_enabled() {
         return B::log_softmax(tensor, dim);
+    }
+    if mode::parity::is_enabled() {
+        return parity::log_softmax::<B>(tensor, dim);
     }
     run::<B>("log_softmax", tensor, dim, SoftmaxKind::LogSoftmax)
 }

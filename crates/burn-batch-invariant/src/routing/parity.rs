@@ -1,0 +1,47 @@
+//! Train/inference parity ([`crate::mode::parity`]): `softmax`, `log_softmax` and
+//! `attention` computed by `Autodiff<BatchInvariant<B>>` itself, on untracked tensors.
+//!
+//! Burn 0.21's `Autodiff` never calls its inner backend's `softmax`, `log_softmax` or
+//! `attention`: it runs composites of primitives (`max_dim`, `exp`, `sum_dim`, `matmul`,
+//! ...), which reach our routed primitives. Running the inference op through the very same
+//! `Autodiff` method, rather than a copy of its composite, keeps the two forwards equal by
+//! construction, whatever Burn's composites are. Untracked tensors record no graph.
+
+use burn_autodiff::Autodiff;
+use burn_backend::ops::{ActivationOps, AttentionModuleOptions, ModuleOps};
+use burn_backend::tensor::{BoolTensor, FloatTensor};
+use burn_backend::AutodiffBackend;
+
+use crate::{BatchInvariant, KernelHost};
+
+type Ad<B> = Autodiff<BatchInvariant<B>>;
+
+pub(crate) fn softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
+    Ad::<B>::inner(<Ad<B> as ActivationOps<Ad<B>>>::softmax(
+        Ad::<B>::from_inner(tensor),
+        dim,
+    ))
+}
+
+pub(crate) fn log_softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
+    Ad::<B>::inner(<Ad<B> as ActivationOps<Ad<B>>>::log_softmax(
+        Ad::<B>::from_inner(tensor),
+        dim,
+    ))
+}
+
+pub(crate) fn attention<B: KernelHost>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    mask: Option<BoolTensor<B>>,
+    attn_bias: Option<FloatTensor<B>>,
+    options: AttentionModuleOptions,
+) -> FloatTensor<B> {
+    let [query, key, value] = [query, key, value].map(Ad::<B>::from_inner);
+    let mask = mask.map(Ad::<B>::bool_from_inner);
+    let attn_bias = attn_bias.map(Ad::<B>::from_inner);
+    Ad::<B>::inner(<Ad<B> as ModuleOps<Ad<B>>>::attention(
+        query, key, value, mask, attn_bias, options,
+    ))
+}
