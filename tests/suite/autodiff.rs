@@ -65,7 +65,8 @@ fn autodiff_composites_are_batch_invariant() {
 /// `Autodiff` runs its own composites for softmax, log_softmax and attention; with parity on,
 /// `BatchInvariant` runs them too, so the inference forward (no `Autodiff` anywhere) and the
 /// training forward (inputs that require gradients) agree bit for bit: per op, and for the
-/// whole transformer's logits. Whether the fused kernels (parity off) happen to give the same
+/// whole transformer's logits. Whether `Autodiff`'s untracked forward (inputs that require
+/// no gradient) gives the same bits as its tracked one is printed. Whether the fused kernels (parity off) happen to give the same
 /// bits on this runtime is printed, not asserted: the fused softmax follows the routed
 /// primitives' order and may.
 fn parity_matches_the_training_forward<B: KernelHost>(device: &B::Device) {
@@ -103,6 +104,10 @@ fn parity_matches_the_training_forward<B: KernelHost>(device: &B::Device) {
         let [q, k, v] =
             [0, 1, 2].map(|w| tensor::<BatchInvariant<B>, 4>(qkv(w), shape, f32, device));
         bits(attention(q, k, v, None, None, options))
+    };
+    let attn_untracked = || {
+        let [q, k, v] = [0, 1, 2].map(|w| tensor::<Ad<B>, 4>(qkv(w), shape, f32, device));
+        bits(attention(q, k, v, None, None, options).inner())
     };
     let attn_training = || {
         let [q, k, v] =
@@ -146,6 +151,10 @@ fn parity_matches_the_training_forward<B: KernelHost>(device: &B::Device) {
             fused[which] == inference(which)
         );
     }
+    eprintln!(
+        "attention: Autodiff's untracked forward equals its tracked one on this runtime: {}",
+        attn_untracked() == attn_training()
+    );
     assert!(
         attn_inference() == attn_training(),
         "attention: the inference forward with parity on differs from the training forward"

@@ -5,10 +5,14 @@
 //! `attention`: it runs composites of primitives (`max_dim`, `exp`, `sum_dim`, `matmul`,
 //! ...), which reach our routed primitives. Running the inference op through the very same
 //! `Autodiff` method, rather than a copy of its composite, keeps the two forwards equal by
-//! construction, whatever Burn's composites are. Untracked tensors record no graph.
+//! construction, whatever Burn's composites are. The inputs are marked as requiring
+//! gradients, as a training forward's are: `Autodiff` runs some ops differently when it
+//! tracks them (a tracked `max_dim` asks the inner backend for `max_dim_with_indices`), and
+//! parity is with the tracked forward. The graph this records is dropped with the result's
+//! autodiff wrapper; no backward ever runs on it.
 
 use burn_autodiff::Autodiff;
-use burn_backend::ops::{ActivationOps, AttentionModuleOptions, ModuleOps};
+use burn_backend::ops::{ActivationOps, AttentionModuleOptions, FloatTensorOps, ModuleOps};
 use burn_backend::tensor::{BoolTensor, FloatTensor};
 use burn_backend::AutodiffBackend;
 
@@ -16,16 +20,21 @@ use crate::{BatchInvariant, KernelHost};
 
 type Ad<B> = Autodiff<BatchInvariant<B>>;
 
+/// `tensor` as a leaf of `Ad<B>` that requires gradients.
+fn tracked<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<Ad<B>> {
+    Ad::<B>::float_set_require_grad(Ad::<B>::from_inner(tensor), true)
+}
+
 pub(crate) fn softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
     Ad::<B>::inner(<Ad<B> as ActivationOps<Ad<B>>>::softmax(
-        Ad::<B>::from_inner(tensor),
+        tracked::<B>(tensor),
         dim,
     ))
 }
 
 pub(crate) fn log_softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
     Ad::<B>::inner(<Ad<B> as ActivationOps<Ad<B>>>::log_softmax(
-        Ad::<B>::from_inner(tensor),
+        tracked::<B>(tensor),
         dim,
     ))
 }
@@ -38,9 +47,9 @@ pub(crate) fn attention<B: KernelHost>(
     attn_bias: Option<FloatTensor<B>>,
     options: AttentionModuleOptions,
 ) -> FloatTensor<B> {
-    let [query, key, value] = [query, key, value].map(Ad::<B>::from_inner);
+    let [query, key, value] = [query, key, value].map(tracked::<B>);
     let mask = mask.map(Ad::<B>::bool_from_inner);
-    let attn_bias = attn_bias.map(Ad::<B>::from_inner);
+    let attn_bias = attn_bias.map(tracked::<B>);
     Ad::<B>::inner(<Ad<B> as ModuleOps<Ad<B>>>::attention(
         query, key, value, mask, attn_bias, options,
     ))
