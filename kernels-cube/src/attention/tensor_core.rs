@@ -485,32 +485,22 @@ fn rescale_add(
     }
 }
 
-/// `x[0] = min(x[0 .. n])` by a tree (`n` a power of two); the rest of `x` is clobbered.
+/// `x[0] = max(x[0 .. n])` (or the minimum) by a tree (`n` a power of two); the rest of `x`
+/// is clobbered. Neither depends on the order: CUDA's `max` and `min` return the other
+/// operand of a NaN, and the sign of a zero maximum changes no weight (`s - m`, `m - m'` are
+/// the same either way).
 #[cube]
-fn min_tree(x: &mut Array<f32>, #[comptime] n: usize) {
+fn extremum_tree(x: &mut Array<f32>, #[comptime] n: usize, #[comptime] max: bool) {
     let mut width = comptime!(n / 2);
     #[unroll]
     for _ in 0..comptime!(n.trailing_zeros()) {
         #[unroll]
         for i in 0..width {
-            x[i] = f32::min(x[i], x[i + width]);
-        }
-        width = comptime!(width / 2);
-    }
-}
-
-/// `x[0] = max(x[0 .. n])` by a tree (`n` a power of two); the rest of `x` is clobbered.
-/// The maximum does not depend on the order: CUDA's `max` returns the other operand of a
-/// NaN, and the sign of a zero maximum changes no weight (`s - m`, `m - m'` are the same
-/// either way).
-#[cube]
-fn max_tree(x: &mut Array<f32>, #[comptime] n: usize) {
-    let mut width = comptime!(n / 2);
-    #[unroll]
-    for _ in 0..comptime!(n.trailing_zeros()) {
-        #[unroll]
-        for i in 0..width {
-            x[i] = f32::max(x[i], x[i + width]);
+            if comptime!(max) {
+                x[i] = f32::max(x[i], x[i + width]);
+            } else {
+                x[i] = f32::min(x[i], x[i + width]);
+            }
         }
         width = comptime!(width / 2);
     }
@@ -549,7 +539,7 @@ fn block_weights<F: Float>(
                 }
             }
         }
-        max_tree(&mut x, comptime!(SCORE_TILES * 2));
+        extremum_tree(&mut x, comptime!(SCORE_TILES * 2), true);
         let mut block_max = x[0usize];
         block_max = f32::max(block_max, plane_shuffle_xor(block_max, 1u32));
         block_max = f32::max(block_max, plane_shuffle_xor(block_max, 2u32));
@@ -1069,7 +1059,7 @@ pub fn attention_mma_partials_kernel<F: Float>(
                 for i in 0..comptime!(SCORE_TILES * 2) {
                     lo[i] = f32::min(s[2 * i], s[2 * i + 1]);
                 }
-                min_tree(&mut lo, comptime!(SCORE_TILES * 2));
+                extremum_tree(&mut lo, comptime!(SCORE_TILES * 2), false);
                 fast = plane_all(lo[0usize] >= f32::min_value());
             }
             if fast {
