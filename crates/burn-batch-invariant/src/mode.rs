@@ -32,6 +32,7 @@ const OFF: u8 = 1;
 const ON: u8 = 2;
 
 /// A process-wide switch that takes its first value from an environment variable.
+#[derive(Debug)]
 struct Switch {
     state: AtomicU8,
     var: &'static str,
@@ -143,19 +144,21 @@ pub fn disable() {
 #[must_use = "the mode is restored when the guard is dropped"]
 pub fn scoped(enabled: bool) -> ModeGuard {
     ModeGuard {
+        switch: &ROUTING,
         previous: set_enabled(enabled),
     }
 }
 
-/// Restores the previous mode when dropped; see [`scoped`].
+/// Restores the value its switch had before [`scoped`] (or [`parity::scoped`]) when dropped.
 #[derive(Debug)]
 pub struct ModeGuard {
+    switch: &'static Switch,
     previous: bool,
 }
 
 impl Drop for ModeGuard {
     fn drop(&mut self) {
-        ROUTING
+        self.switch
             .state
             .store(encode(self.previous), Ordering::Release);
     }
@@ -165,13 +168,14 @@ impl Drop for ModeGuard {
 ///
 /// `Autodiff<B>` in Burn 0.21 computes `softmax`, `log_softmax` and `attention` with its own
 /// composites of primitives, never with `B`'s methods, so a training forward cannot reach
-/// the fused invariant kernels. Both are batch invariant, but their bits differ. With
+/// the fused invariant kernels. Both are batch invariant, but nothing makes their bits agree
+/// (attention's differ; softmax's agreed on lavapipe and on the H100 in the tests). With
 /// parity on, `BatchInvariant` runs those three ops through the very composites `Autodiff`
 /// runs (over the same routed primitives), so an inference forward gives the bits of the
 /// training forward: what on-policy RL needs, at the cost of the fused kernels' speed
 /// (attention materialises its scores). Every other routed op already has parity.
 pub mod parity {
-    use super::{encode, Ordering, PARITY};
+    use super::{ModeGuard, PARITY};
 
     /// Whether `softmax`, `log_softmax` and `attention` run `Autodiff`'s composites.
     pub fn is_enabled() -> bool {
@@ -185,21 +189,10 @@ pub mod parity {
 
     /// Sets the parity switch until the returned guard is dropped (see [`super::scoped`]).
     #[must_use = "the parity switch is restored when the guard is dropped"]
-    pub fn scoped(enabled: bool) -> ParityGuard {
-        ParityGuard {
+    pub fn scoped(enabled: bool) -> ModeGuard {
+        ModeGuard {
+            switch: &PARITY,
             previous: set_enabled(enabled),
-        }
-    }
-
-    /// Restores the previous parity setting when dropped; see [`scoped`].
-    #[derive(Debug)]
-    pub struct ParityGuard {
-        previous: bool,
-    }
-
-    impl Drop for ParityGuard {
-        fn drop(&mut self) {
-            PARITY.state.store(encode(self.previous), Ordering::Release);
         }
     }
 }
