@@ -77,7 +77,7 @@ fn packed_rows_invariance<B: KernelHost>(device: &B::Device) {
     let rows = FULL_CUBES_FROM_ROWS + 9;
     // 5: one thread per row; 100 and 1028: vector loads (`reduce_vector_kernel`, eight rows
     // per cube here, one per cube for the batches below), 1028 through a partial group of
-    // segments and a one-vector tail.
+    // vectors and a tail loop.
     for (len, dtypes) in [
         (5usize, vec![FloatDType::F32]),
         (100, vec![FloatDType::F32]),
@@ -150,23 +150,37 @@ fn middle_dim_invariance<B: KernelHost>(device: &B::Device) {
 /// A row stored contiguously, the same row stored with a stride, and the same row one
 /// element into a wider buffer go through different thread mappings (vector loads where
 /// the length is a multiple of 4, one thread per row, the lanes kernel for the unaligned
-/// view); the order, hence the bits, must be the same.
+/// view); the order, hence the bits, must be the same, and for f32 sums the bits of
+/// `cpu_reference::reduce_in_order`.
 fn mappings_agree<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     for dtype in float_dtypes::<B>(device) {
         for len in [1, 31, 32, 33, 1000, 2180, 4096, 4097, 8191, 8192, 10000] {
             let rows = 7;
-            let values = random_values(rows * len, 3000 + len as u64);
-            let transposed = transposed_values(&values, rows, len);
-            let padded: Vec<f32> = values
+            let data = random_values(rows * len, 3000 + len as u64);
+            let transposed = transposed_values(&data, rows, len);
+            let padded: Vec<f32> = data
                 .chunks(len)
                 .flat_map(|row| std::iter::once(f32::NAN).chain(row.iter().copied()))
                 .collect();
-            let contiguous = tensor::<BatchInvariant<B>, 2>(values, [rows, len], dtype, device);
+            let contiguous =
+                tensor::<BatchInvariant<B>, 2>(data.clone(), [rows, len], dtype, device);
             let strided =
                 tensor::<BatchInvariant<B>, 2>(transposed, [len, rows], dtype, device).transpose();
             let shifted = tensor::<BatchInvariant<B>, 2>(padded, [rows, len + 1], dtype, device)
                 .narrow(1, 1, len);
+            if dtype == FloatDType::F32 {
+                // The documented order itself, spelled out on the CPU in f32.
+                let got = values(apply(contiguous.clone(), 1, ReduceOp::Sum));
+                for (r, row) in data.chunks(len).enumerate() {
+                    let want = cpu_reference::reduce_in_order(row, ReduceOp::Sum);
+                    assert!(
+                        got[r].to_bits() == (want as f64).to_bits(),
+                        "len {len} row {r}: the kernel's sum {} is not the documented order's {want}",
+                        got[r]
+                    );
+                }
+            }
             for op in [ReduceOp::Mean, ReduceOp::Sum] {
                 let a = bits(apply(contiguous.clone(), 1, op));
                 assert!(

@@ -1,6 +1,6 @@
 //! f64 references for the dim reductions and the error bounds the tests hold the kernels to.
 
-use super::{lanes_for_len, ReduceOp};
+use super::{lanes_for_len, ReduceOp, CHUNK};
 
 /// Reduces a contiguous row-major tensor along `dim` in f64, keeping the dim with length 1.
 pub fn reduce_dim(data: &[f64], shape: &[usize], dim: usize, op: ReduceOp) -> Vec<f64> {
@@ -30,6 +30,32 @@ pub fn reduce_dim(data: &[f64], shape: &[usize], dim: usize, op: ReduceOp) -> Ve
     out
 }
 
+/// One row reduced in f32 in the kernels' order (the module docs): element `j` into partial
+/// `(j / CHUNK) % P`, the partials folded pairwise, the mean one division. The GPU kernels
+/// must give these bits exactly (the suite checks sums and products; a mean's division is
+/// as exact as the runtime's f32 division).
+pub fn reduce_in_order(row: &[f32], op: ReduceOp) -> f32 {
+    let lanes = lanes_for_len(row.len());
+    let combine = |a: f32, b: f32| if op == ReduceOp::Prod { a * b } else { a + b };
+    let identity = if op == ReduceOp::Prod { 1.0 } else { 0.0 };
+    let mut partials = vec![identity; lanes];
+    for (j, &x) in row.iter().enumerate() {
+        let p = (j / CHUNK) % lanes;
+        partials[p] = combine(partials[p], x);
+    }
+    let mut step = lanes / 2;
+    while step > 0 {
+        for i in 0..step {
+            partials[i] = combine(partials[i], partials[i + step]);
+        }
+        step /= 2;
+    }
+    match op {
+        ReduceOp::Mean => partials[0] / row.len() as f32,
+        _ => partials[0],
+    }
+}
+
 /// Sum of `|x|` along `dim`, the scale the accumulation error is proportional to.
 pub fn abs_sum_dim(data: &[f64], shape: &[usize], dim: usize) -> Vec<f64> {
     let abs: Vec<f64> = data.iter().map(|x| x.abs()).collect();
@@ -44,8 +70,8 @@ pub fn unit_roundoff(mantissa_bits: u32) -> f64 {
 
 /// The documented bound on `|kernel - reference|` for one output element.
 ///
-/// Each partial sum adds at most `ceil(len / P)` terms (`P = lanes_for_len(len)`) and the
-/// fold adds `log2(P)` more levels, every f32 addition contributing at most one f32 unit roundoff of the running
+/// Each partial sum adds at most `CHUNK * ceil(len / (CHUNK * P))` terms
+/// (`P = lanes_for_len(len)`) and the fold adds `log2(P)` more levels, every f32 addition contributing at most one f32 unit roundoff of the running
 /// magnitude, itself at most `abs_sum`. The mean's division adds one more roundoff, and the
 /// final cast to the output dtype one roundoff of that dtype.
 pub fn tolerance(
@@ -61,7 +87,7 @@ pub fn tolerance(
         // A sum's error is bounded along the chain that builds it; a product's relative
         // errors multiply, so every one of its `len - 1` multiplies counts.
         ReduceOp::Prod => (len + lanes) as f64,
-        _ => len.div_ceil(lanes) as f64 + lanes.trailing_zeros() as f64 + 1.0,
+        _ => (CHUNK * len.div_ceil(CHUNK * lanes)) as f64 + lanes.trailing_zeros() as f64 + 1.0,
     };
     let scale = match op {
         ReduceOp::Sum => abs_sum,
@@ -90,6 +116,30 @@ mod tests {
             vec![2.5, 3.5, 4.5]
         );
         assert_eq!(abs_sum_dim(&[-1.0, 2.0], &[1, 2], 1), vec![3.0]);
+    }
+
+    #[test]
+    fn order_takes_chunks_of_four() {
+        // 32 partials: elements 0..4 go to partial 0, 4..8 to partial 1, ...; with one
+        // element per chunk position the fold sees partials 0 and 1 only.
+        let mut row = vec![0.0f32; 8];
+        row[0] = 1.0;
+        row[3] = 2.0;
+        row[4] = 4.0;
+        assert_eq!(reduce_in_order(&row, ReduceOp::Sum), 7.0);
+        assert_eq!(reduce_in_order(&row, ReduceOp::Mean), 7.0 / 8.0);
+        // A product's partials start at 1; an all-ones row with one 3 is 3.
+        let mut ones = vec![1.0f32; 300];
+        ones[299] = 3.0;
+        assert_eq!(reduce_in_order(&ones, ReduceOp::Prod), 3.0);
+        // The order is observable: 1e8 and -1e8 share chunk 0 and cancel before the 1 of
+        // chunk 1 meets them, so the 1 survives. Elementwise partials (`j % 32`, the order
+        // before session 12) would put the three in partials 0, 1 and 4 and lose the 1 in
+        // `1e8 + 1`.
+        assert_eq!(
+            reduce_in_order(&[1e8, -1e8, 0.0, 0.0, 1.0], ReduceOp::Sum),
+            1.0
+        );
     }
 
     #[test]

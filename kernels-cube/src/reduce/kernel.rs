@@ -1,10 +1,12 @@
-//! The `#[cube]` code of the dim reductions. Both kernels implement the order documented in
-//! the module above, for a partial count `lanes` fixed by [`super::lanes_for_len`]; keep them
-//! in step.
+//! The `#[cube]` code of the dim reductions. The three kernels implement the order documented
+//! in the module above, for a partial count `lanes` fixed by [`super::lanes_for_len`] and
+//! chunks of [`CHUNK`] elements; keep them in step.
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
 use cubecl::std::FastDivmod;
+
+pub use super::CHUNK;
 
 /// Most threads in one cube of [`reduce_lanes_kernel`]: `lanes` per row, at most
 /// `CUBE_UNITS / lanes` rows per cube (`launch::rows_per_cube`). A launch parameter only: it
@@ -13,6 +15,9 @@ pub const CUBE_UNITS: u32 = 256;
 
 /// Loads one thread of a lanes kernel issues before it folds them in (in index order).
 pub const SCAN_UNROLL: usize = 16;
+
+/// Segments whose chunks one thread of [`reduce_lanes_kernel`] loads per group.
+const GROUP_SEGMENTS: usize = SCAN_UNROLL / CHUNK;
 
 /// Outputs handled by one cube of [`reduce_unit_kernel`].
 pub const UNITS_PER_CUBE: u32 = 128;
@@ -32,7 +37,8 @@ fn row_offset(
 }
 
 /// `lanes` threads (`UNIT_POS_X`) per output row (`UNIT_POS_Y` within the cube); thread `t`
-/// owns partial `t`, and the fold goes through shared memory.
+/// owns partial `t`, reading its chunk of [`CHUNK`] elements of every segment one element at
+/// a time (rows of any alignment); the fold goes through shared memory.
 ///
 /// Every thread takes part in every `sync_cube`, including those of rows past the end, so
 /// out-of-range rows are masked rather than terminated.
@@ -60,26 +66,41 @@ pub fn reduce_lanes_kernel<F: Float>(
     let mut partial = identity(prod);
     if in_range {
         let base = row_offset(row, &out_shape, &row_strides);
-        // `SCAN_UNROLL` loads are issued before the first of their adds waits: a plain loop
-        // has one load in flight per thread, so a few rows were latency-bound (64 rows of
-        // 4096: 18 us where Burn took 6). The adds stay in increasing `j`.
-        let mut j = lane;
-        let group = lanes * SCAN_UNROLL;
-        while j + group - lanes < reduce_len {
-            let vals = load_group(input, base + j * reduce_stride, lanes * reduce_stride);
+        let segment = comptime!(lanes * CHUNK);
+        // `SCAN_UNROLL` loads (`GROUP_SEGMENTS` chunks) are issued before the first of their
+        // adds waits: a plain loop has one load in flight per thread, so a few rows were
+        // latency-bound (64 rows of 4096: 18 us where Burn took 6). The adds stay in
+        // increasing `j`.
+        let mut j = lane * comptime!(CHUNK);
+        let span = comptime!((GROUP_SEGMENTS - 1) * lanes * CHUNK + CHUNK);
+        while j + span <= reduce_len {
+            let mut vals = Array::<f32>::new(SCAN_UNROLL);
+            #[unroll]
+            for g in 0..GROUP_SEGMENTS {
+                #[unroll]
+                for c in 0..CHUNK {
+                    vals[g * CHUNK + c] =
+                        f32::cast_from(input[base + (j + g * segment + c) * reduce_stride]);
+                }
+            }
             #[unroll]
             for u in 0..SCAN_UNROLL {
                 partial = combine(partial, vals[u], prod);
             }
-            j += group;
+            j += comptime!(GROUP_SEGMENTS * lanes * CHUNK);
         }
         while j < reduce_len {
-            partial = combine(
-                partial,
-                f32::cast_from(input[base + j * reduce_stride]),
-                prod,
-            );
-            j += lanes;
+            #[unroll]
+            for c in 0..CHUNK {
+                if j + c < reduce_len {
+                    partial = combine(
+                        partial,
+                        f32::cast_from(input[base + (j + c) * reduce_stride]),
+                        prod,
+                    );
+                }
+            }
+            j += segment;
         }
     }
 
@@ -87,36 +108,24 @@ pub fn reduce_lanes_kernel<F: Float>(
     let total = fold_shared(&mut shared, local_row * lanes, lane, partial, lanes, prod);
 
     if in_range && lane == 0 {
-        if comptime!(mean) {
-            output[row] = F::cast_from(total / f32::cast_from(reduce_len));
-        } else {
-            output[row] = F::cast_from(total);
-        }
+        write_total(output, row, total, reduce_len, mean);
     }
 }
 
-/// Elements of one vector load of [`reduce_vector_kernel`].
-pub const VECTOR: usize = 4;
-/// Elements of a row one warp-wide vector load of [`reduce_vector_kernel`] covers.
-const SEGMENT: usize = crate::reduce::SHORT_ROW_LANES * VECTOR;
-
-/// The order of [`reduce_lanes_kernel`] for short contiguous rows (32 partials, one warp per
-/// row, thread `t` owning partial `t`), with the row read by vector loads: each load covers
-/// a segment of 128 consecutive elements (512 bytes in f32), several segments in flight per
-/// warp, staged through shared memory, from which thread `t` takes elements
-/// `t, t + 32, t + 64, t + 96` of each segment in order. The adds are those of the lanes
-/// kernel, in the same order (`group` segments in flight, at most `SCAN_UNROLL`, fewer where
-/// shared memory is small); the fold `p[i] += p[i + s]` for `s = 16, ..., 1` runs as
-/// shuffles where the runtime's planes are 32 lanes (CUDA), else through shared memory as
-/// in the lanes kernel (lavapipe's planes are narrower).
+/// The order of [`reduce_lanes_kernel`] for contiguous rows whose starts and length are
+/// multiples of [`CHUNK`] elements: thread `t`'s chunk of a segment is one vector load, so
+/// a warp reads a 32-partial segment (512 bytes in f32) in one instruction and the adds
+/// need nothing but the loaded registers. `SCAN_UNROLL` vectors are in flight per thread.
 ///
-/// Why: the lanes kernel's loads cover 128 bytes of a row each, and a full device then
-/// reads some 16000 rows at once in small pieces; 16 row pieces of 512 bytes per warp are
-/// the pattern DRAM streams best (Burn's own reduction reads rows that way) and need a
-/// quarter of the round trips for a few rows.
+/// Why: session 10's version of this kernel kept the elementwise order (`j % 32`) and so
+/// had to transpose each segment through shared memory, with two cube barriers per group:
+/// it read 16384 rows of 4096 at 2.3-2.7 TB/s depending on the run, where Burn's
+/// register-only reduction held 2.86. The chunked order (see the module docs) makes the
+/// vector load the unit of the order.
 ///
-/// The launch takes this mapping only for rows whose starts and length are multiples of
-/// [`VECTOR`] elements, at aligned addresses.
+/// The fold is shuffles where a row's threads are exactly one plane (CUDA, 32 partials),
+/// else the shared-memory fold of the lanes kernel (256 partials, or lavapipe's narrower
+/// planes).
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 pub fn reduce_vector_kernel<F: Float, N: Size>(
@@ -126,102 +135,85 @@ pub fn reduce_vector_kernel<F: Float, N: Size>(
     row_strides: Sequence<usize>,
     reduce_len: usize,
     num_rows: usize,
-    #[comptime] rows_per_cube: usize,
-    #[comptime] group: usize,
+    #[comptime] lanes: usize,
     #[comptime] shuffle_fold: bool,
     #[comptime] mean: bool,
     #[comptime] prod: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let lane = UNIT_POS_X as usize;
-    let warp = UNIT_POS_Y as usize;
-    let row = CUBE_POS * rows_per_cube + warp;
-    // A warp past the last row reduces the last row again and writes nothing: every warp
-    // takes part in every `sync_cube` (WGSL has no warp-level barrier).
+    let local_row = UNIT_POS_Y as usize;
+    let row = CUBE_POS * (CUBE_DIM_Y as usize) + local_row;
     let in_range = row < num_rows;
-    let row_read = select(in_range, row, num_rows - 1);
-    let lanes = comptime!(crate::reduce::SHORT_ROW_LANES);
-    let staged = comptime!(group * SEGMENT);
-    let mut stage = SharedMemory::<f32>::new(comptime!(group * SEGMENT * rows_per_cube));
-    let at = warp * staged;
 
     let mut partial = identity(prod);
-    {
-        let base = row_offset(row_read, &out_shape, &row_strides) / comptime!(VECTOR);
-        let segments = reduce_len / comptime!(SEGMENT);
-        let mut first = 0usize;
-        while first < segments {
-            let count = select(segments - first < group, segments - first, group);
-            // Every load is issued before any is used; a load past `count` re-reads the
-            // group's first segment (a valid address) and is never added.
-            let mut vals = Array::<Vector<F, N>>::new(group);
+    if in_range {
+        let base = row_offset(row, &out_shape, &row_strides) / comptime!(CHUNK);
+        let vectors = reduce_len / comptime!(CHUNK);
+        let mut v = lane;
+        let span = comptime!((SCAN_UNROLL - 1) * lanes + 1);
+        while v + span <= vectors {
+            let mut vals = Array::<Vector<F, N>>::new(SCAN_UNROLL);
             #[unroll]
-            for u in 0..group {
-                let seg = first + select(u < count, u, 0usize);
-                vals[u] = input[base + seg * lanes + lane];
+            for u in 0..SCAN_UNROLL {
+                vals[u] = input[base + v + u * lanes];
             }
-            sync_cube(); // the previous group has been read
             #[unroll]
-            for u in 0..group {
-                let x = vals[u];
-                #[unroll]
-                for q in 0..VECTOR {
-                    stage[at + u * comptime!(SEGMENT) + lane * comptime!(VECTOR) + q] =
-                        f32::cast_from(x[q]);
-                }
+            for u in 0..SCAN_UNROLL {
+                partial = combine_chunk(partial, vals[u], prod);
             }
-            sync_cube();
-            #[unroll]
-            for u in 0..group {
-                if u < count {
-                    #[unroll]
-                    for k in 0..VECTOR {
-                        let x = stage[at + u * comptime!(SEGMENT) + k * lanes + lane];
-                        partial = combine(partial, x, prod);
-                    }
-                }
-            }
-            first += count;
+            v += comptime!(SCAN_UNROLL * lanes);
         }
-        // The last, partial segment: `tail` elements, a multiple of `VECTOR`.
-        let tail = reduce_len - segments * comptime!(SEGMENT);
-        if tail > 0 {
-            let live = lane * comptime!(VECTOR) < tail;
-            let x = input[base + segments * lanes + select(live, lane, 0usize)];
-            sync_cube();
-            #[unroll]
-            for q in 0..VECTOR {
-                stage[at + lane * comptime!(VECTOR) + q] = f32::cast_from(x[q]);
-            }
-            sync_cube();
-            #[unroll]
-            for k in 0..VECTOR {
-                if k * lanes + lane < tail {
-                    partial = combine(partial, stage[at + k * lanes + lane], prod);
-                }
-            }
+        while v < vectors {
+            partial = combine_chunk(partial, input[base + v], prod);
+            v += lanes;
         }
     }
 
-    // `p[i] += p[i + s]` for s = 16, 8, 4, 2, 1: lane `i < s` takes lane `i + s`'s value,
-    // by shuffles where a plane is the row's 32 threads, else through shared memory.
+    let mut total = partial;
     if comptime!(shuffle_fold) {
-        partial = combine(partial, plane_shuffle_xor(partial, 16u32), prod);
-        partial = combine(partial, plane_shuffle_xor(partial, 8u32), prod);
-        partial = combine(partial, plane_shuffle_xor(partial, 4u32), prod);
-        partial = combine(partial, plane_shuffle_xor(partial, 2u32), prod);
-        partial = combine(partial, plane_shuffle_xor(partial, 1u32), prod);
+        // `p[i] += p[i + s]` for s = 16, 8, 4, 2, 1, lane `i < s` taking lane `i + s`'s
+        // value (the other lanes compute values nobody reads).
+        total = combine(total, plane_shuffle_xor(total, 16u32), prod);
+        total = combine(total, plane_shuffle_xor(total, 8u32), prod);
+        total = combine(total, plane_shuffle_xor(total, 4u32), prod);
+        total = combine(total, plane_shuffle_xor(total, 2u32), prod);
+        total = combine(total, plane_shuffle_xor(total, 1u32), prod);
     } else {
-        sync_cube(); // the stage has been read
-        partial = fold_shared(&mut stage, at, lane, partial, lanes, prod);
+        let mut shared = SharedMemory::<f32>::new(comptime!(CUBE_UNITS as usize));
+        total = fold_shared(&mut shared, local_row * lanes, lane, partial, lanes, prod);
     }
 
     if in_range && lane == 0 {
-        if comptime!(mean) {
-            output[row] = F::cast_from(partial / f32::cast_from(reduce_len));
-        } else {
-            output[row] = F::cast_from(partial);
-        }
+        write_total(output, row, total, reduce_len, mean);
+    }
+}
+
+/// Adds one chunk (a vector of [`CHUNK`] elements) into a partial, in element order.
+#[cube]
+fn combine_chunk<F: Float, N: Size>(partial: f32, x: Vector<F, N>, #[comptime] prod: bool) -> f32 {
+    let mut p = partial;
+    #[unroll]
+    for c in 0..CHUNK {
+        p = combine(p, f32::cast_from(x[c]), prod);
+    }
+    p
+}
+
+/// Writes a row's folded total: the sum or product, or the mean (one f32 division by the
+/// reduced length).
+#[cube]
+fn write_total<F: Float>(
+    output: &mut Tensor<F>,
+    row: usize,
+    total: f32,
+    reduce_len: usize,
+    #[comptime] mean: bool,
+) {
+    if comptime!(mean) {
+        output[row] = F::cast_from(total / f32::cast_from(reduce_len));
+    } else {
+        output[row] = F::cast_from(total);
     }
 }
 
@@ -253,28 +245,34 @@ pub fn reduce_unit_kernel<F: Float>(
         partials[t] = identity(prod);
     }
 
-    let full_chunks = reduce_len / lanes;
-    for chunk in 0..full_chunks {
-        let start = base + chunk * lanes * reduce_stride;
-        #[unroll]
-        for t in 0..lanes {
-            partials[t] = combine(
-                partials[t],
-                f32::cast_from(input[start + t * reduce_stride]),
-                prod,
-            );
+    // Partial `t` takes elements `4t .. 4t + 3` of each segment of `4 * lanes`, in order.
+    let segment = comptime!(lanes * CHUNK);
+    let full_segments = reduce_len / segment;
+    for s in 0..full_segments {
+        let start = base + s * segment * reduce_stride;
+        for c in 0..CHUNK {
+            #[unroll]
+            for t in 0..lanes {
+                partials[t] = combine(
+                    partials[t],
+                    f32::cast_from(input[start + (t * CHUNK + c) * reduce_stride]),
+                    prod,
+                );
+            }
         }
     }
-    let done = full_chunks * lanes;
+    let done = full_segments * segment;
     let start = base + done * reduce_stride;
-    #[unroll]
-    for t in 0..lanes {
-        if done + t < reduce_len {
-            partials[t] = combine(
-                partials[t],
-                f32::cast_from(input[start + t * reduce_stride]),
-                prod,
-            );
+    for c in 0..CHUNK {
+        #[unroll]
+        for t in 0..lanes {
+            if done + t * CHUNK + c < reduce_len {
+                partials[t] = combine(
+                    partials[t],
+                    f32::cast_from(input[start + (t * CHUNK + c) * reduce_stride]),
+                    prod,
+                );
+            }
         }
     }
 
@@ -290,12 +288,7 @@ pub fn reduce_unit_kernel<F: Float>(
     fold_registers(&mut partials, 2usize, prod);
     fold_registers(&mut partials, 1usize, prod);
 
-    let total = partials[0];
-    if comptime!(mean) {
-        output[row] = F::cast_from(total / f32::cast_from(reduce_len));
-    } else {
-        output[row] = F::cast_from(total);
-    }
+    write_total(output, row, partials[0], reduce_len, mean);
 }
 
 /// The `SCAN_UNROLL` entries `first, first + step, ...` of `input`, as f32: one group of a
@@ -366,5 +359,6 @@ fn combine(a: f32, b: f32, #[comptime] prod: bool) -> f32 {
 
 // `reduce_unit_kernel` spells out the fold steps for these two partial counts.
 const _: () = assert!(super::SHORT_ROW_LANES == 32 && super::LONG_ROW_LANES == 256);
-// `reduce_vector_kernel`'s shuffles (16 ... 1) are spelled out for 32 partials.
-const _: () = assert!(super::SHORT_ROW_LANES == 32);
+// `reduce_vector_kernel`'s shuffles (16 ... 1) are spelled out for 32 partials, and a
+// lanes-kernel group is whole chunks.
+const _: () = assert!(super::SHORT_ROW_LANES == 32 && SCAN_UNROLL.is_multiple_of(CHUNK));

@@ -7,10 +7,9 @@ use cubecl::prelude::*;
 use cubecl::std::FastDivmod;
 
 use super::kernel::{
-    reduce_lanes_kernel, reduce_unit_kernel, reduce_vector_kernel, CUBE_UNITS, SCAN_UNROLL,
-    UNITS_PER_CUBE, VECTOR,
+    reduce_lanes_kernel, reduce_unit_kernel, reduce_vector_kernel, CUBE_UNITS, UNITS_PER_CUBE,
 };
-use super::{lanes_for_len, ReduceOp};
+use super::{lanes_for_len, ReduceOp, CHUNK};
 
 /// Why [`launch_reduce_dim`] refused its arguments. The Burn layer validates user input
 /// before it gets here, so these are programming errors rather than user errors.
@@ -78,7 +77,7 @@ pub fn launch_reduce_dim<R: Runtime>(
     // (strided rows, rows shorter than the lane count) is served better by one thread per row.
     let lanes = lanes_for_len(reduce_len);
     let lanes_mapping = reduce_stride == 1 && reduce_len >= lanes;
-    let vector_mapping = lanes_mapping && vector_aligned(&input, dim, lanes, dtype);
+    let vector_mapping = lanes_mapping && vector_aligned(&input, dim, dtype);
     unsafe {
         if vector_mapping {
             let rows_per_cube = rows_per_cube(lanes, num_rows);
@@ -87,15 +86,14 @@ pub fn launch_reduce_dim<R: Runtime>(
                 cube_count(client, num_rows.div_ceil(rows_per_cube)),
                 CubeDim::new_2d(lanes as u32, rows_per_cube as u32),
                 address_type,
-                VECTOR,
+                CHUNK,
                 input.into_tensor_arg(),
                 output.into_tensor_arg(),
                 shape_arg,
                 row_strides,
                 reduce_len,
                 num_rows,
-                rows_per_cube,
-                vector_group(client, rows_per_cube),
+                lanes,
                 shuffle_fold(client, lanes),
                 mean,
                 prod,
@@ -145,32 +143,16 @@ pub fn launch_reduce_dim<R: Runtime>(
     Ok(())
 }
 
-/// Whether [`reduce_vector_kernel`] can read `input`'s rows along `dim`: 32 partials (short
-/// rows), a length and every row start a multiple of [`VECTOR`] elements, and a 16-byte
-/// aligned first element. It changes how the rows are read, never the order of the adds.
-fn vector_aligned<R: Runtime>(
-    input: &TensorBinding<R>,
-    dim: usize,
-    lanes: usize,
-    dtype: StorageType,
-) -> bool {
+/// Whether [`reduce_vector_kernel`] can read `input`'s rows along `dim`: a length and every
+/// row start a multiple of [`CHUNK`] elements, and an aligned first element, so that every
+/// chunk is one aligned vector. It changes how the rows are read, never the order of the adds.
+fn vector_aligned<R: Runtime>(input: &TensorBinding<R>, dim: usize, dtype: StorageType) -> bool {
     let offset = input.handle.offset_start.unwrap_or(0) as usize;
     let rows_aligned = (0..input.shape.len())
-        .all(|d| d == dim || input.shape[d] == 1 || input.strides[d].is_multiple_of(VECTOR));
-    lanes == super::SHORT_ROW_LANES
-        && input.shape[dim].is_multiple_of(VECTOR)
+        .all(|d| d == dim || input.shape[d] == 1 || input.strides[d].is_multiple_of(CHUNK));
+    input.shape[dim].is_multiple_of(CHUNK)
         && rows_aligned
-        && offset.is_multiple_of(VECTOR * dtype.size())
-}
-
-/// Segments of a row each warp of [`reduce_vector_kernel`] stages per round: `SCAN_UNROLL`
-/// where the cube's shared memory holds them (CUDA), fewer where it is small (WebGPU's
-/// 16 KiB). It changes how many loads are in flight, never the order of the adds.
-fn vector_group<R: Runtime>(client: &ComputeClient<R>, rows_per_cube: usize) -> usize {
-    let segment_bytes = super::SHORT_ROW_LANES * VECTOR * core::mem::size_of::<f32>();
-    let fits =
-        client.properties().hardware.max_shared_memory_size / (rows_per_cube * segment_bytes);
-    fits.clamp(1, SCAN_UNROLL)
+        && offset.is_multiple_of(CHUNK * dtype.size())
 }
 
 /// Whether a row's `lanes` threads are exactly one plane of the runtime, so that the fold
