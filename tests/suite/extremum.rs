@@ -121,30 +121,39 @@ fn packed_rows<B: KernelHost>(device: &B::Device) {
 fn special_values<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     let nan = f32::NAN;
-    // Rows: ties, a NaN in the middle, signed zeros, all equal.
-    let data = vec![
+    // Rows: ties, a NaN in the middle, signed zeros, all equal. Rows of 5 are read one
+    // element per load, rows of 8 as two vectors of 4 (ties and NaNs across the boundary).
+    let short = vec![
         1.0, 3.0, 3.0, -5.0, 3.0, //
         2.0, nan, 9.0, nan, -9.0, //
         -0.0, 0.0, -0.0, 0.0, -0.0, //
         7.0, 7.0, 7.0, 7.0, 7.0,
     ];
-    let x = tensor::<BatchInvariant<B>, 2>(data.clone(), [4, 5], FloatDType::F32, device);
-    let exact: Vec<f64> = data.iter().map(|&v| f64::from(v)).collect();
-    for op in OPS {
-        let (v, i) = apply::<B>(x.clone(), 1, op);
-        let reference = cpu_reference::extremum_dim(&exact, &[4, 5], 1, op);
-        let got_i = i.into_data().convert::<i64>().to_vec::<i64>().unwrap();
-        let got_v = v.into_data().to_vec::<f32>().unwrap();
-        for r in 0..4 {
-            let (rv, ri) = reference[r];
-            assert_eq!(got_i[r] as usize, ri, "{op:?} row {r}: index");
-            assert!(
-                (rv.is_nan() && got_v[r].is_nan())
-                    || (f64::from(got_v[r]) == rv
-                        && got_v[r].is_sign_negative() == rv.is_sign_negative()),
-                "{op:?} row {r}: {} vs {rv}",
-                got_v[r]
-            );
+    let vectors = vec![
+        1.0, 0.0, -5.0, 2.0, 3.0, 3.0, -5.0, 3.0, //
+        2.0, 1.0, -9.0, 0.0, 9.0, nan, 9.0, nan, //
+        -0.0, -0.0, 0.0, -0.0, 0.0, -0.0, 0.0, -0.0, //
+        7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0, 7.0,
+    ];
+    for (data, len) in [(short, 5usize), (vectors, 8)] {
+        let x = tensor::<BatchInvariant<B>, 2>(data.clone(), [4, len], FloatDType::F32, device);
+        let exact: Vec<f64> = data.iter().map(|&v| f64::from(v)).collect();
+        for op in OPS {
+            let (v, i) = apply::<B>(x.clone(), 1, op);
+            let reference = cpu_reference::extremum_dim(&exact, &[4, len], 1, op);
+            let got_i = i.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+            let got_v = v.into_data().to_vec::<f32>().unwrap();
+            for r in 0..4 {
+                let (rv, ri) = reference[r];
+                assert_eq!(got_i[r] as usize, ri, "{op:?} rows of {len}, row {r}: index");
+                assert!(
+                    (rv.is_nan() && got_v[r].is_nan())
+                        || (f64::from(got_v[r]) == rv
+                            && got_v[r].is_sign_negative() == rv.is_sign_negative()),
+                    "{op:?} rows of {len}, row {r}: {} vs {rv}",
+                    got_v[r]
+                );
+            }
         }
     }
 }

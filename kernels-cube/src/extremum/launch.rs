@@ -6,9 +6,10 @@ use super::kernel::{extremum_combine_kernel, extremum_lanes_kernel, CUBE_UNITS};
 use super::ExtremumOp;
 use super::CHUNK_LEN;
 use crate::reduce::launch::{
-    check_reduction, cube_count, max_offset, row_args, rows_per_cube, ReduceDimError,
+    check_reduction, cube_count, max_offset, row_args, rows_per_cube, vector_aligned,
+    ReduceDimError,
 };
-use crate::reduce::{lanes_for_len, LONG_ROW_MIN_LEN};
+use crate::reduce::{lanes_for_len, CHUNK, LONG_ROW_MIN_LEN};
 
 /// Writes the winner of `op` along `dim` of `input` (element type `dtype`, any strides) to
 /// `values` (same type) and its index along `dim` to `indices` (integer type `index_dtype`),
@@ -47,6 +48,13 @@ pub fn launch_extremum_dim<R: Runtime>(
     };
     let chunk_len = if chunks == 1 { reduce_len } else { CHUNK_LEN };
     let candidates = num_rows * chunks;
+    // Vector loads where every chunk of the split starts on a vector boundary; only how the
+    // row is read depends on it.
+    let width = if vector_aligned(&input, dim, dtype) && chunk_len.is_multiple_of(CHUNK) {
+        CHUNK
+    } else {
+        1
+    };
     let rows_per_cube = rows_per_cube(lanes, candidates);
     let scratch = |elem: StorageType| {
         let handle = client.empty(candidates * elem.size());
@@ -65,6 +73,7 @@ pub fn launch_extremum_dim<R: Runtime>(
             cube_count(client, candidates.div_ceil(rows_per_cube)),
             CubeDim::new_2d(lanes as u32, rows_per_cube as u32),
             address_type,
+            width,
             input.into_tensor_arg(),
             lane_values.clone().into_tensor_arg(),
             lane_indices.clone().into_tensor_arg(),
@@ -76,6 +85,7 @@ pub fn launch_extremum_dim<R: Runtime>(
             chunks,
             chunk_len,
             lanes,
+            width,
             min,
             abs,
             [dtype, index_dtype],

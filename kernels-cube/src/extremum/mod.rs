@@ -16,8 +16,10 @@
 //! result cannot depend on the batch, the grid or the mapping. For the values this also
 //! means `-0.0` vs `+0.0` ties return the first one's sign.
 //!
-//! The kernel uses the reduce module's lane count (`lanes_for_len`): lane `t` scans entries
-//! `t, t + P, ...` and the `P` candidates are folded pairwise in shared memory. Rows of
+//! The kernel uses the reduce module's lane count (`lanes_for_len`): lane `t` scans vectors
+//! `t, t + P, ...` of the row (vectors of 4 entries where the row is contiguous and
+//! aligned, of one entry otherwise) and the `P` candidates are folded pairwise in shared
+//! memory. Rows of
 //! `LONG_ROW_MIN_LEN` (8192) entries or more are cut into chunks of [`CHUNK_LEN`], one group
 //! of lanes per chunk, and a second kernel folds each row's chunk winners in chunk order: a
 //! 128256-entry argmax then runs on 32 cubes instead of one.

@@ -291,18 +291,6 @@ pub fn reduce_unit_kernel<F: Float>(
     write_total(output, row, partials[0], reduce_len, mean);
 }
 
-/// The `SCAN_UNROLL` entries `first, first + step, ...` of `input`, as f32: one group of a
-/// lanes kernel's scan, every load issued before any of them is used.
-#[cube]
-pub(crate) fn load_group<F: Float>(input: &Tensor<F>, first: usize, step: usize) -> Array<f32> {
-    let mut vals = Array::<f32>::new(SCAN_UNROLL);
-    #[unroll]
-    for u in 0..SCAN_UNROLL {
-        vals[u] = f32::cast_from(input[first + u * step]);
-    }
-    vals
-}
-
 /// The fixed pairwise fold of a row's `lanes` partials through shared memory, thread `lane`
 /// holding partial `lane`: after step `s`, partial `i < s` holds `p[i] + p[i + s]`. Every
 /// thread of the cube takes part in every `sync_cube`; the total is returned to all.

@@ -143,14 +143,19 @@ pub fn launch_reduce_dim<R: Runtime>(
     Ok(())
 }
 
-/// Whether [`reduce_vector_kernel`] can read `input`'s rows along `dim`: a length and every
-/// row start a multiple of [`CHUNK`] elements, and an aligned first element, so that every
-/// chunk is one aligned vector. It changes how the rows are read, never the order of the adds.
-fn vector_aligned<R: Runtime>(input: &TensorBinding<R>, dim: usize, dtype: StorageType) -> bool {
+/// Whether [`reduce_vector_kernel`] can read `input`'s rows along `dim`: contiguous rows, a
+/// length and every row start a multiple of [`CHUNK`] elements, and an aligned first
+/// element, so that every chunk is one aligned vector. It changes how the rows are read, never the order of the adds.
+pub(crate) fn vector_aligned<R: Runtime>(
+    input: &TensorBinding<R>,
+    dim: usize,
+    dtype: StorageType,
+) -> bool {
     let offset = input.handle.offset_start.unwrap_or(0) as usize;
     let rows_aligned = (0..input.shape.len())
         .all(|d| d == dim || input.shape[d] == 1 || input.strides[d].is_multiple_of(CHUNK));
-    input.shape[dim].is_multiple_of(CHUNK)
+    input.strides[dim] == 1
+        && input.shape[dim].is_multiple_of(CHUNK)
         && rows_aligned
         && offset.is_multiple_of(CHUNK * dtype.size())
 }
