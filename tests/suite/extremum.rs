@@ -145,7 +145,10 @@ fn special_values<B: KernelHost>(device: &B::Device) {
             let got_v = v.into_data().to_vec::<f32>().unwrap();
             for r in 0..4 {
                 let (rv, ri) = reference[r];
-                assert_eq!(got_i[r] as usize, ri, "{op:?} rows of {len}, row {r}: index");
+                assert_eq!(
+                    got_i[r] as usize, ri,
+                    "{op:?} rows of {len}, row {r}: index"
+                );
                 assert!(
                     (rv.is_nan() && got_v[r].is_nan())
                         || (f64::from(got_v[r]) == rv

@@ -333,7 +333,7 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 } else {
                     std::slice::from_ref(&routed_tiling.kind)
                 };
-                let forms = tilings_for(storage).into_iter().flat_map(|tiling| {
+                let forms = tilings_for(storage).iter().flat_map(|&tiling| {
                     kinds
                         .iter()
                         .map(move |&kind| (TensorCoreTiling { kind, ..tiling }, loader))

@@ -5,6 +5,7 @@
 //!
 //!     cargo run --release -p burn-batch-invariant-examples --bin bench -- --cuda --json bench.json
 //!     cargo run --release -p burn-batch-invariant-examples --bin bench -- --cuda --fused
+//!     cargo run --release -p burn-batch-invariant-examples --bin bench -- --cuda --only mean_dim:16384
 //!
 //! Timing (`burn_batch_invariant_examples::bench_ms`): on a plain backend, device time per
 //! call from a cold L2, with Burn's host overhead hidden behind a blocker (median of 9
@@ -84,6 +85,16 @@ fn run_op<X: Backend>(x: &Tensor<X, 2>, norms: &Norms<X>, op: &str) -> Tensor<X,
 
 fn bench<B: KernelHost>(device: &B::Device) {
     println!("device: {}", B::name(device));
+    // `--only OP` or `--only OP:M` keeps one op, or one shape of it (for a profiler run).
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args.get(i + 1).expect("--only needs OP or OP:M").clone());
+    let wanted = |op: &str, m: usize| match &only {
+        None => true,
+        Some(filter) => filter == op || *filter == format!("{op}:{m}"),
+    };
     let mut rows = Vec::new();
     for (op, len, ms) in [
         ("mean_dim", 4096usize, &[64usize, 1024, 16384][..]),
@@ -100,7 +111,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
         ("layer_norm", 4096, &[64, 1024, 16384][..]),
         ("rms_norm", 4096, &[64, 1024, 16384][..]),
     ] {
-        for &m in ms {
+        for &m in ms.iter().filter(|&&m| wanted(op, m)) {
             eprintln!("{op} M={m} len={len}");
             let x = matrix::<B>(m, len, 3, device);
             let xi: Tensor<BatchInvariant<B>, 2> = Tensor::from_data(x.to_data(), device);
@@ -174,7 +185,6 @@ fn bench<B: KernelHost>(device: &B::Device) {
             );
         }
     }
-    let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--json") {
         let path = args.get(i + 1).expect("--json needs a path");
         let json = serde_json::json!({

@@ -133,8 +133,9 @@ pub fn matmul_output_shape(lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>, M
 }
 
 /// The path [`launch_matmul`] takes on this runtime for this problem. It depends on the
-/// runtime, the dtype, K = 0, M (the tiling, [`tiling_for`]) and (for the loader) the operand
-/// strides; every choice gives the same bits per element, see the module docs.
+/// runtime, the dtype, K = 0, the output's size and the multiprocessor count (the tiling,
+/// [`tiling_for`]) and (for the loader) the operand strides; every choice gives the same bits
+/// per element, see the module docs.
 pub fn choose_path<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: &TensorBinding<R>,
@@ -146,7 +147,12 @@ pub fn choose_path<R: Runtime>(
     if k == 0 {
         return MatmulPath::Portable;
     }
-    let tiling = tiling_for(m, dtype);
+    let n = rhs.shape[rank - 1];
+    let batches = matmul_output_shape(&lhs.shape, &rhs.shape)
+        .map(|shape| shape[..rank - 2].iter().product())
+        .unwrap_or(1);
+    let sms = client.properties().hardware.num_streaming_multiprocessors;
+    let tiling = tiling_for(m, n, batches, dtype, sms);
     let Some(kind) = tensor_core::form_for(client, dtype, tiling) else {
         return MatmulPath::Portable;
     };

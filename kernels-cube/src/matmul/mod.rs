@@ -20,12 +20,13 @@
 //!
 //! # What may change with the shape, and why it is harmless
 //!
-//! The tensor-core path has four tilings of the *same* instruction per dtype
+//! The tensor-core path has four or five tilings of the *same* instruction per dtype
 //! ([`tilings_for`]), chosen by M: 16x64 outputs per cube for at most [`NARROW_MAX_M`] rows
 //! (decode), 32x64 up to [`SKINNY_MAX_M`] (16x32 and 64x32 in f32, whose stages hold twice
-//! the bytes), 128x64 up to
-//! [`MEDIUM_MAX_M`], 256x128 above; the smaller ones spread a small problem over more cubes,
-//! the deep-K ones keep the weight's loads in flight. They
+//! the bytes), 128x64 up to [`MEDIUM_MAX_M`], 256x128 above, or 256x112 in f16 and bf16
+//! where that leaves a less empty last wave of cubes ([`tiling_for`]); the smaller ones
+//! spread a small problem over more cubes, the deep-K ones keep the weight's loads in
+//! flight. They
 //! differ only in which cube and which warp computes a fragment and how tiles are staged
 //! through shared memory; the instruction, the K steps and the accumulation order are the
 //! same, and the tests compare them all bitwise. The same holds for the loader (TMA, with or
@@ -41,7 +42,7 @@ pub mod tensor_core;
 pub use launch::{launch_matmul, MatmulError, MatmulLaunch, MatmulPath};
 pub use tensor_core::{
     tiling_for, tilings_for, Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32,
-    SKINNY, SKINNY_TF32, TILINGS, WIDE,
+    SKINNY, SKINNY_TF32, TILINGS, WIDE, WIDE_N112,
 };
 
 /// Problems with at most this many rows (M, per batch) use the [`NARROW`] tiling

@@ -124,28 +124,87 @@ pub const NARROW: TensorCoreTiling = TensorCoreTiling {
     kind: TileKind::MmaSync,
 };
 
-/// Every tiling the router may pick, for some dtype.
-pub const TILINGS: [TensorCoreTiling; 6] = [NARROW, NARROW_TF32, SKINNY, SKINNY_TF32, MEDIUM, WIDE];
+/// 256x112 outputs per cube, eight warps of 32x112, four K tiles per stage: [`WIDE`]'s
+/// alternative in f16 and bf16 where it fills the last wave of cubes better
+/// ([`tiling_for`]). 1024 x 14336 outputs are 448 cubes of 256x128, 3.39 waves on 132
+/// multiprocessors (the last one 39% full), but 512 cubes of 256x112, 3.88 waves. M = 1024,
+/// K = 4096, N = 14336 in bf16: 0.329 ms against 0.368 (the 17:05 call, 2026-11-27).
+pub const WIDE_N112: TensorCoreTiling = TensorCoreTiling {
+    name: "wide-n112",
+    partition: (2, 7, 4),
+    stage: (8, 1),
+    kind: TileKind::MmaSync,
+};
 
-/// The tilings the router picks from for `dtype`, by increasing M. The tests compare each of
-/// them with the routed result bitwise.
-pub fn tilings_for(dtype: StorageType) -> [TensorCoreTiling; 4] {
+/// Every tiling the router may pick, for some dtype.
+pub const TILINGS: [TensorCoreTiling; 7] = [
+    NARROW,
+    NARROW_TF32,
+    SKINNY,
+    SKINNY_TF32,
+    MEDIUM,
+    WIDE,
+    WIDE_N112,
+];
+
+/// The tilings the router picks from for `dtype`. The tests compare each of them with the
+/// routed result bitwise.
+pub fn tilings_for(dtype: StorageType) -> &'static [TensorCoreTiling] {
     if dtype == F32 {
-        [NARROW_TF32, SKINNY_TF32, MEDIUM, WIDE]
+        &[NARROW_TF32, SKINNY_TF32, MEDIUM, WIDE]
     } else {
-        [NARROW, SKINNY, MEDIUM, WIDE]
+        &[NARROW, SKINNY, MEDIUM, WIDE, WIDE_N112]
     }
 }
 
-/// The tiling for `m` rows (per batch) of `dtype`. Only speed depends on it.
-pub fn tiling_for(m: usize, dtype: StorageType) -> TensorCoreTiling {
-    let [narrow, skinny, medium, wide] = tilings_for(dtype);
+/// Outputs one cube of `tiling` computes, as (rows, columns).
+pub fn cube_outputs(tiling: TensorCoreTiling) -> (usize, usize) {
+    let (pm, pn, _) = tiling.partition;
+    let (sm, sn) = tiling.stage;
+    (16 * (pm * sm) as usize, 16 * (pn * sn) as usize)
+}
+
+/// What one cube of [`WIDE_N112`] costs relative to [`WIDE`] per output column: 1.03, from
+/// the 17:05 sweep (0.329 ms for 4 waves of 112 columns against 0.368 for 4 waves of 128).
+const N112_COST: f64 = 1.03;
+
+/// The tiling for `batches` products of `m x n` outputs of `dtype` on a device with
+/// `multiprocessors` (if known). Only speed depends on it: every listed tiling runs the same
+/// instruction, K steps and accumulation order per output, which the suite checks bitwise.
+///
+/// M picks the size class (decode, skinny, medium, wide). For wide problems in f16 and bf16,
+/// the cubes run in waves of one per multiprocessor, and a last wave that is mostly empty
+/// costs a full one: [`WIDE_N112`] is taken where its waves times its width cost less than
+/// [`WIDE`]'s.
+pub fn tiling_for(
+    m: usize,
+    n: usize,
+    batches: usize,
+    dtype: StorageType,
+    multiprocessors: Option<u32>,
+) -> TensorCoreTiling {
+    let (narrow, skinny, medium, wide) = if dtype == F32 {
+        (NARROW_TF32, SKINNY_TF32, MEDIUM, WIDE)
+    } else {
+        (NARROW, SKINNY, MEDIUM, WIDE)
+    };
     if m <= super::NARROW_MAX_M {
-        narrow
+        return narrow;
     } else if m <= super::SKINNY_MAX_M {
-        skinny
+        return skinny;
     } else if m <= super::MEDIUM_MAX_M {
-        medium
+        return medium;
+    }
+    let Some(sms) = multiprocessors.filter(|&s| s > 0 && dtype != F32) else {
+        return wide;
+    };
+    let cost = |tiling: TensorCoreTiling, per_column: f64| {
+        let (rows, cols) = cube_outputs(tiling);
+        let cubes = batches.max(1) * m.div_ceil(rows) * n.div_ceil(cols);
+        cubes.div_ceil(sms as usize) as f64 * cols as f64 * per_column
+    };
+    if cost(WIDE_N112, N112_COST) < cost(wide, 1.0) {
+        WIDE_N112
     } else {
         wide
     }
@@ -361,9 +420,16 @@ mod tests {
     #[test]
     fn the_router_picks_only_listed_tilings_and_lists_each_one_for_some_dtype() {
         for dtype in HALF.into_iter().chain([F32]) {
-            for m in [0, 1, 16, 17, 64, 65, 256, 257, 1 << 20] {
-                let tiling = tiling_for(m, dtype);
-                assert!(tilings_for(dtype).contains(&tiling), "{dtype:?} M = {m}");
+            for m in [0, 1, 16, 17, 64, 65, 256, 257, 1024, 1 << 20] {
+                for n in [1, 112, 4096, 14336] {
+                    for sms in [None, Some(1), Some(132)] {
+                        let tiling = tiling_for(m, n, 1, dtype, sms);
+                        assert!(
+                            tilings_for(dtype).contains(&tiling),
+                            "{dtype:?} M = {m} N = {n}"
+                        );
+                    }
+                }
             }
         }
         for tiling in TILINGS {
@@ -377,10 +443,28 @@ mod tests {
 
     #[test]
     fn f32_decode_takes_its_own_tilings() {
-        assert_eq!(tiling_for(64, F32), SKINNY_TF32);
-        assert_eq!(tiling_for(64, HALF[1]), SKINNY);
-        assert_eq!(tiling_for(16, F32), NARROW_TF32);
-        assert_eq!(tiling_for(1, HALF[0]), NARROW);
-        assert_eq!(tiling_for(257, F32), WIDE);
+        let sms = Some(132);
+        assert_eq!(tiling_for(64, 4096, 1, F32, sms), SKINNY_TF32);
+        assert_eq!(tiling_for(64, 4096, 1, HALF[1], sms), SKINNY);
+        assert_eq!(tiling_for(16, 4096, 1, F32, sms), NARROW_TF32);
+        assert_eq!(tiling_for(1, 4096, 1, HALF[0], sms), NARROW);
+        assert_eq!(tiling_for(257, 4096, 1, F32, sms), WIDE);
+    }
+
+    /// The shapes of the 17:05 sweep (H100, 132 multiprocessors): 112-wide cubes only where
+    /// they save a wave.
+    #[test]
+    fn wide_problems_take_112_columns_only_where_that_saves_a_wave() {
+        let bf16 = HALF[1];
+        let sms = Some(132);
+        assert_eq!(cube_outputs(WIDE), (256, 128));
+        assert_eq!(cube_outputs(WIDE_N112), (256, 112));
+        assert_eq!(tiling_for(1024, 14336, 1, bf16, sms), WIDE_N112);
+        assert_eq!(tiling_for(1024, 14336, 1, HALF[0], sms), WIDE_N112);
+        assert_eq!(tiling_for(1024, 4096, 1, bf16, sms), WIDE);
+        assert_eq!(tiling_for(4096, 4096, 1, bf16, sms), WIDE);
+        assert_eq!(tiling_for(4096, 14336, 1, bf16, sms), WIDE);
+        assert_eq!(tiling_for(1024, 14336, 1, F32, sms), WIDE);
+        assert_eq!(tiling_for(1024, 14336, 1, bf16, None), WIDE);
     }
 }
