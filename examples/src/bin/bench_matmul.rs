@@ -5,7 +5,8 @@
 //!
 //! Options: `--quick` (fewer shapes, for a smoke run), `--tilings` (CUDA: time each
 //! tensor-core tiling by direct launch and check it gives the router's bits),
-//! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings). With
+//! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings), `--dtype
+//! bf16|f16|f32` (one dtype). With
 //! `--json PATH`, also a plot per dtype of TFLOP/s against M (`PATH` with `.bf16.svg` etc.).
 //!
 //! Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device time per call
@@ -71,12 +72,21 @@ fn bench<B: KernelHost>(device: &B::Device) {
         "{:<5} {:>5} {:>6} {:>6} {:>10} {:>13} {:>6} {:>9} {:>9}",
         "dtype", "M", "K", "N", "burn ms", "invariant ms", "ratio", "inv TF/s", "burn TF/s"
     );
-    let dtypes: &[FloatDType] = if flag("--tilings-only") {
-        &[]
+    let args: Vec<String> = std::env::args().collect();
+    let only_dtype = args.iter().position(|a| a == "--dtype").map(|i| {
+        args.get(i + 1)
+            .expect("--dtype needs bf16, f16 or f32")
+            .as_str()
+    });
+    let dtypes: Vec<FloatDType> = if flag("--tilings-only") {
+        Vec::new()
     } else {
-        &[FloatDType::BF16, FloatDType::F32, FloatDType::F16]
+        [FloatDType::BF16, FloatDType::F32, FloatDType::F16]
+            .into_iter()
+            .filter(|&d| only_dtype.is_none_or(|name| format!("{d:?}").to_lowercase() == name))
+            .collect()
     };
-    for &dtype in dtypes {
+    for &dtype in &dtypes {
         for &(k, n) in kns {
             let w = cast(
                 matrix::<B>(k, n, 7, device) * (1.0 / (k as f64).sqrt()),
@@ -138,7 +148,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
             serde_json::json!({ "device": B::name(device), "rows": rows, "tilings": tilings });
         std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
         println!("wrote {path}");
-        for &dtype in dtypes {
+        for &dtype in &dtypes {
             let name = format!("{dtype:?}").to_lowercase();
             let svg_path = std::path::Path::new(path).with_extension(format!("{name}.svg"));
             let title = format!("matmul [M, K] x [K, N], {name}, {}", B::name(device));
