@@ -6,8 +6,9 @@ use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
 use cubecl::std::FastDivmod;
 
 // The lanes kernel shares the reduce kernel's cube size, loads in flight and rows per cube
-// (`reduce::launch::{rows_per_cube, vector_unroll}`).
+// (`reduce::launch::rows_per_cube`).
 pub(crate) use crate::reduce::kernel::CUBE_UNITS;
+use crate::reduce::kernel::SCAN_UNROLL;
 
 /// Whether candidate `(bv, bi)` beats `(av, ai)` in the module's total order. `ai == len`
 /// marks an empty candidate (a lane past the end of a short row), which everything beats.
@@ -86,7 +87,6 @@ pub fn extremum_lanes_kernel<F: Float, I: Int, N: Size>(
     chunk_len: usize,
     #[comptime] lanes: usize,
     #[comptime] width: usize,
-    #[comptime] unroll: usize,
     #[comptime] min: bool,
     #[comptime] abs: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
@@ -112,18 +112,18 @@ pub fn extremum_lanes_kernel<F: Float, I: Int, N: Size>(
         let base = index_offset_contiguous_fastdivmod(row, &out_shape, &row_strides, 1usize)
             / comptime!(width);
         let last = end / comptime!(width);
-        // `unroll` loads issued before the first is compared, as in the sum (see
-        // `reduce_vector_kernel`); entries are then taken in index order.
+        // `SCAN_UNROLL` loads issued before the first is compared, as in the sum (see
+        // there); entries are then taken in index order.
         let mut v = start / comptime!(width) + lane;
-        let group = comptime!(lanes * unroll);
+        let group = comptime!(lanes * SCAN_UNROLL);
         while v + group - lanes < last {
-            let mut vals = Array::<Vector<F, N>>::new(unroll);
+            let mut vals = Array::<Vector<F, N>>::new(SCAN_UNROLL);
             #[unroll]
-            for u in 0..unroll {
+            for u in 0..SCAN_UNROLL {
                 vals[u] = input[base + (v + u * lanes) * reduce_stride];
             }
             #[unroll]
-            for u in 0..unroll {
+            for u in 0..SCAN_UNROLL {
                 #[unroll]
                 for c in 0..width {
                     let x = f32::cast_from(vals[u][c]);

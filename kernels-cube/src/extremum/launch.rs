@@ -7,7 +7,7 @@ use super::ExtremumOp;
 use super::CHUNK_LEN;
 use crate::reduce::launch::{
     check_reduction, cube_count, max_offset, row_args, rows_per_cube, vector_aligned,
-    vector_unroll, ReduceDimError,
+    ReduceDimError,
 };
 use crate::reduce::{lanes_for_len, CHUNK, LONG_ROW_MIN_LEN};
 
@@ -86,7 +86,6 @@ pub fn launch_extremum_dim<R: Runtime>(
             chunk_len,
             lanes,
             width,
-            vector_unroll(candidates),
             min,
             abs,
             [dtype, index_dtype],

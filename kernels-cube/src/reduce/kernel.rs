@@ -16,10 +16,6 @@ pub const CUBE_UNITS: u32 = 256;
 /// Loads one thread of a lanes kernel issues before it folds them in (in index order).
 pub const SCAN_UNROLL: usize = 16;
 
-/// Vectors one thread of [`reduce_vector_kernel`] loads before adding them when there are
-/// few rows: a row of 4096 entries is then one round trip to memory instead of two.
-pub const FEW_ROWS_UNROLL: usize = 32;
-
 /// Segments whose chunks one thread of [`reduce_lanes_kernel`] loads per group.
 const GROUP_SEGMENTS: usize = SCAN_UNROLL / CHUNK;
 
@@ -119,9 +115,7 @@ pub fn reduce_lanes_kernel<F: Float>(
 /// The order of [`reduce_lanes_kernel`] for contiguous rows whose starts and length are
 /// multiples of [`CHUNK`] elements: thread `t`'s chunk of a segment is one vector load, so
 /// a warp reads a 32-partial segment (512 bytes in f32) in one instruction and the adds
-/// need nothing but the loaded registers. `unroll` vectors are in flight per thread
-/// ([`FEW_ROWS_UNROLL`] for a few rows, where one round trip to memory is most of the time,
-/// else `SCAN_UNROLL`); it changes when loads are issued, never the order of the adds.
+/// need nothing but the loaded registers. `SCAN_UNROLL` vectors are in flight per thread.
 ///
 /// Why: session 10's version of this kernel kept the elementwise order (`j % 32`) and so
 /// had to transpose each segment through shared memory, with two cube barriers per group:
@@ -142,7 +136,6 @@ pub fn reduce_vector_kernel<F: Float, N: Size>(
     reduce_len: usize,
     num_rows: usize,
     #[comptime] lanes: usize,
-    #[comptime] unroll: usize,
     #[comptime] shuffle_fold: bool,
     #[comptime] mean: bool,
     #[comptime] prod: bool,
@@ -158,18 +151,18 @@ pub fn reduce_vector_kernel<F: Float, N: Size>(
         let base = row_offset(row, &out_shape, &row_strides) / comptime!(CHUNK);
         let vectors = reduce_len / comptime!(CHUNK);
         let mut v = lane;
-        let span = comptime!((unroll - 1) * lanes + 1);
+        let span = comptime!((SCAN_UNROLL - 1) * lanes + 1);
         while v + span <= vectors {
-            let mut vals = Array::<Vector<F, N>>::new(unroll);
+            let mut vals = Array::<Vector<F, N>>::new(SCAN_UNROLL);
             #[unroll]
-            for u in 0..unroll {
+            for u in 0..SCAN_UNROLL {
                 vals[u] = input[base + v + u * lanes];
             }
             #[unroll]
-            for u in 0..unroll {
+            for u in 0..SCAN_UNROLL {
                 partial = combine_chunk(partial, vals[u], prod);
             }
-            v += comptime!(unroll * lanes);
+            v += comptime!(SCAN_UNROLL * lanes);
         }
         while v < vectors {
             partial = combine_chunk(partial, input[base + v], prod);

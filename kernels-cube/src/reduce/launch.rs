@@ -7,8 +7,7 @@ use cubecl::prelude::*;
 use cubecl::std::FastDivmod;
 
 use super::kernel::{
-    reduce_lanes_kernel, reduce_unit_kernel, reduce_vector_kernel, CUBE_UNITS, FEW_ROWS_UNROLL,
-    SCAN_UNROLL, UNITS_PER_CUBE,
+    reduce_lanes_kernel, reduce_unit_kernel, reduce_vector_kernel, CUBE_UNITS, UNITS_PER_CUBE,
 };
 use super::{lanes_for_len, ReduceOp, CHUNK};
 
@@ -95,7 +94,6 @@ pub fn launch_reduce_dim<R: Runtime>(
                 reduce_len,
                 num_rows,
                 lanes,
-                vector_unroll(num_rows),
                 shuffle_fold(client, lanes),
                 mean,
                 prod,
@@ -160,18 +158,6 @@ pub(crate) fn vector_aligned<R: Runtime>(
         && input.shape[dim].is_multiple_of(CHUNK)
         && rows_aligned
         && offset.is_multiple_of(CHUNK * dtype.size())
-}
-
-/// Vectors each thread of [`reduce_vector_kernel`] (and of the extremum kernel) keeps in
-/// flight: all of a 4096-entry row
-/// when there are too few rows to fill the device, `SCAN_UNROLL` otherwise (16384 rows read
-/// at the same speed with 2, 4, 8 or 16, the 17:24 call). Only speed depends on it.
-pub(crate) fn vector_unroll(num_rows: usize) -> usize {
-    if num_rows < FULL_CUBES_FROM_ROWS {
-        FEW_ROWS_UNROLL
-    } else {
-        SCAN_UNROLL
-    }
 }
 
 /// Whether a row's `lanes` threads are exactly one plane of the runtime, so that the fold
