@@ -628,6 +628,8 @@ fn accumulate_pv<F: Float>(
     #[comptime] masked: bool,
 ) {
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+    // Unmasked blocks take every key's value as loaded.
+    let whole = complete || comptime!(!masked);
     // The lane's row of its matrix once; every `ldmatrix` is then a constant away.
     let lane_v = v_base + ((matrix % 2) * 8 + matrix_row) * v_pitch + (matrix / 2) * 8;
     #[unroll]
@@ -654,22 +656,10 @@ fn accumulate_pv<F: Float>(
             for v in 0..4usize {
                 a[v] = pa[kt * 4 + v];
             }
-            if comptime!(masked) {
-                let b0 = value_fragment(&regs, 0usize, key_live, complete, kt * 2);
-                let b1 = value_fragment(&regs, 2usize, key_live, complete, kt * 2);
-                def.execute_inplace(&a, &b0, &mut pv0);
-                def.execute_inplace(&a, &b1, &mut pv1);
-            } else {
-                let mut b0 = Array::<Pair<F>>::new(2usize);
-                let mut b1 = Array::<Pair<F>>::new(2usize);
-                #[unroll]
-                for v in 0..2usize {
-                    b0[v] = regs[v];
-                    b1[v] = regs[2 + v];
-                }
-                def.execute_inplace(&a, &b0, &mut pv0);
-                def.execute_inplace(&a, &b1, &mut pv1);
-            }
+            let b0 = value_fragment(&regs, 0usize, key_live, whole, kt * 2);
+            let b1 = value_fragment(&regs, 2usize, key_live, whole, kt * 2);
+            def.execute_inplace(&a, &b0, &mut pv0);
+            def.execute_inplace(&a, &b1, &mut pv1);
         }
         rescale_add(acc, &pv0, alpha, any, ct, masked);
         rescale_add(acc, &pv1, alpha, any, ct + 1, masked);
@@ -695,12 +685,8 @@ fn accumulate_pv<F: Float>(
             for v in 0..4usize {
                 a[v] = pa[kt * 4 + v];
             }
-            if comptime!(masked) {
-                let b = value_fragment(&regs, 0usize, key_live, complete, kt * 2);
-                def.execute_inplace(&a, &b, &mut pv);
-            } else {
-                def.execute_inplace(&a, &regs, &mut pv);
-            }
+            let b = value_fragment(&regs, 0usize, key_live, whole, kt * 2);
+            def.execute_inplace(&a, &b, &mut pv);
         }
         rescale_add(acc, &pv, alpha, any, ct, masked);
     }

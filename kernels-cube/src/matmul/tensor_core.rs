@@ -147,8 +147,9 @@ pub const TILINGS: [TensorCoreTiling; 7] = [
     WIDE_N112,
 ];
 
-/// The tilings the router picks from for `dtype`. The tests compare each of them with the
-/// routed result bitwise.
+/// The tilings the router picks from for `dtype`: the four size classes by increasing M,
+/// then the wide alternatives. The tests compare each of them with the routed result
+/// bitwise.
 pub fn tilings_for(dtype: StorageType) -> &'static [TensorCoreTiling] {
     if dtype == F32 {
         &[NARROW_TF32, SKINNY_TF32, MEDIUM, WIDE]
@@ -183,10 +184,8 @@ pub fn tiling_for(
     dtype: StorageType,
     multiprocessors: Option<u32>,
 ) -> TensorCoreTiling {
-    let (narrow, skinny, medium, wide) = if dtype == F32 {
-        (NARROW_TF32, SKINNY_TF32, MEDIUM, WIDE)
-    } else {
-        (NARROW, SKINNY, MEDIUM, WIDE)
+    let &[narrow, skinny, medium, wide, ..] = tilings_for(dtype) else {
+        unreachable!("tilings_for lists the four size classes first")
     };
     if m <= super::NARROW_MAX_M {
         return narrow;
