@@ -6,7 +6,7 @@
 //! Options: `--quick` (fewer shapes, for a smoke run), `--tilings` (CUDA: time each
 //! tensor-core tiling by direct launch and check it gives the router's bits),
 //! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings), `--dtype
-//! bf16|f16|f32` (one dtype). With
+//! bf16|f16|f32` (one dtype), `--m M` (one row count). With
 //! `--json PATH`, also a plot per dtype of TFLOP/s against M (`PATH` with `.bf16.svg` etc.).
 //!
 //! Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device time per call
@@ -57,11 +57,20 @@ fn flag(name: &str) -> bool {
 fn bench<B: KernelHost>(device: &B::Device) {
     println!("device: {}", B::name(device));
     let quick = flag("--quick");
-    let ms: &[usize] = if quick {
+    let only_m: Option<usize> = std::env::args()
+        .skip_while(|a| a != "--m")
+        .nth(1)
+        .map(|m| m.parse().expect("--m needs a row count"));
+    let all_ms: &[usize] = if quick {
         &[1, 64, 1024]
     } else {
         &[1, 16, 64, 256, 1024, 4096]
     };
+    let ms: Vec<usize> = all_ms
+        .iter()
+        .copied()
+        .filter(|&m| only_m.is_none_or(|only| only == m))
+        .collect();
     let kns: &[(usize, usize)] = if quick {
         &[(4096, 4096)]
     } else {
@@ -97,7 +106,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
                 cast(Tensor::from_data(w.to_data(), device), dtype);
             let xi_full: Tensor<BatchInvariant<B>, 2> =
                 cast(Tensor::from_data(x_full.to_data(), device), dtype);
-            for &m in ms {
+            for &m in &ms {
                 eprintln!("{dtype:?} M={m} K={k} N={n}");
                 let x = x_full.clone().narrow(0, 0, m);
                 let xi = xi_full.clone().narrow(0, 0, m);
