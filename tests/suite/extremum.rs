@@ -143,21 +143,24 @@ fn special_values<B: KernelHost>(device: &B::Device) {
             let reference = cpu_reference::extremum_dim(&exact, &[4, len], 1, op);
             let got_i = i.into_data().convert::<i64>().to_vec::<i64>().unwrap();
             let got_v = v.into_data().to_vec::<f32>().unwrap();
-            for r in 0..4 {
-                let (rv, ri) = reference[r];
-                assert_eq!(
-                    got_i[r] as usize, ri,
-                    "{op:?} rows of {len}, row {r}: index"
-                );
-                assert!(
-                    (rv.is_nan() && got_v[r].is_nan())
-                        || (f64::from(got_v[r]) == rv
-                            && got_v[r].is_sign_negative() == rv.is_sign_negative()),
-                    "{op:?} rows of {len}, row {r}: {} vs {rv}",
-                    got_v[r]
-                );
-            }
+            assert_winners(&got_v, &got_i, &reference, &format!("{op:?} rows of {len}"));
         }
+    }
+}
+
+/// Each row's winner against the reference scan: the same index, and the same value (a NaN
+/// for a NaN, and a zero's sign).
+fn assert_winners(got_v: &[f32], got_i: &[i64], reference: &[(f64, usize)], what: &str) {
+    assert_eq!(got_v.len(), reference.len(), "{what}: rows");
+    for (r, &(rv, ri)) in reference.iter().enumerate() {
+        assert_eq!(got_i[r] as usize, ri, "{what}, row {r}: index");
+        assert!(
+            (rv.is_nan() && got_v[r].is_nan())
+                || (f64::from(got_v[r]) == rv
+                    && got_v[r].is_sign_negative() == rv.is_sign_negative()),
+            "{what}, row {r}: {} vs {rv}",
+            got_v[r]
+        );
     }
 }
 
@@ -190,16 +193,8 @@ fn long_row_special_values<B: KernelHost>(device: &B::Device) {
             .to_vec::<i64>()
             .unwrap();
         let got_v = v.clone().into_data().to_vec::<f32>().unwrap();
+        assert_winners(&got_v, &got_i, &reference, &format!("{op:?} long rows"));
         for r in 0..3 {
-            let (rv, ri) = reference[r];
-            assert_eq!(got_i[r] as usize, ri, "{op:?} long row {r}: index");
-            assert!(
-                (rv.is_nan() && got_v[r].is_nan())
-                    || (f64::from(got_v[r]) == rv
-                        && got_v[r].is_sign_negative() == rv.is_sign_negative()),
-                "{op:?} long row {r}: {} vs {rv}",
-                got_v[r]
-            );
             let (av, ai) = apply::<B>(x.clone().narrow(0, r, 1), 1, op);
             assert!(
                 bits(av) == bits(v.clone().narrow(0, r, 1))
