@@ -4,7 +4,7 @@
 //! matmul; transposed and sliced views; run-to-run determinism; accuracy against the f64
 //! reference; poisoned outputs; empty problems; bad input.
 
-use batch_invariant_kernels::matmul::launch::{launch_matmul_on, MatmulPath};
+use batch_invariant_kernels::matmul::launch::{choose_path, launch_matmul_on, MatmulPath};
 use batch_invariant_kernels::matmul::{
     cpu_reference, launch_matmul, tensor_core, tilings_for, Loader, MatmulError, TensorCoreTiling,
     TileKind,
@@ -264,93 +264,126 @@ fn primitive<R: CubeRuntime, const D: usize>(t: Tensor<Plain<R>, D>) -> CubeTens
     t.into_primitive().tensor()
 }
 
-/// Direct launches into NaN-poisoned outputs, on every path the runtime has; the tensor-core
-/// tilings are also compared with each other bitwise, whatever M the router would give them.
+/// Direct launches into NaN-poisoned outputs, on every path the runtime has, without and
+/// with a bias; the tensor-core tilings are also compared with each other bitwise, whatever
+/// M the router would give them. The biased product is held to the f64 reference.
 fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
     let _mode = mode_shared();
     let _serial = serial();
     for dtype in float_dtypes::<Plain<R>>(device) {
         for (batch, m, k, n) in [(1, 13, 7, 131), (3, 70, 33, 17), (2, 1, 4097, 65)] {
-            let lhs = primitive(tensor::<Plain<R>, 3>(
+            let lhs = tensor::<Plain<R>, 3>(
                 random_values(batch * m * k, 50),
                 [batch, m, k],
                 dtype,
                 device,
-            ));
-            let rhs = primitive(tensor::<Plain<R>, 3>(
+            );
+            let rhs = tensor::<Plain<R>, 3>(
                 random_values(batch * k * n, 51),
                 [batch, k, n],
                 dtype,
                 device,
-            ));
+            );
+            let bias = tensor::<Plain<R>, 1>(random_values(n, 52), [n], dtype, device);
+            let (lhs_values, rhs_values, bias_values) = (
+                values(lhs.clone()),
+                values(rhs.clone()),
+                values(bias.clone()),
+            );
+            let (lhs, rhs, bias) = (primitive(lhs), primitive(rhs), primitive(bias));
             let client = lhs.client.clone();
             let storage = lhs.dtype.into();
-            let run = |path: Option<MatmulPath>| {
+            let routed_path = choose_path(
+                &client,
+                &lhs.clone().binding(),
+                &rhs.clone().binding(),
+                storage,
+            );
+            let run = |path: MatmulPath, with_bias: bool| {
                 let out = nan_poison(&client, device, vec![batch, m, n], lhs.dtype);
-                let launch = match path {
-                    None => launch_matmul(
-                        &client,
-                        lhs.clone().binding(),
-                        rhs.clone().binding(),
-                        out.clone().binding(),
-                        storage,
-                    ),
-                    Some(path) => launch_matmul_on(
-                        &client,
-                        lhs.clone().binding(),
-                        rhs.clone().binding(),
-                        out.clone().binding(),
-                        storage,
-                        path,
-                    ),
-                }
+                let launch = launch_matmul_on(
+                    &client,
+                    lhs.clone().binding(),
+                    rhs.clone().binding(),
+                    with_bias.then(|| bias.clone().binding()),
+                    out.clone().binding(),
+                    storage,
+                    path,
+                )
                 .expect("valid launch");
                 let got = Tensor::<Plain<R>, 3>::from_primitive(TensorPrimitive::Float(out));
                 let v = values(got.clone());
                 assert!(
                     v.iter().all(|x| x.is_finite()),
-                    "{dtype:?} {batch}x{m}x{k}x{n} on {}: unwritten (NaN) outputs",
+                    "{dtype:?} {batch}x{m}x{k}x{n} (bias: {with_bias}) on {}: unwritten (NaN) outputs",
                     launch.path.label()
                 );
-                (launch, bits(got))
+                (launch, bits(got), v)
             };
-            let (routed, routed_bits) = run(None);
+            let (plain, _, _) = run(routed_path, false);
             assert_eq!(
-                routed.flops,
+                plain.flops,
                 2 * (batch * m * n * k) as u64,
                 "launch metadata"
             );
-            if let MatmulPath::TensorCore {
+
+            // One rounding after the bias: within the matmul's bound of the exact sum.
+            let (_, _, biased) = run(routed_path, true);
+            let (reference, scale) =
+                cpu_reference::matmul(&lhs_values, &[batch, m, k], &rhs_values, &[batch, k, n]);
+            for (i, ((g, r), s)) in biased.iter().zip(&reference).zip(&scale).enumerate() {
+                let b = bias_values[i % n];
+                let want = r + b;
+                let tol = cpu_reference::tolerance(
+                    k,
+                    s + b.abs(),
+                    want,
+                    product_bits(dtype),
+                    mantissa_bits(dtype),
+                );
+                assert!(
+                    (g - want).abs() <= tol,
+                    "{dtype:?} {batch}x{m}x{k}x{n} with bias: element {i} is {g}, reference {want}, bound {tol}"
+                );
+            }
+
+            let MatmulPath::TensorCore {
                 tiling: routed_tiling,
                 loader,
-            } = routed.path
-            {
-                // Every tiling in both instruction forms (where the runtime has them) with the
-                // routed loader, and the other TMA loader on the routed tiling. TF32 keeps
-                // one form: the two do not agree there.
-                let kinds: &[TileKind] = if tensor_core::forms_agree(storage) {
-                    &[TileKind::Wmma, TileKind::MmaSync]
-                } else {
-                    std::slice::from_ref(&routed_tiling.kind)
-                };
-                let forms = tilings_for(storage).iter().flat_map(|&tiling| {
-                    kinds
-                        .iter()
-                        .map(move |&kind| (TensorCoreTiling { kind, ..tiling }, loader))
-                });
-                let other_loader = match loader {
-                    Loader::SpecializedTma => Some((routed_tiling, Loader::Tma)),
-                    Loader::Tma => Some((routed_tiling, Loader::SpecializedTma)),
-                    Loader::Cyclic => None,
-                };
-                for (tiling, loader) in forms.chain(other_loader) {
-                    if !tensor_core::is_supported(&client, storage, tiling.kind) {
-                        continue;
-                    }
-                    let (other, other_bits) = run(Some(MatmulPath::TensorCore { tiling, loader }));
+            } = routed_path
+            else {
+                continue;
+            };
+            // Every tiling in both instruction forms (where the runtime has them) with the
+            // routed loader, the other TMA loader and plain loads on the routed tiling. TF32
+            // keeps one form: the two do not agree there.
+            let kinds: &[TileKind] = if tensor_core::forms_agree(storage) {
+                &[TileKind::Wmma, TileKind::MmaSync]
+            } else {
+                std::slice::from_ref(&routed_tiling.kind)
+            };
+            let forms = tilings_for(storage).iter().flat_map(|&tiling| {
+                kinds
+                    .iter()
+                    .map(move |&kind| (TensorCoreTiling { kind, ..tiling }, loader))
+            });
+            let other_loaders = match loader {
+                Loader::SpecializedTma => vec![Loader::Tma, Loader::Cyclic],
+                Loader::Tma => vec![Loader::SpecializedTma, Loader::Cyclic],
+                Loader::Cyclic => vec![],
+            };
+            let others: Vec<_> = forms
+                .chain(other_loaders.into_iter().map(|l| (routed_tiling, l)))
+                .filter(|(tiling, _)| tensor_core::is_supported(&client, storage, tiling.kind))
+                .collect();
+            for with_bias in [false, true] {
+                let (routed, routed_bits, _) = run(routed_path, with_bias);
+                for &(tiling, loader) in &others {
+                    let (other, other_bits, _) =
+                        run(MatmulPath::TensorCore { tiling, loader }, with_bias);
                     assert!(
                         other_bits == routed_bits,
-                        "{dtype:?} {batch}x{m}x{k}x{n}: {} and {} give different bits",
+                        "{dtype:?} {batch}x{m}x{k}x{n} (bias: {with_bias}): {} and {} give different bits",
                         other.path.label(),
                         routed.path.label()
                     );
@@ -393,12 +426,72 @@ fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
     let bad_out = primitive(Tensor::<Plain<R>, 2>::zeros([2, 3], device));
     let err = launch_matmul(
         &client,
-        lhs.binding(),
-        rhs.binding(),
+        lhs.clone().binding(),
+        rhs.clone().binding(),
         bad_out.binding(),
         storage,
     );
     assert!(matches!(err, Err(MatmulError::BadOutput { .. })), "{err:?}");
+    // A bias must be a contiguous [N]: the epilogue indexes it by output column.
+    let out = nan_poison(&client, device, vec![3, 2], lhs.dtype);
+    for (bias_shape, why) in [(vec![3], "wrong length"), (vec![1, 2], "not 1-D")] {
+        let bias = primitive(tensor::<Plain<R>, 1>(
+            random_values(bias_shape.iter().product(), 3),
+            [bias_shape.iter().product()],
+            FloatDType::F32,
+            device,
+        ));
+        let bias = Plain::<R>::float_reshape(bias, Shape::from(bias_shape.clone()));
+        let err = launch_matmul_on(
+            &client,
+            lhs.clone().binding(),
+            rhs.clone().binding(),
+            Some(bias.binding()),
+            out.clone().binding(),
+            storage,
+            MatmulPath::Portable,
+        );
+        assert!(
+            matches!(&err, Err(MatmulError::BadBias { n: 2, shape, .. }) if *shape == bias_shape),
+            "{why}: {err:?}"
+        );
+    }
+}
+
+/// `linear` rounds once: the bias meets the f32 accumulator, as the seed's `addmm` does.
+/// With `W` all ones and a bias of 1, `x = [h, h^2]` (h half an ulp of 1 in the dtype)
+/// sums to `h + h^2` exactly in f32, just above half an ulp: `1 + sum` rounds up to the next
+/// value after 1. A matmul rounded to the dtype first gives `h` (`h + h^2` is a tie there,
+/// rounded to even), and `1 + h` is a tie again: 1. In f32 both forms agree; `x = [2^24, -2^24]` then shows the bias
+/// is added after the K walk (added first, it would be lost in `2^24 + 1`).
+fn linear_rounds_once<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    for dtype in float_dtypes::<B>(device) {
+        let (x, want): ([f32; 2], f64) = match dtype {
+            FloatDType::F32 => ([16_777_216.0, -16_777_216.0], 1.0),
+            FloatDType::BF16 => ([2f32.powi(-8), 2f32.powi(-16)], 1.0 + 2f64.powi(-7)),
+            FloatDType::F16 => ([2f32.powi(-11), 2f32.powi(-22)], 1.0 + 2f64.powi(-10)),
+            other => panic!("no case for {other:?}"),
+        };
+        for rows in [1, 3, 7] {
+            let x = tensor::<BatchInvariant<B>, 2>(x.repeat(rows), [rows, 2], dtype, device);
+            let w = tensor::<BatchInvariant<B>, 2>(vec![1.0; 2 * 3], [2, 3], dtype, device);
+            let b = tensor::<BatchInvariant<B>, 1>(vec![1.0; 3], [3], dtype, device);
+            let got = Tensor::<BatchInvariant<B>, 2>::from_primitive(TensorPrimitive::Float(
+                BatchInvariant::<B>::linear(
+                    x.into_primitive().tensor(),
+                    w.into_primitive().tensor(),
+                    Some(b.into_primitive().tensor()),
+                ),
+            ));
+            assert_eq!(
+                values(got),
+                vec![want; rows * 3],
+                "{dtype:?} linear over {rows} rows: the bias must join the f32 sum after the K walk"
+            );
+        }
+    }
 }
 
 /// The backend op is called directly: Burn's `Tensor` API checks some of this itself.
@@ -477,7 +570,8 @@ fn bad_input_names_the_op<B: KernelHost>(device: &B::Device) {
             "{msg}"
         );
     }
-    // A fitting bias still gives Burn's composite: the routed matmul plus the broadcast add.
+    // A fitting bias in f32 gives Burn's composite bit for bit (one rounding either way);
+    // `linear_rounds_once` shows where f16 and bf16 differ.
     let (xp, wp, bp) = (
         prim(vec![2, 3, 4], FloatDType::F32),
         prim(vec![4, 5], FloatDType::F32),
@@ -508,6 +602,11 @@ fn bad_input_names_the_op<B: KernelHost>(device: &B::Device) {
             "{msg}"
         );
     }
+}
+
+#[test]
+fn matmul_linear_rounds_once() {
+    on_test_backend!(linear_rounds_once);
 }
 
 #[test]

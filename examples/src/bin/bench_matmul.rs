@@ -6,7 +6,9 @@
 //! Options: `--quick` (fewer shapes, for a smoke run), `--tilings` (CUDA: time each
 //! tensor-core tiling by direct launch and check it gives the router's bits),
 //! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings), `--dtype
-//! bf16|f16|f32` (one dtype), `--m M` (one row count). With
+//! bf16|f16|f32` (one dtype), `--m M` (one row count), `--linear` (`x @ W + b` through
+//! `burn::tensor::module::linear` instead of the plain product: Burn's composite against
+//! the bias in our epilogue). With
 //! `--json PATH`, also a plot per dtype of TFLOP/s against M (`PATH` with `.bf16.svg` etc.).
 //!
 //! Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device time per call
@@ -17,7 +19,7 @@ use batch_invariant_kernels::matmul::{
     Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32, SKINNY, SKINNY_TF32, WIDE,
     WIDE_N112,
 };
-use burn::tensor::{backend::Backend, FloatDType, Tensor, TensorPrimitive};
+use burn::tensor::{backend::Backend, module, FloatDType, Tensor, TensorPrimitive};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
 use burn_batch_invariant_examples::{
     bench_ms, matrix, on_backend, svg_plot, timing_mark, timing_since, Series,
@@ -27,6 +29,8 @@ use serde::Serialize;
 
 #[derive(Serialize)]
 struct Row {
+    /// "matmul", or "linear" (with a bias of N) under `--linear`.
+    op: &'static str,
     dtype: String,
     m: usize,
     k: usize,
@@ -57,6 +61,8 @@ fn flag(name: &str) -> bool {
 fn bench<B: KernelHost>(device: &B::Device) {
     println!("device: {}", B::name(device));
     let quick = flag("--quick");
+    let linear = flag("--linear");
+    let op = if linear { "linear" } else { "matmul" };
     let only_m: Option<usize> = std::env::args()
         .skip_while(|a| a != "--m")
         .nth(1)
@@ -78,8 +84,8 @@ fn bench<B: KernelHost>(device: &B::Device) {
     };
     let mut rows = Vec::new();
     println!(
-        "{:<5} {:>5} {:>6} {:>6} {:>10} {:>13} {:>6} {:>9} {:>9}",
-        "dtype", "M", "K", "N", "burn ms", "invariant ms", "ratio", "inv TF/s", "burn TF/s"
+        "{:<6} {:<5} {:>5} {:>6} {:>6} {:>10} {:>13} {:>6} {:>9} {:>9}",
+        "op", "dtype", "M", "K", "N", "burn ms", "invariant ms", "ratio", "inv TF/s", "burn TF/s"
     );
     let args: Vec<String> = std::env::args().collect();
     let only_dtype = args.iter().position(|a| a == "--dtype").map(|i| {
@@ -106,16 +112,35 @@ fn bench<B: KernelHost>(device: &B::Device) {
                 cast(Tensor::from_data(w.to_data(), device), dtype);
             let xi_full: Tensor<BatchInvariant<B>, 2> =
                 cast(Tensor::from_data(x_full.to_data(), device), dtype);
+            let b = cast(matrix::<B>(1, n, 9, device), dtype).reshape([n]);
+            let bi: Tensor<BatchInvariant<B>, 1> = cast(
+                Tensor::<BatchInvariant<B>, 2>::from_data(b.to_data(), device),
+                dtype,
+            )
+            .reshape([n]);
             for &m in &ms {
-                eprintln!("{dtype:?} M={m} K={k} N={n}");
+                eprintln!("{op} {dtype:?} M={m} K={k} N={n}");
                 let x = x_full.clone().narrow(0, 0, m);
                 let xi = xi_full.clone().narrow(0, 0, m);
                 let mark = timing_mark();
-                let burn_default_ms = bench_ms::<B, _>(device, || x.clone().matmul(w.clone()));
-                let batch_invariant_ms =
-                    bench_ms::<BatchInvariant<B>, _>(device, || xi.clone().matmul(wi.clone()));
+                let (burn_default_ms, batch_invariant_ms) = if linear {
+                    (
+                        bench_ms::<B, _>(device, || {
+                            module::linear(x.clone(), w.clone(), Some(b.clone()))
+                        }),
+                        bench_ms::<BatchInvariant<B>, _>(device, || {
+                            module::linear(xi.clone(), wi.clone(), Some(bi.clone()))
+                        }),
+                    )
+                } else {
+                    (
+                        bench_ms::<B, _>(device, || x.clone().matmul(w.clone())),
+                        bench_ms::<BatchInvariant<B>, _>(device, || xi.clone().matmul(wi.clone())),
+                    )
+                };
                 let flops = 2.0 * (m * k * n) as f64;
                 let row = Row {
+                    op,
                     dtype: format!("{dtype:?}").to_lowercase(),
                     m,
                     k,
@@ -128,7 +153,8 @@ fn bench<B: KernelHost>(device: &B::Device) {
                     timing: timing_since(mark),
                 };
                 println!(
-                    "{:<5} {:>5} {:>6} {:>6} {:>10.4} {:>13.4} {:>6.2} {:>9.1} {:>9.1}",
+                    "{:<6} {:<5} {:>5} {:>6} {:>6} {:>10.4} {:>13.4} {:>6.2} {:>9.1} {:>9.1}",
+                    op,
                     row.dtype,
                     m,
                     k,
@@ -160,7 +186,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
         for &dtype in &dtypes {
             let name = format!("{dtype:?}").to_lowercase();
             let svg_path = std::path::Path::new(path).with_extension(format!("{name}.svg"));
-            let title = format!("matmul [M, K] x [K, N], {name}, {}", B::name(device));
+            let title = format!("{op} [M, K] x [K, N], {name}, {}", B::name(device));
             let plot = svg_plot(
                 &title,
                 "M (rows)",
@@ -326,6 +352,7 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
                         &client,
                         lhs.binding(),
                         rhs.binding(),
+                        None,
                         out.clone().binding(),
                         dtype,
                         MatmulPath::TensorCore { tiling, loader },
@@ -375,6 +402,7 @@ mod tests {
 
     fn row(dtype: &str, m: usize, k: usize, n: usize, tflops: f64) -> Row {
         Row {
+            op: "matmul",
             dtype: dtype.into(),
             m,
             k,

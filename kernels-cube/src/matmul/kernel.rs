@@ -23,7 +23,7 @@ pub const STEP_K: usize = 16;
 pub const GROUP_M: usize = 8;
 
 /// `lhs: [batch.., M, K]`, `rhs: [batch.., K, N]` with any strides; `out` contiguous
-/// `[batch.., M, N]`. `batch_shape` is the output's batch shape (at least one entry) and
+/// `[batch.., M, N]`; with `has_bias`, `bias` contiguous `[N]` added to every row. `batch_shape` is the output's batch shape (at least one entry) and
 /// `lhs_batch_strides`/`rhs_batch_strides` the operands' batch strides with broadcast dims
 /// set to 0.
 #[cube(launch_unchecked, address_type = "dynamic")]
@@ -31,6 +31,7 @@ pub const GROUP_M: usize = 8;
 pub fn matmul_portable_kernel<F: Float>(
     lhs: &Tensor<F>,
     rhs: &Tensor<F>,
+    bias: &Tensor<F>,
     out: &mut Tensor<F>,
     batch_shape: Sequence<FastDivmod<usize>>,
     lhs_batch_strides: Sequence<usize>,
@@ -39,6 +40,7 @@ pub fn matmul_portable_kernel<F: Float>(
     n: usize,
     k: usize,
     num_batches: usize,
+    #[comptime] has_bias: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let rank = lhs.rank();
@@ -125,6 +127,22 @@ pub fn matmul_portable_kernel<F: Float>(
             }
             sync_cube();
             k0 += STEP_K;
+        }
+
+        // The bias joins the f32 sums after the last K step; one rounding to F follows.
+        if has_bias {
+            let mut b0 = 0.0f32;
+            let mut b1 = 0.0f32;
+            if col0 < n {
+                b0 = f32::cast_from(bias[col0]);
+            }
+            if col0 + 1 < n {
+                b1 = f32::cast_from(bias[col0 + 1]);
+            }
+            acc00 += b0;
+            acc01 += b1;
+            acc10 += b0;
+            acc11 += b1;
         }
 
         let out_base = batch * m * n;

@@ -64,6 +64,12 @@ pub enum MatmulError {
         shape: Vec<usize>,
         strides: Vec<usize>,
     },
+    /// The bias is not a contiguous `[N]`.
+    BadBias {
+        n: usize,
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+    },
     /// cubek refused the forced blueprint with every loader.
     Setup(String),
 }
@@ -92,6 +98,10 @@ impl fmt::Display for MatmulError {
             } => write!(
                 f,
                 "output must be contiguous with shape {expected:?}, got shape {shape:?} strides {strides:?}"
+            ),
+            Self::BadBias { n, shape, strides } => write!(
+                f,
+                "bias must be contiguous with shape [{n}] (N of the output), got shape {shape:?} strides {strides:?}"
             ),
             Self::Setup(reason) => write!(f, "the tensor-core kernel refused the problem: {reason}"),
         }
@@ -181,15 +191,33 @@ pub fn launch_matmul<R: Runtime>(
     dtype: StorageType,
 ) -> Result<MatmulLaunch, MatmulError> {
     let path = choose_path(client, &lhs, &rhs, dtype);
-    launch_matmul_on(client, lhs, rhs, out, dtype, path)
+    launch_matmul_on(client, lhs, rhs, None, out, dtype, path)
 }
 
-/// [`launch_matmul`] on a given path, for the tests that compare paths bitwise and for the
-/// benchmark. A tensor-core path on a runtime without the instruction is an error.
+/// `out = lhs @ rhs + bias` as [`launch_matmul`], `bias` a contiguous `[N]` of `dtype` added
+/// to every row: the seed's `addmm`. The bias joins each element's f32 accumulator after the
+/// last K step, and the sum is rounded to `dtype` once (a matmul followed by an add rounds
+/// twice in f16 and bf16).
+pub fn launch_matmul_bias<R: Runtime>(
+    client: &ComputeClient<R>,
+    lhs: TensorBinding<R>,
+    rhs: TensorBinding<R>,
+    bias: TensorBinding<R>,
+    out: TensorBinding<R>,
+    dtype: StorageType,
+) -> Result<MatmulLaunch, MatmulError> {
+    let path = choose_path(client, &lhs, &rhs, dtype);
+    launch_matmul_on(client, lhs, rhs, Some(bias), out, dtype, path)
+}
+
+/// [`launch_matmul`] or [`launch_matmul_bias`] on a given path, for the tests that compare
+/// paths bitwise and for the benchmark. A tensor-core path on a runtime without the
+/// instruction is an error.
 pub fn launch_matmul_on<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: TensorBinding<R>,
     rhs: TensorBinding<R>,
+    bias: Option<TensorBinding<R>>,
     out: TensorBinding<R>,
     dtype: StorageType,
     path: MatmulPath,
@@ -207,6 +235,14 @@ pub fn launch_matmul_on<R: Runtime>(
         });
     }
     let rank = expected.len();
+    if let Some(bias) = &bias {
+        let shape: Vec<usize> = bias.shape.iter().copied().collect();
+        let strides: Vec<usize> = bias.strides.iter().copied().collect();
+        let n = expected[rank - 1];
+        if shape != [n] || strides != [1] {
+            return Err(MatmulError::BadBias { n, shape, strides });
+        }
+    }
     let (m, n, k) = (
         lhs_shape[rank - 2],
         rhs_shape[rank - 1],
@@ -223,7 +259,11 @@ pub fn launch_matmul_on<R: Runtime>(
         n,
         k,
         flops: 2 * (batches * m * n) as u64 * k as u64,
-        bytes: (numel(&lhs_shape) + numel(&rhs_shape) + numel(&expected)) * elem,
+        bytes: (numel(&lhs_shape)
+            + numel(&rhs_shape)
+            + numel(&expected)
+            + bias.as_ref().map_or(0, |_| n as u64))
+            * elem,
     };
     let _span = tracing::debug_span!(
         "batch_invariant_matmul",
@@ -232,6 +272,7 @@ pub fn launch_matmul_on<R: Runtime>(
         m,
         n,
         k,
+        bias = bias.is_some(),
         flops = launch.flops,
         bytes = launch.bytes,
     )
@@ -240,7 +281,7 @@ pub fn launch_matmul_on<R: Runtime>(
         return Ok(launch);
     }
     match path {
-        MatmulPath::Portable => launch_portable(client, lhs, rhs, out, dtype, &expected),
+        MatmulPath::Portable => launch_portable(client, lhs, rhs, bias, out, dtype, &expected),
         MatmulPath::TensorCore { tiling, loader } => {
             if k == 0 || !tensor_core::is_supported(client, dtype, tiling.kind) {
                 return Err(MatmulError::Setup(format!(
@@ -251,6 +292,7 @@ pub fn launch_matmul_on<R: Runtime>(
                 client,
                 lhs.clone(),
                 rhs.clone(),
+                bias.clone(),
                 out.clone(),
                 dtype,
                 tiling,
@@ -260,7 +302,7 @@ pub fn launch_matmul_on<R: Runtime>(
                 Ok(()) => {}
                 // Plain loads accept what TMA refuses (odd strides, permuted batches).
                 Err(_) if loader != Loader::Cyclic => {
-                    tensor_core::launch(client, lhs, rhs, out, dtype, tiling, Loader::Cyclic)
+                    tensor_core::launch(client, lhs, rhs, bias, out, dtype, tiling, Loader::Cyclic)
                         .map_err(|e| MatmulError::Setup(format!("{e:?}")))?;
                     return Ok(MatmulLaunch {
                         path: MatmulPath::TensorCore {
@@ -281,6 +323,7 @@ fn launch_portable<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: TensorBinding<R>,
     rhs: TensorBinding<R>,
+    bias: Option<TensorBinding<R>>,
     out: TensorBinding<R>,
     dtype: StorageType,
     out_shape: &[usize],
@@ -323,6 +366,9 @@ fn launch_portable<R: Runtime>(
         .or(hardware.num_cpu_cores)
         .unwrap_or(16) as usize;
     let cubes = tiles.min(4 * units).max(1);
+    // An absent bias binds the lhs: the kernel never reads it (comptime flag).
+    let has_bias = bias.is_some();
+    let bias = bias.unwrap_or_else(|| lhs.clone());
     unsafe {
         matmul_portable_kernel::launch_unchecked(
             client,
@@ -331,6 +377,7 @@ fn launch_portable<R: Runtime>(
             address_type,
             lhs.into_tensor_arg(),
             rhs.into_tensor_arg(),
+            bias.into_tensor_arg(),
             out.into_tensor_arg(),
             batch_shape,
             lhs_batch,
@@ -339,6 +386,7 @@ fn launch_portable<R: Runtime>(
             n,
             k,
             batches,
+            has_bias,
             dtype,
         );
     }

@@ -34,6 +34,7 @@
 //! form the instruction is issued in ([`TileKind`]: WMMA fragments or `mma.sync`, the same
 //! hardware MMA).
 
+pub mod bias;
 pub mod cpu_reference;
 pub mod kernel;
 pub mod launch;

@@ -10,14 +10,24 @@
 use cubecl::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
+use cubecl::std::tensor::{matrix_batch_layout, MatrixBatchLayout};
 use cubek::matmul::components::global::{InputLoadFlow, LoadFlows};
 use cubek::matmul::components::stage::PartitionBuffering;
 use cubek::matmul::components::tile::TileMatmulKind;
+use cubek::matmul::definition::{AvailableVectorSizes, MatmulVectorSizes};
 use cubek::matmul::definition::{
     MatmulElems, MatmulGlobalElems, MatmulProblem, MatmulSetupError, TilingBlueprint, TilingScheme,
 };
-use cubek::matmul::launch::Strategy;
-use cubek::matmul::routines::{select_swizzle, BlueprintStrategy};
+use cubek::matmul::launch::{
+    Acc, AccSize, ConcreteInputsFactory, Lhs, LhsSize, Rhs, RhsSize, Strategy, TensorMapInputs,
+};
+use cubek::matmul::routines::double_buffering::{
+    CyclicDoubleBufferingAlgorithm, TmaDoubleBufferingAlgorithm,
+};
+use cubek::matmul::routines::specialized::SpecializedAlgorithm;
+use cubek::matmul::routines::{select_swizzle, BlueprintStrategy, Routine};
+
+use super::bias::{biased_output, plain_inputs, PlainBiasArgs, TmaBiasArgs};
 use cubek::std::cube_count::{GlobalOrder, HypercubeBlueprint};
 use cubek::std::stage::SwizzleMode;
 use cubek::std::{InputBinding, MatrixLayout, PartitionSize, StageSize, SwizzleModes, TileSize};
@@ -300,29 +310,34 @@ pub fn is_supported<R: Runtime>(
     listed && client.properties().hardware.plane_size_max == 32
 }
 
-/// Launches `out = lhs @ rhs` on tensor cores with `tiling` and `loader`. The caller has
-/// checked shapes, that [`is_supported`] holds, and that `out` is contiguous with K > 0.
+/// Launches `out = lhs @ rhs` on tensor cores with `tiling` and `loader`, plus `bias[n]`
+/// on every row when given (added to the f32 accumulator before the one rounding to
+/// `dtype`, see [`super::bias`]). The caller has checked shapes, that [`is_supported`]
+/// holds, that `out` is contiguous with K > 0, and that `bias` is a contiguous `[N]` of
+/// `dtype`.
+#[allow(clippy::too_many_arguments)]
 pub fn launch<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: TensorBinding<R>,
     rhs: TensorBinding<R>,
+    bias: Option<TensorBinding<R>>,
     out: TensorBinding<R>,
     dtype: StorageType,
     tiling: TensorCoreTiling,
     loader: Loader,
 ) -> Result<(), MatmulSetupError> {
-    let ((tm, tn, tk), register) = instruction(dtype, tiling.kind)
+    let (_, register) = instruction(dtype, tiling.kind)
         .expect("tensor_core::launch called for an unsupported dtype");
     // A forced blueprint runs its registers in the *global* dtype (cubek's Forced routines
     // skip `adjust_dtypes`), so f32 operands are declared as TF32 globally: same 4-byte
-    // storage, and the tensor cores read them as TF32 whichever loader staged them.
+    // storage, and the tensor cores read them as TF32 whichever loader staged them. With a
+    // bias the output is declared f32: cubek then hands the bias view the accumulator
+    // itself. The accumulator is f32 either way (cubek accumulates f16 and bf16 in f32).
     let globals = MatmulGlobalElems {
         lhs: register,
         rhs: register,
-        out: dtype,
+        out: if bias.is_some() { F32 } else { dtype },
     };
-    let mut elems = MatmulElems::from_globals(&globals);
-
     let problem = MatmulProblem::from_shapes_and_strides(
         lhs.shape.clone(),
         rhs.shape.clone(),
@@ -330,11 +345,79 @@ pub fn launch<R: Runtime>(
         lhs.strides.clone(),
         rhs.strides.clone(),
         out.strides.clone(),
-        globals,
+        globals.clone(),
         AddressType::U64,
         None,
         None,
     )?;
+    let blueprint = blueprint(client, &problem, dtype, register, tiling, loader);
+    let Some(bias) = bias else {
+        let mut elems = MatmulElems::from_globals(&globals);
+        use BlueprintStrategy::Forced;
+        let strategy = match (loader, tiling.kind) {
+            (Loader::Tma, TileKind::Wmma) => Strategy::DoubleTmaCmma(Forced(blueprint)),
+            (Loader::Tma, TileKind::MmaSync) => Strategy::DoubleTmaMma(Forced(blueprint)),
+            (Loader::SpecializedTma, TileKind::Wmma) => {
+                Strategy::SpecializedTmaCmma(Forced(blueprint))
+            }
+            (Loader::SpecializedTma, TileKind::MmaSync) => {
+                Strategy::SpecializedTmaMma(Forced(blueprint))
+            }
+            (Loader::Cyclic, TileKind::Wmma) => Strategy::DoubleCyclicCmma(Forced(blueprint)),
+            (Loader::Cyclic, TileKind::MmaSync) => Strategy::DoubleCyclicMma(Forced(blueprint)),
+        };
+        return cubek::matmul::launch::launch_ref(
+            &strategy,
+            client,
+            InputBinding::new(lhs, register),
+            InputBinding::new(rhs, register),
+            out,
+            &mut elems,
+        );
+    };
+    let operands = BiasedOperands {
+        lhs: InputBinding::new(lhs, register),
+        rhs: InputBinding::new(rhs, register),
+        bias,
+        out,
+        problem,
+        blueprint,
+    };
+    // The output and bias tensors are typed with one of the dtypes cubek's kernel defines:
+    // the operands' for f16 and bf16, the accumulator's for f32 (whose operands are TF32).
+    match (loader, dtype == F32) {
+        (Loader::Tma, false) => {
+            launch_biased_tma::<R, TmaDoubleBufferingAlgorithm, Lhs>(client, operands)
+        }
+        (Loader::Tma, true) => {
+            launch_biased_tma::<R, TmaDoubleBufferingAlgorithm, Acc>(client, operands)
+        }
+        (Loader::SpecializedTma, false) => {
+            launch_biased_tma::<R, SpecializedAlgorithm, Lhs>(client, operands)
+        }
+        (Loader::SpecializedTma, true) => {
+            launch_biased_tma::<R, SpecializedAlgorithm, Acc>(client, operands)
+        }
+        (Loader::Cyclic, false) => {
+            launch_biased_plain::<R, CyclicDoubleBufferingAlgorithm, Lhs>(client, operands)
+        }
+        (Loader::Cyclic, true) => {
+            launch_biased_plain::<R, CyclicDoubleBufferingAlgorithm, Acc>(client, operands)
+        }
+    }
+}
+
+/// The forced blueprint of `tiling` with `loader` for `problem`.
+fn blueprint<R: Runtime>(
+    client: &ComputeClient<R>,
+    problem: &MatmulProblem,
+    dtype: StorageType,
+    register: StorageType,
+    tiling: TensorCoreTiling,
+    loader: Loader,
+) -> TilingBlueprint {
+    let ((tm, tn, tk), _) = instruction(dtype, tiling.kind)
+        .expect("tensor_core::launch called for an unsupported dtype");
     let (pm, pn16, pk) = tiling.partition;
     // The partition counts 16-wide output blocks; an `mma.sync` tile is 8 wide.
     let pn = pn16 * 16 / tn;
@@ -357,7 +440,7 @@ pub fn launch<R: Runtime>(
         TileKind::Wmma => TileMatmulKind::Cmma,
         TileKind::MmaSync => TileMatmulKind::Mma,
     };
-    let mut builder = TilingBlueprint::builder(tile_kind, scheme, 32, &problem)
+    let mut builder = TilingBlueprint::builder(tile_kind, scheme, 32, problem)
         .partition_buffering(buffering)
         .hypercube_blueprint(
             HypercubeBlueprint::builder()
@@ -365,7 +448,7 @@ pub fn launch<R: Runtime>(
                 .build(),
         );
     if tile_kind.should_swizzle(client) {
-        builder = builder.shared_swizzle(swizzle(&problem, &scheme, register));
+        builder = builder.shared_swizzle(swizzle(problem, &scheme, register));
     }
     if loader == Loader::SpecializedTma {
         builder = builder.load_specialization_config(LoadFlows {
@@ -373,26 +456,132 @@ pub fn launch<R: Runtime>(
             rhs: InputLoadFlow::LoadOnly,
         });
     }
-    let blueprint = builder.build();
-    use BlueprintStrategy::Forced;
-    let strategy = match (loader, tiling.kind) {
-        (Loader::Tma, TileKind::Wmma) => Strategy::DoubleTmaCmma(Forced(blueprint)),
-        (Loader::Tma, TileKind::MmaSync) => Strategy::DoubleTmaMma(Forced(blueprint)),
-        (Loader::SpecializedTma, TileKind::Wmma) => Strategy::SpecializedTmaCmma(Forced(blueprint)),
-        (Loader::SpecializedTma, TileKind::MmaSync) => {
-            Strategy::SpecializedTmaMma(Forced(blueprint))
+    builder.build()
+}
+
+/// What a biased launch needs besides the routine.
+struct BiasedOperands<R: Runtime> {
+    lhs: InputBinding<R>,
+    rhs: InputBinding<R>,
+    bias: TensorBinding<R>,
+    out: TensorBinding<R>,
+    problem: MatmulProblem,
+    blueprint: TilingBlueprint,
+}
+
+/// Vector sizes as cubek's `launch_ref` and `launch_ref_tma` pick them, for an f32 output.
+fn biased_vector_sizes<R: Runtime>(
+    available: AvailableVectorSizes,
+    problem: &MatmulProblem,
+) -> Result<MatmulVectorSizes, MatmulSetupError> {
+    available
+        .filter_lhs_with_tensor(&problem.lhs_strides, &problem.lhs_shape, problem.lhs_layout)
+        .filter_rhs_with_tensor(&problem.rhs_strides, &problem.rhs_shape, problem.rhs_layout)
+        .filter_out_with_tensor(&problem.out_strides, &problem.out_shape)
+        .pick_max()
+}
+
+/// The biased matmul with TMA-staged operands under routine `A`, output typed as `O`.
+fn launch_biased_tma<R, A, O>(
+    client: &ComputeClient<R>,
+    operands: BiasedOperands<R>,
+) -> Result<(), MatmulSetupError>
+where
+    R: Runtime,
+    A: Routine<(), Blueprint = TilingBlueprint>,
+    O: Numeric,
+{
+    // TMA cannot describe batches stored out of order; plain loads take those (the caller
+    // retries with `Loader::Cyclic` on any error).
+    for input in [&operands.lhs, &operands.rhs] {
+        if let MatrixBatchLayout::MildlyPermuted {
+            batch_swap: true, ..
         }
-        (Loader::Cyclic, TileKind::Wmma) => Strategy::DoubleCyclicCmma(Forced(blueprint)),
-        (Loader::Cyclic, TileKind::MmaSync) => Strategy::DoubleCyclicMma(Forced(blueprint)),
+        | MatrixBatchLayout::HighlyPermuted = matrix_batch_layout(&input.data().strides, None)
+        {
+            return Err(MatmulSetupError::InvalidConfig(Box::new(
+                "permuted batches cannot be loaded by TMA",
+            )));
+        }
+    }
+    let available = AvailableVectorSizes::from_type_size_tma(client, F32.size());
+    let vector_sizes = biased_vector_sizes::<R>(available, &operands.problem)?;
+    let settings = A::device_settings(client, vector_sizes);
+    let expand = A::expand_blueprint(
+        &operands.problem,
+        &settings,
+        &BlueprintStrategy::Forced(operands.blueprint),
+    )?;
+    let info = A::prepare(&operands.problem, &settings, expand)?;
+    let input = <TensorMapInputs<Vector<Lhs, LhsSize>, Vector<Rhs, RhsSize>, Vector<Acc, AccSize>> as ConcreteInputsFactory<A>>::create(
+        operands.lhs,
+        operands.rhs,
+        &info.blueprint,
+        &operands.problem,
+        &info.vector_sizes,
+        &info.dtypes,
+    );
+    let output = biased_output(
+        operands.out,
+        operands.bias,
+        &info.blueprint,
+        &operands.problem,
+        &info.vector_sizes,
+    );
+    cubek::matmul::launch::launch_kernel::<TmaBiasArgs<O>, R, A>(client, input, output, (), info)
+}
+
+/// The biased matmul with plainly loaded operands under routine `A`, output typed as `O`.
+fn launch_biased_plain<R, A, O>(
+    client: &ComputeClient<R>,
+    operands: BiasedOperands<R>,
+) -> Result<(), MatmulSetupError>
+where
+    R: Runtime,
+    A: Routine<(), Blueprint = TilingBlueprint>,
+    O: Numeric,
+{
+    // As cubek's `launch_ref`: batches stored out of order are copied first.
+    let contiguous = |input: InputBinding<R>| -> Result<TensorBinding<R>, MatmulSetupError> {
+        let input = match matrix_batch_layout(&input.data().strides, None) {
+            MatrixBatchLayout::HighlyPermuted => input.into_contiguous(client)?,
+            _ => input,
+        };
+        Ok(input.data().clone())
     };
-    cubek::matmul::launch::launch_ref(
-        &strategy,
-        client,
-        InputBinding::new(lhs, register),
-        InputBinding::new(rhs, register),
-        out,
-        &mut elems,
-    )
+    let register = operands.problem.global_dtypes.lhs;
+    let (lhs, rhs) = (contiguous(operands.lhs)?, contiguous(operands.rhs)?);
+    let problem = MatmulProblem::from_shapes_and_strides(
+        lhs.shape.clone(),
+        rhs.shape.clone(),
+        operands.out.shape.clone(),
+        lhs.strides.clone(),
+        rhs.strides.clone(),
+        operands.out.strides.clone(),
+        operands.problem.global_dtypes.clone(),
+        AddressType::U64,
+        None,
+        None,
+    )?;
+    let available =
+        AvailableVectorSizes::from_type_sizes(client, register.size(), register.size(), F32.size());
+    let vector_sizes = biased_vector_sizes::<R>(available, &problem)?;
+    let settings = A::device_settings(client, vector_sizes);
+    let expand = A::expand_blueprint(
+        &problem,
+        &settings,
+        &BlueprintStrategy::Forced(operands.blueprint),
+    )?;
+    let info = A::prepare(&problem, &settings, expand)?;
+    let input = plain_inputs(lhs, rhs, &info.blueprint, &problem, &info.vector_sizes);
+    let output = biased_output(
+        operands.out,
+        operands.bias,
+        &info.blueprint,
+        &problem,
+        &info.vector_sizes,
+    );
+    cubek::matmul::launch::launch_kernel::<PlainBiasArgs<O>, R, A>(client, input, output, (), info)
 }
 
 /// Shared-memory swizzle for `ldmatrix` reads without bank conflicts: 16-byte chunks are

@@ -34,7 +34,9 @@ enum Kernel {
         dim: usize,
         kind: SoftmaxKind,
     },
-    Matmul,
+    Matmul {
+        bias: bool,
+    },
     Extremum {
         dim: usize,
         op: ExtremumOp,
@@ -52,7 +54,7 @@ impl Kernel {
         match self {
             Kernel::ReduceDim { .. } => "batch_invariant_reduce_dim",
             Kernel::Softmax { .. } => "batch_invariant_softmax",
-            Kernel::Matmul => "batch_invariant_matmul",
+            Kernel::Matmul { .. } => "batch_invariant_matmul",
             Kernel::Extremum { .. } => "batch_invariant_extremum",
             Kernel::Attention { .. } => "batch_invariant_attention",
         }
@@ -91,9 +93,10 @@ impl<B: FusionBackend + KernelHost> Operation<B::FusionRuntime> for InvariantOp<
                 let out = B::invariant_softmax(next(), dim, kind);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
-            Kernel::Matmul => {
+            Kernel::Matmul { bias } => {
                 let (lhs, rhs) = (next(), next());
-                let out = B::invariant_matmul(lhs, rhs);
+                let bias = bias.then(&mut next);
+                let out = B::invariant_matmul(lhs, rhs, bias);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
             Kernel::Extremum {
@@ -174,11 +177,19 @@ impl<B: FusionBackend + KernelHost> KernelHost for Fusion<B> {
         ))
     }
 
-    fn invariant_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn invariant_matmul(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
         let shape = matmul_output_shape(&lhs.shape(), &rhs.shape())
             .unwrap_or_else(|err| panic!("batch-invariant matmul: {err}"));
         let out = (Shape::from(shape), lhs.dtype);
-        single(register::<B>(vec![lhs, rhs], &[out], Kernel::Matmul))
+        let kernel = Kernel::Matmul {
+            bias: bias.is_some(),
+        };
+        let inputs = [lhs, rhs].into_iter().chain(bias).collect();
+        single(register::<B>(inputs, &[out], kernel))
     }
 
     fn invariant_extremum(

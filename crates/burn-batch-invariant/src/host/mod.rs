@@ -7,7 +7,9 @@ mod fusion;
 
 use batch_invariant_kernels::attention::{is_broadcast_layout, launch_attention, AttentionOptions};
 use batch_invariant_kernels::extremum::{launch_extremum_dim, ExtremumOp};
-use batch_invariant_kernels::matmul::launch::{launch_matmul, matmul_output_shape};
+use batch_invariant_kernels::matmul::launch::{
+    launch_matmul, launch_matmul_bias, matmul_output_shape,
+};
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
 use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
 use burn_backend::backend::Backend;
@@ -45,10 +47,16 @@ pub trait KernelHost: Backend {
         kind: SoftmaxKind,
     ) -> FloatTensor<Self>;
 
-    /// `lhs @ rhs` through `batch_invariant_kernels::matmul`, into a new contiguous tensor.
-    /// Inputs: the same dtype (f32, f16 or bf16), equal ranks of at least 2, matching inner
-    /// dims, broadcastable batch dims.
-    fn invariant_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `lhs @ rhs`, plus `bias` on every row when given, through
+    /// `batch_invariant_kernels::matmul`, into a new contiguous tensor. Inputs: the same dtype
+    /// (f32, f16 or bf16), equal ranks of at least 2, matching inner dims, broadcastable
+    /// batch dims; `bias` of shape `[N]`. The bias is added to the f32 accumulator, before
+    /// the one rounding to the output dtype.
+    fn invariant_matmul(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self>;
 
     /// The winning value and its index along `dim` (both keeping `dim` with length 1)
     /// through `batch_invariant_kernels::extremum`. Inputs: f32, f16 or bf16; `dim` in range
@@ -125,7 +133,11 @@ where
         output
     }
 
-    fn invariant_matmul(lhs: CubeTensor<R>, rhs: CubeTensor<R>) -> CubeTensor<R> {
+    fn invariant_matmul(
+        lhs: CubeTensor<R>,
+        rhs: CubeTensor<R>,
+        bias: Option<CubeTensor<R>>,
+    ) -> CubeTensor<R> {
         let dtype: DType = lhs.dtype;
         let out_shape = matmul_output_shape(lhs.meta.shape(), rhs.meta.shape())
             .unwrap_or_else(|err| panic!("batch-invariant matmul: {err}"));
@@ -137,14 +149,24 @@ where
             dtype,
         );
         let client = lhs.client.clone();
-        launch_matmul(
-            &client,
-            lhs.binding(),
-            rhs.binding(),
-            output.clone().binding(),
-            dtype.into(),
-        )
-        .unwrap_or_else(|err| panic!("batch-invariant matmul launch: {err}"));
+        let launched = match bias {
+            None => launch_matmul(
+                &client,
+                lhs.binding(),
+                rhs.binding(),
+                output.clone().binding(),
+                dtype.into(),
+            ),
+            Some(bias) => launch_matmul_bias(
+                &client,
+                lhs.binding(),
+                rhs.binding(),
+                into_contiguous(bias).binding(),
+                output.clone().binding(),
+                dtype.into(),
+            ),
+        };
+        launched.unwrap_or_else(|err| panic!("batch-invariant matmul launch: {err}"));
         Self::float_reshape(output, out_shape.into())
     }
 

@@ -34,13 +34,14 @@ pub(crate) fn float_matmul<B: KernelHost>(
     if let Err(reason) = matmul_output_shape(lhs_shape.as_slice(), rhs_shape.as_slice()) {
         panic!("BatchInvariant::{op}: {reason} (dtype {lhs_dtype:?})");
     }
-    B::invariant_matmul(lhs, rhs)
+    B::invariant_matmul(lhs, rhs, None)
 }
 
-/// `ModuleOps::linear`: `x @ weight` through [`float_matmul`], then `bias` broadcast over the
-/// rows, as Burn's composite computes it (the add is elementwise, invariant as it is). The
-/// composite itself checks nothing, and its `float_add` broadcasts a bias of length 1 over
-/// any output width: a silent wrong answer this refuses, like any other bias or weight shape
+/// `ModuleOps::linear`: `x @ weight + bias` in one invariant matmul, the bias added to the
+/// f32 accumulator and the sum rounded once (the seed's `addmm`). Burn's composite, a matmul
+/// and then an add, rounds twice in f16 and bf16; in f32 the two agree bit for bit. The
+/// composite also checks nothing, and its `float_add` broadcasts a bias of length 1 over any
+/// output width: a silent wrong answer this refuses, like any other bias or weight shape
 /// that does not fit.
 pub(crate) fn linear<B: KernelHost>(
     x: FloatTensor<B>,
@@ -85,14 +86,21 @@ pub(crate) fn linear<B: KernelHost>(
                 bias.dtype()
             );
         }
-        B::float_reshape(bias, leading_ones(&[w[1]], rank))
+        bias
     });
     let weight = B::float_reshape(weight, leading_ones(w, rank.max(2)));
-    let output = float_matmul::<B>(x, weight);
-    match bias {
-        Some(bias) => B::float_add(output, bias),
-        None => output,
+    // What `float_matmul` checks for the plain product: the weight's dtype, x's rank.
+    if weight.dtype() != dtype {
+        panic!(
+            "BatchInvariant::{op}: weight dtype {:?} differs from x dtype {dtype:?} \
+             (x shape {x_shape:?}, weight shape {w_shape:?})",
+            weight.dtype()
+        );
     }
+    if let Err(reason) = matmul_output_shape(x_shape.as_slice(), weight.shape().as_slice()) {
+        panic!("BatchInvariant::{op}: {reason} (x shape {x_shape:?}, dtype {dtype:?})");
+    }
+    B::invariant_matmul(x, weight, bias)
 }
 
 /// `dims` with leading 1s up to `rank` dims, the broadcast view Burn's composite builds.
