@@ -73,6 +73,34 @@ fn rows_are_invariant<B: KernelHost>(device: &B::Device) {
     }
 }
 
+/// An lhs read down its columns, the transposed view of an `[K, M]` buffer: its K stride is
+/// M, so a rule that picked the loader by stride alignment alone would pick it by M, and in
+/// f32 the loaders give different bits. Every width must give the rows of the same values
+/// stored by rows.
+fn transposed_lhs_widths<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let (k, n, widths) = (12, 9, [1, 2, 3, 4, 7, 8, 16, 33]);
+    let max = *widths.last().unwrap();
+    for dtype in float_dtypes::<B>(device) {
+        let data = random_values(max * k, 300);
+        let w = tensor::<BatchInvariant<B>, 2>(random_values(k * n, 301), [k, n], dtype, device);
+        let rows = tensor::<BatchInvariant<B>, 2>(data.clone(), [max, k], dtype, device);
+        let full = rows.matmul(w.clone());
+        for m in widths {
+            // A flat buffer reshaped is unpitched: its K stride is exactly m.
+            let columns = transposed_values(&data[..m * k], m, k);
+            let lhs = tensor::<BatchInvariant<B>, 1>(columns, [k * m], dtype, device)
+                .reshape([k, m])
+                .transpose();
+            assert!(
+                bits(lhs.matmul(w.clone())) == bits(full.clone().narrow(0, 0, m)),
+                "{dtype:?}: the rows of a transposed {m}-row lhs differ from the same rows stored by rows"
+            );
+        }
+    }
+}
+
 /// One sequence alone vs inside a batch of 5 (3-D, weight broadcast over the batch) and
 /// inside a 4-D batch of heads, plus `Linear` on `[batch, seq, d]`.
 fn batched_and_linear_are_invariant<B: KernelHost>(device: &B::Device) {
@@ -265,11 +293,14 @@ fn primitive<R: CubeRuntime, const D: usize>(t: Tensor<Plain<R>, D>) -> CubeTens
 }
 
 /// Direct launches into NaN-poisoned outputs, on every path the runtime has, without and
-/// with a bias; the tensor-core tilings are also compared with each other bitwise, whatever
-/// M the router would give them. The biased product is held to the f64 reference.
+/// with a bias: every result is held to the f64 reference, and the tensor-core tilings,
+/// loaders and instruction forms are compared with the routed path bitwise, whatever M the
+/// router would give them. Every failure is collected before the test fails, so that one
+/// GPU run shows the whole picture.
 fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
     let _mode = mode_shared();
     let _serial = serial();
+    let mut failures = Vec::new();
     for dtype in float_dtypes::<Plain<R>>(device) {
         for (batch, m, k, n) in [(1, 13, 7, 131), (3, 70, 33, 17), (2, 1, 4097, 65)] {
             let lhs = tensor::<Plain<R>, 3>(
@@ -285,21 +316,19 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 device,
             );
             let bias = tensor::<Plain<R>, 1>(random_values(n, 52), [n], dtype, device);
-            let (lhs_values, rhs_values, bias_values) = (
-                values(lhs.clone()),
-                values(rhs.clone()),
-                values(bias.clone()),
+            let (reference, scale) = cpu_reference::matmul(
+                &values(lhs.clone()),
+                &[batch, m, k],
+                &values(rhs.clone()),
+                &[batch, k, n],
             );
+            let bias_values = values(bias.clone());
             let (lhs, rhs, bias) = (primitive(lhs), primitive(rhs), primitive(bias));
             let client = lhs.client.clone();
             let storage = lhs.dtype.into();
-            let routed_path = choose_path(
-                &client,
-                &lhs.clone().binding(),
-                &rhs.clone().binding(),
-                storage,
-            );
-            let run = |path: MatmulPath, with_bias: bool| {
+            let case = format!("{dtype:?} {batch}x{m}x{k}x{n}");
+            // One launch into a poisoned output: its bits, or what was wrong with it.
+            let run = |path: MatmulPath, with_bias: bool| -> Result<Vec<u8>, String> {
                 let out = nan_poison(&client, device, vec![batch, m, n], lhs.dtype);
                 let launch = launch_matmul_on(
                     &client,
@@ -311,86 +340,118 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                     path,
                 )
                 .expect("valid launch");
+                assert_eq!(
+                    launch.flops,
+                    2 * (batch * m * n * k) as u64,
+                    "launch metadata"
+                );
                 let got = Tensor::<Plain<R>, 3>::from_primitive(TensorPrimitive::Float(out));
+                let label = format!("{case} (bias: {with_bias}) on {}", launch.path.label());
                 let v = values(got.clone());
-                assert!(
-                    v.iter().all(|x| x.is_finite()),
-                    "{dtype:?} {batch}x{m}x{k}x{n} (bias: {with_bias}) on {}: unwritten (NaN) outputs",
-                    launch.path.label()
-                );
-                (launch, bits(got), v)
+                let unwritten = v.iter().filter(|x| !x.is_finite()).count();
+                if unwritten > 0 {
+                    return Err(format!("{label}: {unwritten} unwritten (NaN) outputs"));
+                }
+                // Within the matmul's bound of the exact sum (plus the bias: one rounding).
+                let mut wrong = (0, 0.0f64, 0);
+                for (i, ((g, r), s)) in v.iter().zip(&reference).zip(&scale).enumerate() {
+                    let b = if with_bias { bias_values[i % n] } else { 0.0 };
+                    let want = r + b;
+                    let tol = cpu_reference::tolerance(
+                        k,
+                        s + b.abs(),
+                        want,
+                        product_bits(dtype),
+                        mantissa_bits(dtype),
+                    );
+                    if (g - want).abs() > tol {
+                        if wrong.0 == 0 {
+                            wrong.2 = i;
+                        }
+                        wrong.0 += 1;
+                        wrong.1 = wrong.1.max((g - want).abs() / tol);
+                    }
+                }
+                if wrong.0 > 0 {
+                    return Err(format!(
+                        "{label}: {} outputs outside the bound (first {}, worst {:.1}x the bound)",
+                        wrong.0, wrong.2, wrong.1
+                    ));
+                }
+                Ok(bits(got))
             };
-            let (plain, _, _) = run(routed_path, false);
-            assert_eq!(
-                plain.flops,
-                2 * (batch * m * n * k) as u64,
-                "launch metadata"
+            let routed_path = choose_path(
+                &client,
+                &lhs.clone().binding(),
+                &rhs.clone().binding(),
+                storage,
             );
-
-            // One rounding after the bias: within the matmul's bound of the exact sum.
-            let (_, _, biased) = run(routed_path, true);
-            let (reference, scale) =
-                cpu_reference::matmul(&lhs_values, &[batch, m, k], &rhs_values, &[batch, k, n]);
-            for (i, ((g, r), s)) in biased.iter().zip(&reference).zip(&scale).enumerate() {
-                let b = bias_values[i % n];
-                let want = r + b;
-                let tol = cpu_reference::tolerance(
-                    k,
-                    s + b.abs(),
-                    want,
-                    product_bits(dtype),
-                    mantissa_bits(dtype),
-                );
-                assert!(
-                    (g - want).abs() <= tol,
-                    "{dtype:?} {batch}x{m}x{k}x{n} with bias: element {i} is {g}, reference {want}, bound {tol}"
-                );
-            }
-
-            let MatmulPath::TensorCore {
+            let mut others = Vec::new();
+            if let MatmulPath::TensorCore {
                 tiling: routed_tiling,
                 loader,
             } = routed_path
-            else {
-                continue;
-            };
-            // Every tiling in both instruction forms (where the runtime has them) with the
-            // routed loader, the other TMA loader and plain loads on the routed tiling. TF32
-            // keeps one form: the two do not agree there.
-            let kinds: &[TileKind] = if tensor_core::forms_agree(storage) {
-                &[TileKind::Wmma, TileKind::MmaSync]
-            } else {
-                std::slice::from_ref(&routed_tiling.kind)
-            };
-            let forms = tilings_for(storage).iter().flat_map(|&tiling| {
-                kinds
-                    .iter()
-                    .map(move |&kind| (TensorCoreTiling { kind, ..tiling }, loader))
-            });
-            let other_loaders = match loader {
-                Loader::SpecializedTma => vec![Loader::Tma, Loader::Cyclic],
-                Loader::Tma => vec![Loader::SpecializedTma, Loader::Cyclic],
-                Loader::Cyclic => vec![],
-            };
-            let others: Vec<_> = forms
-                .chain(other_loaders.into_iter().map(|l| (routed_tiling, l)))
-                .filter(|(tiling, _)| tensor_core::is_supported(&client, storage, tiling.kind))
-                .collect();
+            {
+                // Every tiling in both instruction forms (where the runtime has them) with
+                // the routed loader; the other loaders on the routed tiling. TF32 keeps one
+                // form: the two do not agree there.
+                let kinds: &[TileKind] = if tensor_core::forms_agree(storage) {
+                    &[TileKind::Wmma, TileKind::MmaSync]
+                } else {
+                    std::slice::from_ref(&routed_tiling.kind)
+                };
+                for &tiling in tilings_for(storage) {
+                    for &kind in kinds {
+                        others.push((TensorCoreTiling { kind, ..tiling }, loader));
+                    }
+                }
+                // Plain loads only where they give the TMA loads' bits (not f32, where the
+                // router keeps M out of the choice: see `transposed_lhs_widths`).
+                let mut loaders = vec![Loader::SpecializedTma, Loader::Tma];
+                if tensor_core::loaders_agree(storage) {
+                    loaders.push(Loader::Cyclic);
+                }
+                for other in loaders {
+                    if other != loader
+                        && (loader != Loader::Cyclic || tensor_core::loaders_agree(storage))
+                    {
+                        others.push((routed_tiling, other));
+                    }
+                }
+                others
+                    .retain(|(tiling, _)| tensor_core::is_supported(&client, storage, tiling.kind));
+            }
             for with_bias in [false, true] {
-                let (routed, routed_bits, _) = run(routed_path, with_bias);
+                let routed_bits = match run(routed_path, with_bias) {
+                    Ok(bits) => bits,
+                    Err(failure) => {
+                        failures.push(failure);
+                        continue;
+                    }
+                };
                 for &(tiling, loader) in &others {
-                    let (other, other_bits, _) =
-                        run(MatmulPath::TensorCore { tiling, loader }, with_bias);
-                    assert!(
-                        other_bits == routed_bits,
-                        "{dtype:?} {batch}x{m}x{k}x{n} (bias: {with_bias}): {} and {} give different bits",
-                        other.path.label(),
-                        routed.path.label()
-                    );
+                    let path = MatmulPath::TensorCore { tiling, loader };
+                    match run(path, with_bias) {
+                        Err(failure) => failures.push(failure),
+                        Ok(other_bits) if other_bits != routed_bits => {
+                            let differ = other_bits
+                                .chunks(storage.size())
+                                .zip(routed_bits.chunks(storage.size()))
+                                .filter(|(a, b)| a != b)
+                                .count();
+                            failures.push(format!(
+                                "{case} (bias: {with_bias}): {} and {} differ in {differ} outputs",
+                                path.label(),
+                                routed_path.label()
+                            ));
+                        }
+                        Ok(_) => {}
+                    }
                 }
             }
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
@@ -602,6 +663,11 @@ fn bad_input_names_the_op<B: KernelHost>(device: &B::Device) {
             "{msg}"
         );
     }
+}
+
+#[test]
+fn matmul_transposed_lhs_of_every_width() {
+    on_test_backend!(transposed_lhs_widths);
 }
 
 #[test]

@@ -112,12 +112,10 @@ fn bench<B: KernelHost>(device: &B::Device) {
                 cast(Tensor::from_data(w.to_data(), device), dtype);
             let xi_full: Tensor<BatchInvariant<B>, 2> =
                 cast(Tensor::from_data(x_full.to_data(), device), dtype);
-            let b = cast(matrix::<B>(1, n, 9, device), dtype).reshape([n]);
-            let bi: Tensor<BatchInvariant<B>, 1> = cast(
-                Tensor::<BatchInvariant<B>, 2>::from_data(b.to_data(), device),
-                dtype,
-            )
-            .reshape([n]);
+            let b2 = cast(matrix::<B>(1, n, 9, device), dtype);
+            let bi: Tensor<BatchInvariant<B>, 1> =
+                cast(Tensor::from_data(b2.to_data(), device), dtype).reshape([n]);
+            let b = b2.reshape([n]);
             for &m in &ms {
                 eprintln!("{op} {dtype:?} M={m} K={k} N={n}");
                 let x = x_full.clone().narrow(0, 0, m);

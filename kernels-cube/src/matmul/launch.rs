@@ -145,7 +145,9 @@ pub fn matmul_output_shape(lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>, M
 /// The path [`launch_matmul`] takes on this runtime for this problem. It depends on the
 /// runtime, the dtype, K = 0, the output's size and the multiprocessor count (the tiling,
 /// [`tiling_for`]) and (for the loader) the operand strides; every choice gives the same bits
-/// per element, see the module docs.
+/// per element, see the module docs, except the loader in f32
+/// ([`tensor_core::loaders_agree`]), which is therefore chosen by what does not change with
+/// M: TMA for aligned strides and an lhs stored by rows, plain loads otherwise.
 pub fn choose_path<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: &TensorBinding<R>,
@@ -167,18 +169,44 @@ pub fn choose_path<R: Runtime>(
         return MatmulPath::Portable;
     };
     let tiling = TensorCoreTiling { kind, ..tiling };
-    // TMA descriptors need 16-byte aligned strides.
-    let aligned = |b: &TensorBinding<R>| {
-        b.strides
-            .iter()
-            .all(|&s| s == 1 || (s * dtype.size()).is_multiple_of(16))
-    };
-    let loader = if aligned(lhs) && aligned(rhs) {
+    // TMA descriptors need 16-byte aligned strides. In f16 and bf16 the loaders agree, so
+    // that is all. In f32 they do not ([`tensor_core::loaders_agree`]), and the choice must
+    // not follow M: an lhs read down its columns has a K stride that is usually M (the
+    // transposed view of an `[K, M]` buffer), so it always takes plain loads, while a
+    // row-major lhs's strides are its row width and multiples of it. (The Burn layer copies
+    // such operands into aligned rows first, so that every f32 problem reaches TMA.)
+    let lhs = &unit_strides_normalized(lhs.clone());
+    let rhs = &unit_strides_normalized(rhs.clone());
+    let lhs_rows_ok = tensor_core::loaders_agree(dtype) || lhs.strides[rank - 1] == 1;
+    let loader = if tma_aligned(lhs, dtype) && tma_aligned(rhs, dtype) && lhs_rows_ok {
         Loader::SpecializedTma
     } else {
         Loader::Cyclic
     };
     MatmulPath::TensorCore { tiling, loader }
+}
+
+/// Whether TMA can describe `b`: every stride of more than one element 16-byte aligned.
+pub fn tma_aligned<R: Runtime>(b: &TensorBinding<R>, dtype: StorageType) -> bool {
+    b.strides
+        .iter()
+        .all(|&s| s == 1 || (s * dtype.size()).is_multiple_of(16))
+}
+
+/// `b` with the stride of every dim of extent 1 set to what a contiguous tensor would have
+/// there. Such a stride never moves an address, but it decides how cubek classifies the
+/// layout and whether TMA accepts it: `[1, K]` read as the transpose of `[K, 1]` has strides
+/// `[1, 1]`, the same row stored by rows `[K, 1]`.
+pub fn unit_strides_normalized<R: Runtime>(mut b: TensorBinding<R>) -> TensorBinding<R> {
+    let rank = b.shape.len();
+    let mut contiguous = 1;
+    for d in (0..rank).rev() {
+        if b.shape[d] == 1 {
+            b.strides[d] = contiguous;
+        }
+        contiguous = b.strides[d] * b.shape[d];
+    }
+    b
 }
 
 /// `out = lhs @ rhs` for `lhs: [batch.., M, K]` and `rhs: [batch.., K, N]` of element type
@@ -280,6 +308,7 @@ pub fn launch_matmul_on<R: Runtime>(
     if batches * m * n == 0 {
         return Ok(launch);
     }
+    let (lhs, rhs) = (unit_strides_normalized(lhs), unit_strides_normalized(rhs));
     match path {
         MatmulPath::Portable => launch_portable(client, lhs, rhs, bias, out, dtype, &expected),
         MatmulPath::TensorCore { tiling, loader } => {

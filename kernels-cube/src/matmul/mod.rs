@@ -29,10 +29,12 @@
 //! flight. They
 //! differ only in which cube and which warp computes a fragment and how tiles are staged
 //! through shared memory; the instruction, the K steps and the accumulation order are the
-//! same, and the tests compare them all bitwise. The same holds for the loader (TMA, with or
-//! without load-only warps, or plain loads: cubek refuses TMA for some strides) and for the
-//! form the instruction is issued in ([`TileKind`]: WMMA fragments or `mma.sync`, the same
-//! hardware MMA).
+//! same, and the tests compare them all bitwise. The same holds for the loader in f16 and
+//! bf16 (TMA, with or without load-only warps, or plain loads: cubek refuses TMA for some
+//! strides) and for the form the instruction is issued in ([`TileKind`]: WMMA fragments or
+//! `mma.sync`, the same hardware MMA). In f32 the loaders give different TF32 bits
+//! ([`tensor_core::loaders_agree`]), so the loader is chosen by what does not change with M
+//! ([`launch::choose_path`]).
 
 pub mod bias;
 pub mod cpu_reference;

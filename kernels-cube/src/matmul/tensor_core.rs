@@ -254,6 +254,15 @@ pub fn instruction(dtype: StorageType, kind: TileKind) -> Option<((u32, u32, u32
     }
 }
 
+/// Whether TMA and plain loads give the same bits for `dtype` (f16, bf16). In f32 they do
+/// not: the tensor cores read TF32, and the operands reach them by different conversions
+/// (the H100, 2026-11-27 22:23 UTC: every output of a 13 x 7 x 131 product differed, all of
+/// them within the TF32 bound). The router therefore keeps M out of the loader choice in
+/// f32 ([`super::launch::choose_path`]).
+pub fn loaders_agree(dtype: StorageType) -> bool {
+    forms_agree(dtype)
+}
+
 /// Whether the two instruction forms give the same bits for `dtype` (f16, bf16).
 pub fn forms_agree(dtype: StorageType) -> bool {
     matches!(
@@ -338,6 +347,14 @@ pub fn launch<R: Runtime>(
         rhs: register,
         out: if bias.is_some() { F32 } else { dtype },
     };
+    // 32-bit offsets where every buffer allows them, as cubek's `launch_ref` decides (the
+    // seed's A_LARGE/B_LARGE/C_LARGE); counted in the stored dtypes.
+    let address_type = [&lhs, &rhs, &out]
+        .into_iter()
+        .chain(bias.as_ref())
+        .map(|t| t.required_address_type(dtype.size()))
+        .max()
+        .unwrap_or(AddressType::U64);
     let problem = MatmulProblem::from_shapes_and_strides(
         lhs.shape.clone(),
         rhs.shape.clone(),
@@ -346,7 +363,7 @@ pub fn launch<R: Runtime>(
         rhs.strides.clone(),
         out.strides.clone(),
         globals.clone(),
-        AddressType::U64,
+        address_type,
         None,
         None,
     )?;
@@ -559,7 +576,7 @@ where
         rhs.strides.clone(),
         operands.out.strides.clone(),
         operands.problem.global_dtypes.clone(),
-        AddressType::U64,
+        operands.problem.address_type,
         None,
         None,
     )?;

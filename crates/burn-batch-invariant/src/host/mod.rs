@@ -8,8 +8,10 @@ mod fusion;
 use batch_invariant_kernels::attention::{is_broadcast_layout, launch_attention, AttentionOptions};
 use batch_invariant_kernels::extremum::{launch_extremum_dim, ExtremumOp};
 use batch_invariant_kernels::matmul::launch::{
-    launch_matmul, launch_matmul_bias, matmul_output_shape,
+    choose_path, launch_matmul, launch_matmul_bias, matmul_output_shape, tma_aligned,
+    unit_strides_normalized, MatmulPath,
 };
+use batch_invariant_kernels::matmul::{tensor_core, Loader};
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
 use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
 use burn_backend::backend::Backend;
@@ -20,6 +22,8 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::ir::StorageType;
+use cubecl::std::tensor::into_contiguous_pitched;
 
 /// A backend that can run the batch-invariant kernels on its own tensors.
 ///
@@ -142,6 +146,7 @@ where
         let out_shape = matmul_output_shape(lhs.meta.shape(), rhs.meta.shape())
             .unwrap_or_else(|err| panic!("batch-invariant matmul: {err}"));
         let (lhs, rhs, launch_shape) = canonical_matmul::<R, F, I, BT>(lhs, rhs, &out_shape);
+        let (lhs, rhs) = tma_ready(lhs, rhs);
         let output = empty_device_contiguous_dtype(
             lhs.client.clone(),
             lhs.device.clone(),
@@ -249,6 +254,53 @@ fn reduced_shape(tensor: &impl TensorMetadata, dim: usize) -> Shape {
     let mut shape = tensor.shape();
     shape[dim] = 1;
     shape
+}
+
+/// Where the tensor-core loaders give different bits (f32, TF32 operands converted two ways),
+/// the kernel takes TMA for aligned operands with the lhs stored by rows and plain loads
+/// otherwise, which keeps M out of the choice but lets the storage of equal values pick the
+/// bits. A pitched copy (rows padded to aligned strides) of an operand that is not so
+/// stored brings every such problem to TMA. It copies only unusual layouts: an lhs read
+/// down its columns, a row length that is not a multiple of 16 bytes in an unpitched
+/// buffer. Where the loaders agree, or no tensor core runs, nothing is copied.
+fn tma_ready<R: CubeRuntime>(
+    lhs: CubeTensor<R>,
+    rhs: CubeTensor<R>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let client = lhs.client.clone();
+    let dtype: StorageType = lhs.dtype.into();
+    if tensor_core::loaders_agree(dtype) {
+        return (lhs, rhs);
+    }
+    let path = choose_path(
+        &client,
+        &lhs.clone().binding(),
+        &rhs.clone().binding(),
+        dtype,
+    );
+    let MatmulPath::TensorCore {
+        loader: Loader::Cyclic,
+        ..
+    } = path
+    else {
+        return (lhs, rhs);
+    };
+    let ready = |t: &CubeTensor<R>, by_rows: bool| {
+        let b = unit_strides_normalized(t.clone().binding());
+        tma_aligned(&b, dtype) && (!by_rows || b.strides[b.strides.len() - 1] == 1)
+    };
+    let pitched = |t: CubeTensor<R>| {
+        let (client, device, dtype) = (t.client.clone(), t.device.clone(), t.dtype);
+        let out = into_contiguous_pitched(&client, t.binding(), dtype.into());
+        CubeTensor::new(client, out.handle, *out.metadata, device, dtype)
+    };
+    let lhs = if ready(&lhs, true) { lhs } else { pitched(lhs) };
+    let rhs = if ready(&rhs, false) {
+        rhs
+    } else {
+        pitched(rhs)
+    };
+    (lhs, rhs)
 }
 
 /// Brings a batched matmul to one of two shapes the tensor-core kernel is launched with,
