@@ -487,7 +487,7 @@ struct BiasedOperands<R: Runtime> {
 }
 
 /// Vector sizes as cubek's `launch_ref` and `launch_ref_tma` pick them, for an f32 output.
-fn biased_vector_sizes<R: Runtime>(
+fn biased_vector_sizes(
     available: AvailableVectorSizes,
     problem: &MatmulProblem,
 ) -> Result<MatmulVectorSizes, MatmulSetupError> {
@@ -522,7 +522,7 @@ where
         }
     }
     let available = AvailableVectorSizes::from_type_size_tma(client, F32.size());
-    let vector_sizes = biased_vector_sizes::<R>(available, &operands.problem)?;
+    let vector_sizes = biased_vector_sizes(available, &operands.problem)?;
     let settings = A::device_settings(client, vector_sizes);
     let expand = A::expand_blueprint(
         &operands.problem,
@@ -582,7 +582,7 @@ where
     )?;
     let available =
         AvailableVectorSizes::from_type_sizes(client, register.size(), register.size(), F32.size());
-    let vector_sizes = biased_vector_sizes::<R>(available, &problem)?;
+    let vector_sizes = biased_vector_sizes(available, &problem)?;
     let settings = A::device_settings(client, vector_sizes);
     let expand = A::expand_blueprint(
         &problem,

@@ -70,7 +70,7 @@ pub(crate) fn linear<B: KernelHost>(
         );
     }
     let rank = x_shape.num_dims();
-    let bias = bias.map(|bias| {
+    if let Some(bias) = &bias {
         let b_shape = bias.shape();
         if b_shape.as_slice() != [w[1]] {
             panic!(
@@ -86,8 +86,7 @@ pub(crate) fn linear<B: KernelHost>(
                 bias.dtype()
             );
         }
-        bias
-    });
+    }
     let weight = B::float_reshape(weight, leading_ones(w, rank.max(2)));
     // What `float_matmul` checks for the plain product: the weight's dtype, x's rank.
     if weight.dtype() != dtype {
