@@ -198,15 +198,49 @@ pub fn tma_aligned<R: Runtime>(b: &TensorBinding<R>, dtype: StorageType) -> bool
 /// layout and whether TMA accepts it: `[1, K]` read as the transpose of `[K, 1]` has strides
 /// `[1, 1]`, the same row stored by rows `[K, 1]`.
 pub fn unit_strides_normalized<R: Runtime>(mut b: TensorBinding<R>) -> TensorBinding<R> {
-    let rank = b.shape.len();
-    let mut contiguous = 1;
-    for d in (0..rank).rev() {
-        if b.shape[d] == 1 {
-            b.strides[d] = contiguous;
-        }
-        contiguous = b.strides[d] * b.shape[d];
-    }
+    normalize_unit_strides(&b.shape, &mut b.strides);
     b
+}
+
+/// [`unit_strides_normalized`] on plain slices: each extent-1 dim gets the stride times
+/// extent of the dim inside it (1 for the innermost).
+fn normalize_unit_strides(shape: &[usize], strides: &mut [usize]) {
+    let mut contiguous = 1;
+    for d in (0..shape.len()).rev() {
+        if shape[d] == 1 {
+            strides[d] = contiguous;
+        }
+        contiguous = strides[d] * shape[d];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_unit_strides;
+
+    fn normalized(shape: &[usize], strides: &[usize]) -> Vec<usize> {
+        let mut strides = strides.to_vec();
+        normalize_unit_strides(shape, &mut strides);
+        strides
+    }
+
+    /// The transposed view of a `[K, 1]` buffer is the row `[1, K]` stored by rows.
+    #[test]
+    fn a_one_row_transpose_reads_as_a_row() {
+        assert_eq!(normalized(&[1, 12], &[1, 1]), [12, 1]);
+        assert_eq!(normalized(&[1, 12], &[12, 1]), [12, 1]);
+    }
+
+    #[test]
+    fn strides_that_move_addresses_are_kept() {
+        assert_eq!(normalized(&[3, 12], &[1, 3]), [1, 3]);
+        assert_eq!(normalized(&[2, 5, 7], &[40, 8, 1]), [40, 8, 1]);
+        // A broadcast batch keeps its zero stride; an extent-1 batch gets the matrix size.
+        assert_eq!(normalized(&[4, 5, 7], &[0, 7, 1]), [0, 7, 1]);
+        assert_eq!(normalized(&[1, 5, 7], &[0, 8, 1]), [40, 8, 1]);
+        // An extent-1 column of a pitched buffer.
+        assert_eq!(normalized(&[5, 1], &[8, 3]), [8, 1]);
+    }
 }
 
 /// `out = lhs @ rhs` for `lhs: [batch.., M, K]` and `rhs: [batch.., K, N]` of element type
