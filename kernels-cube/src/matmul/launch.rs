@@ -214,35 +214,6 @@ fn normalize_unit_strides(shape: &[usize], strides: &mut [usize]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::normalize_unit_strides;
-
-    fn normalized(shape: &[usize], strides: &[usize]) -> Vec<usize> {
-        let mut strides = strides.to_vec();
-        normalize_unit_strides(shape, &mut strides);
-        strides
-    }
-
-    /// The transposed view of a `[K, 1]` buffer is the row `[1, K]` stored by rows.
-    #[test]
-    fn a_one_row_transpose_reads_as_a_row() {
-        assert_eq!(normalized(&[1, 12], &[1, 1]), [12, 1]);
-        assert_eq!(normalized(&[1, 12], &[12, 1]), [12, 1]);
-    }
-
-    #[test]
-    fn strides_that_move_addresses_are_kept() {
-        assert_eq!(normalized(&[3, 12], &[1, 3]), [1, 3]);
-        assert_eq!(normalized(&[2, 5, 7], &[40, 8, 1]), [40, 8, 1]);
-        // A broadcast batch keeps its zero stride; an extent-1 batch gets the matrix size.
-        assert_eq!(normalized(&[4, 5, 7], &[0, 7, 1]), [0, 7, 1]);
-        assert_eq!(normalized(&[1, 5, 7], &[0, 8, 1]), [40, 8, 1]);
-        // An extent-1 column of a pitched buffer.
-        assert_eq!(normalized(&[5, 1], &[8, 3]), [8, 1]);
-    }
-}
-
 /// `out = lhs @ rhs` for `lhs: [batch.., M, K]` and `rhs: [batch.., K, N]` of element type
 /// `dtype`, any strides, batch dims broadcast; `out` contiguous with the broadcast shape.
 pub fn launch_matmul<R: Runtime>(
@@ -452,5 +423,34 @@ fn launch_portable<R: Runtime>(
             has_bias,
             dtype,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_unit_strides;
+
+    fn normalized(shape: &[usize], strides: &[usize]) -> Vec<usize> {
+        let mut strides = strides.to_vec();
+        normalize_unit_strides(shape, &mut strides);
+        strides
+    }
+
+    /// The transposed view of a `[K, 1]` buffer is the row `[1, K]` stored by rows.
+    #[test]
+    fn a_one_row_transpose_reads_as_a_row() {
+        assert_eq!(normalized(&[1, 12], &[1, 1]), [12, 1]);
+        assert_eq!(normalized(&[1, 12], &[12, 1]), [12, 1]);
+    }
+
+    #[test]
+    fn strides_that_move_addresses_are_kept() {
+        assert_eq!(normalized(&[3, 12], &[1, 3]), [1, 3]);
+        assert_eq!(normalized(&[2, 5, 7], &[40, 8, 1]), [40, 8, 1]);
+        // A broadcast batch keeps its zero stride; an extent-1 batch gets the matrix size.
+        assert_eq!(normalized(&[4, 5, 7], &[0, 7, 1]), [0, 7, 1]);
+        assert_eq!(normalized(&[1, 5, 7], &[0, 8, 1]), [40, 8, 1]);
+        // An extent-1 column of a pitched buffer.
+        assert_eq!(normalized(&[5, 1], &[8, 3]), [8, 1]);
     }
 }
