@@ -407,16 +407,13 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 }
                 // Plain loads only where they give the TMA loads' bits (not f32, where the
                 // router keeps M out of the choice: see `transposed_lhs_widths`).
-                let mut loaders = vec![Loader::SpecializedTma, Loader::Tma];
-                if tensor_core::loaders_agree(storage) {
-                    loaders.push(Loader::Cyclic);
-                }
-                for other in loaders {
-                    if other != loader
-                        && (loader != Loader::Cyclic || tensor_core::loaders_agree(storage))
-                    {
-                        others.push((routed_tiling, other));
-                    }
+                let loaders: &[Loader] = match (tensor_core::loaders_agree(storage), loader) {
+                    (true, _) => &[Loader::SpecializedTma, Loader::Tma, Loader::Cyclic],
+                    (false, Loader::Cyclic) => &[],
+                    (false, _) => &[Loader::SpecializedTma, Loader::Tma],
+                };
+                for &other in loaders.iter().filter(|&&other| other != loader) {
+                    others.push((routed_tiling, other));
                 }
                 others
                     .retain(|(tiling, _)| tensor_core::is_supported(&client, storage, tiling.kind));

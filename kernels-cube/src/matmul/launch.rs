@@ -169,16 +169,7 @@ pub fn choose_path<R: Runtime>(
         return MatmulPath::Portable;
     };
     let tiling = TensorCoreTiling { kind, ..tiling };
-    // TMA descriptors need 16-byte aligned strides. In f16 and bf16 the loaders agree, so
-    // that is all. In f32 they do not ([`tensor_core::loaders_agree`]), and the choice must
-    // not follow M: an lhs read down its columns has a K stride that is usually M (the
-    // transposed view of an `[K, M]` buffer), so it always takes plain loads, while a
-    // row-major lhs's strides are its row width and multiples of it. (The Burn layer copies
-    // such operands into aligned rows first, so that every f32 problem reaches TMA.)
-    let lhs = &unit_strides_normalized(lhs.clone());
-    let rhs = &unit_strides_normalized(rhs.clone());
-    let lhs_rows_ok = tensor_core::loaders_agree(dtype) || lhs.strides[rank - 1] == 1;
-    let loader = if tma_aligned(lhs, dtype) && tma_aligned(rhs, dtype) && lhs_rows_ok {
+    let loader = if tma_takes(lhs, rhs, dtype) == [true, true] {
         Loader::SpecializedTma
     } else {
         Loader::Cyclic
@@ -186,8 +177,29 @@ pub fn choose_path<R: Runtime>(
     MatmulPath::TensorCore { tiling, loader }
 }
 
+/// Whether the router gives `lhs` and `rhs` to TMA, each as it is stored (both must be).
+/// TMA descriptors need 16-byte aligned strides. In f16 and bf16 the loaders agree, so that
+/// is all. In f32 they do not ([`tensor_core::loaders_agree`]), and the choice must not
+/// follow M: an lhs read down its columns has a K stride that is usually M (the transposed
+/// view of an `[K, M]` buffer), so it is refused, while a row-major lhs's strides are its
+/// row width and multiples of it. (The Burn layer copies refused f32 operands into aligned
+/// rows first, so that every f32 problem it routes reaches TMA.)
+pub fn tma_takes<R: Runtime>(
+    lhs: &TensorBinding<R>,
+    rhs: &TensorBinding<R>,
+    dtype: StorageType,
+) -> [bool; 2] {
+    let lhs = unit_strides_normalized(lhs.clone());
+    let rhs = unit_strides_normalized(rhs.clone());
+    let by_rows = tensor_core::loaders_agree(dtype) || lhs.strides[lhs.strides.len() - 1] == 1;
+    [
+        tma_aligned(&lhs, dtype) && by_rows,
+        tma_aligned(&rhs, dtype),
+    ]
+}
+
 /// Whether TMA can describe `b`: every stride of more than one element 16-byte aligned.
-pub fn tma_aligned<R: Runtime>(b: &TensorBinding<R>, dtype: StorageType) -> bool {
+fn tma_aligned<R: Runtime>(b: &TensorBinding<R>, dtype: StorageType) -> bool {
     b.strides
         .iter()
         .all(|&s| s == 1 || (s * dtype.size()).is_multiple_of(16))
@@ -197,7 +209,7 @@ pub fn tma_aligned<R: Runtime>(b: &TensorBinding<R>, dtype: StorageType) -> bool
 /// there. Such a stride never moves an address, but it decides how cubek classifies the
 /// layout and whether TMA accepts it: `[1, K]` read as the transpose of `[K, 1]` has strides
 /// `[1, 1]`, the same row stored by rows `[K, 1]`.
-pub fn unit_strides_normalized<R: Runtime>(mut b: TensorBinding<R>) -> TensorBinding<R> {
+fn unit_strides_normalized<R: Runtime>(mut b: TensorBinding<R>) -> TensorBinding<R> {
     normalize_unit_strides(&b.shape, &mut b.strides);
     b
 }

@@ -8,10 +8,9 @@ mod fusion;
 use batch_invariant_kernels::attention::{is_broadcast_layout, launch_attention, AttentionOptions};
 use batch_invariant_kernels::extremum::{launch_extremum_dim, ExtremumOp};
 use batch_invariant_kernels::matmul::launch::{
-    choose_path, launch_matmul, launch_matmul_bias, matmul_output_shape, tma_aligned,
-    unit_strides_normalized, MatmulPath,
+    choose_path, launch_matmul, launch_matmul_bias, matmul_output_shape, tma_takes, MatmulPath,
 };
-use batch_invariant_kernels::matmul::{tensor_core, Loader};
+use batch_invariant_kernels::matmul::tensor_core;
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
 use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
 use burn_backend::backend::Backend;
@@ -257,9 +256,9 @@ fn reduced_shape(tensor: &impl TensorMetadata, dim: usize) -> Shape {
 }
 
 /// Where the tensor-core loaders give different bits (f32, TF32 operands converted two ways),
-/// the kernel takes TMA for aligned operands with the lhs stored by rows and plain loads
-/// otherwise, which keeps M out of the choice but lets the storage of equal values pick the
-/// bits. A pitched copy (rows padded to aligned strides) of an operand that is not so
+/// the kernel takes TMA only for operands [`tma_takes`] accepts and plain loads otherwise,
+/// which keeps M out of the choice but lets the storage of equal values pick the bits. A
+/// pitched copy (rows padded to aligned strides) of an operand that is not so
 /// stored brings every such problem to TMA. It copies only unusual layouts: an lhs read
 /// down its columns, a row length that is not a multiple of 16 bytes in an unpitched
 /// buffer. Where the loaders agree, or no tensor core runs, nothing is copied.
@@ -272,34 +271,21 @@ fn tma_ready<R: CubeRuntime>(
     if tensor_core::loaders_agree(dtype) {
         return (lhs, rhs);
     }
-    let path = choose_path(
-        &client,
-        &lhs.clone().binding(),
-        &rhs.clone().binding(),
-        dtype,
-    );
-    let MatmulPath::TensorCore {
-        loader: Loader::Cyclic,
-        ..
-    } = path
-    else {
+    let (lhs_binding, rhs_binding) = (lhs.clone().binding(), rhs.clone().binding());
+    if !matches!(
+        choose_path(&client, &lhs_binding, &rhs_binding, dtype),
+        MatmulPath::TensorCore { .. }
+    ) {
         return (lhs, rhs);
-    };
-    let ready = |t: &CubeTensor<R>, by_rows: bool| {
-        let b = unit_strides_normalized(t.clone().binding());
-        tma_aligned(&b, dtype) && (!by_rows || b.strides[b.strides.len() - 1] == 1)
-    };
+    }
+    let [lhs_ready, rhs_ready] = tma_takes(&lhs_binding, &rhs_binding, dtype);
     let pitched = |t: CubeTensor<R>| {
         let (client, device, dtype) = (t.client.clone(), t.device.clone(), t.dtype);
         let out = into_contiguous_pitched(&client, t.binding(), dtype.into());
         CubeTensor::new(client, out.handle, *out.metadata, device, dtype)
     };
-    let lhs = if ready(&lhs, true) { lhs } else { pitched(lhs) };
-    let rhs = if ready(&rhs, false) {
-        rhs
-    } else {
-        pitched(rhs)
-    };
+    let lhs = if lhs_ready { lhs } else { pitched(lhs) };
+    let rhs = if rhs_ready { rhs } else { pitched(rhs) };
     (lhs, rhs)
 }
 

@@ -11,9 +11,10 @@ impl<B: KernelHost> ModuleOps<Self> for BatchInvariant<B> {
     // `layer_norm` keeps Burn's default composite so that its two means run through our
     // routed `float_mean_dim` (burn-cubecl does not override it, so with the mode off it is
     // still exactly the inner backend's computation).
-    // The `linear` family is `float_matmul` (routed) plus reshapes, a bias add and, for the
-    // weight and bias gradients, `float_sum_dim` over the batch (routed). `linear` itself is
-    // written out for its shape checks (`routing::matmul::linear`).
+    // `linear` is one routed matmul with its bias in the epilogue, rounded once
+    // (`routing::matmul::linear`). Its backward helpers are `float_matmul` (routed) plus
+    // reshapes and, for the weight and bias gradients, `float_sum_dim` over the batch
+    // (routed).
 
     fn linear(
         x: FloatTensor<Self>,

@@ -2,9 +2,9 @@
 //!
 //! Burn's matmul autotunes among cubek's tensor-core, unit and gemv kernels per (M, N, K)
 //! bucket, so one row of `x @ W` changes with the number of rows beside it. The invariant
-//! kernel fixes the instruction and the K walk. `ModuleOps::linear` is Burn's composite
-//! with the shape checks it lacks ([`linear`]); its backward helpers reach the matmul
-//! through their default bodies (see `ops/module.rs`).
+//! kernel fixes the instruction and the K walk. `ModuleOps::linear` is the same kernel with
+//! the bias in its epilogue, and the shape checks Burn's composite lacks ([`linear`]); its
+//! backward helpers reach the matmul through their default bodies (see `ops/module.rs`).
 
 use batch_invariant_kernels::matmul::launch::matmul_output_shape;
 use burn_backend::tensor::FloatTensor;
@@ -20,7 +20,13 @@ pub(crate) fn float_matmul<B: KernelHost>(
     if !mode::is_enabled() {
         return B::float_matmul(lhs, rhs);
     }
-    let op = "float_matmul";
+    check_product::<B>("float_matmul", &lhs, &rhs);
+    B::invariant_matmul(lhs, rhs, None)
+}
+
+/// What every routed product checks before it reaches the kernel: float operands of one
+/// dtype whose shapes multiply.
+fn check_product<B: KernelHost>(op: &str, lhs: &FloatTensor<B>, rhs: &FloatTensor<B>) {
     let (lhs_shape, rhs_shape) = (lhs.shape(), rhs.shape());
     let (lhs_dtype, rhs_dtype) = (lhs.dtype(), rhs.dtype());
     check_float_dtype(op, &lhs_shape, lhs_dtype);
@@ -34,7 +40,6 @@ pub(crate) fn float_matmul<B: KernelHost>(
     if let Err(reason) = matmul_output_shape(lhs_shape.as_slice(), rhs_shape.as_slice()) {
         panic!("BatchInvariant::{op}: {reason} (dtype {lhs_dtype:?})");
     }
-    B::invariant_matmul(lhs, rhs, None)
 }
 
 /// `ModuleOps::linear`: `x @ weight + bias` in one invariant matmul, the bias added to the
@@ -88,17 +93,7 @@ pub(crate) fn linear<B: KernelHost>(
         }
     }
     let weight = B::float_reshape(weight, leading_ones(w, rank.max(2)));
-    // What `float_matmul` checks for the plain product: the weight's dtype, x's rank.
-    if weight.dtype() != dtype {
-        panic!(
-            "BatchInvariant::{op}: weight dtype {:?} differs from x dtype {dtype:?} \
-             (x shape {x_shape:?}, weight shape {w_shape:?})",
-            weight.dtype()
-        );
-    }
-    if let Err(reason) = matmul_output_shape(x_shape.as_slice(), weight.shape().as_slice()) {
-        panic!("BatchInvariant::{op}: {reason} (x shape {x_shape:?}, dtype {dtype:?})");
-    }
+    check_product::<B>(op, &x, &weight);
     B::invariant_matmul(x, weight, bias)
 }
 
