@@ -164,6 +164,49 @@ fn batched_and_linear_are_invariant<B: KernelHost>(device: &B::Device) {
             }
         }
 
+        // Batches stored inside the rows: sequence-major activations `[seq, 5, k]` against a
+        // weight per batch stored `[n, 5, k]` and read down its columns. TMA cannot describe
+        // the batch of 5, while one batch alone is an ordinary (transposed) matrix; in f32 the
+        // loaders give other bits, so both must reach the same one.
+        let k4 = 128;
+        let xs = tensor::<BatchInvariant<B>, 3>(
+            random_values(seq * 5 * k4, 35),
+            [seq, 5, k4],
+            dtype,
+            device,
+        )
+        .swap_dims(0, 1);
+        let ws = tensor::<BatchInvariant<B>, 3>(
+            random_values(n * 5 * k4, 36),
+            [n, 5, k4],
+            dtype,
+            device,
+        )
+        .permute([1, 2, 0]);
+        let full = xs.clone().matmul(ws.clone());
+        for b in [0, 4] {
+            let alone = xs
+                .clone()
+                .narrow(0, b, 1)
+                .matmul(ws.clone().narrow(0, b, 1));
+            assert!(
+                bits(alone) == bits(full.clone().narrow(0, b, 1)),
+                "{dtype:?} batch-inside-row views: batch entry {b} alone differs from inside a batch of 5"
+            );
+        }
+
+        // A batched matrix-vector product: one contiguous column per batch, which no
+        // allocation pads to an aligned row.
+        let v = tensor::<BatchInvariant<B>, 3>(random_values(5 * k, 37), [5, k, 1], dtype, device);
+        let full = x.clone().matmul(v.clone());
+        for b in [0, 4] {
+            let alone = x.clone().narrow(0, b, 1).matmul(v.clone().narrow(0, b, 1));
+            assert!(
+                bits(alone) == bits(full.clone().narrow(0, b, 1)),
+                "{dtype:?} matrix-vector: batch entry {b} alone differs from inside a batch of 5"
+            );
+        }
+
         let mut linear = LinearConfig::new(k, n).init::<BatchInvariant<B>>(device);
         linear.weight = Param::from_tensor(linear.weight.val().cast(dtype));
         linear.bias = linear.bias.map(|b| Param::from_tensor(b.val().cast(dtype)));

@@ -7,9 +7,13 @@ use super::ExtremumOp;
 use super::CHUNK_LEN;
 use crate::reduce::launch::{
     check_reduction, cube_count, max_offset, row_args, rows_per_cube, vector_aligned,
-    ReduceDimError,
+    ReduceDimError, FULL_CUBES_FROM_ROWS,
 };
-use crate::reduce::{lanes_for_len, CHUNK, LONG_ROW_MIN_LEN};
+use crate::reduce::{lanes_for_len, CHUNK, LONG_ROW_LANES, LONG_ROW_MIN_LEN};
+
+/// Candidate length from which few candidates get a whole cube each (one vector per thread
+/// at 256 threads and vectors of 4).
+const WHOLE_CUBE_FROM_LEN: usize = 1024;
 
 /// Writes the winner of `op` along `dim` of `input` (element type `dtype`, any strides) to
 /// `values` (same type) and its index along `dim` to `indices` (integer type `index_dtype`),
@@ -48,6 +52,15 @@ pub fn launch_extremum_dim<R: Runtime>(
     };
     let chunk_len = if chunks == 1 { reduce_len } else { CHUNK_LEN };
     let candidates = num_rows * chunks;
+    // Where the candidates are too few to fill the GPU with one warp each, a whole cube
+    // scans each of them: 64 rows of 4096 on one warp a row took 1.4x Burn's time. Unlike
+    // the sums', this choice may follow the row count: the winner is the same for any
+    // mapping (the module's total order).
+    let lanes = if candidates < FULL_CUBES_FROM_ROWS && chunk_len >= WHOLE_CUBE_FROM_LEN {
+        LONG_ROW_LANES
+    } else {
+        lanes
+    };
     // Vector loads where every chunk of the split starts on a vector boundary; only how the
     // row is read depends on it.
     let width = if vector_aligned(&input, dim, dtype) && chunk_len.is_multiple_of(CHUNK) {

@@ -16,7 +16,8 @@
 //! result cannot depend on the batch, the grid or the mapping. For the values this also
 //! means `-0.0` vs `+0.0` ties return the first one's sign.
 //!
-//! The kernel uses the reduce module's lane count (`lanes_for_len`): lane `t` scans vectors
+//! The kernel uses the reduce module's lane count (`lanes_for_len`), or a whole cube of 256
+//! lanes per candidate where candidates are few and long: lane `t` scans vectors
 //! `t, t + P, ...` of the row (vectors of 4 entries where the row is contiguous and
 //! aligned, of one entry otherwise) and the `P` candidates are folded pairwise in shared
 //! memory. Rows of

@@ -178,51 +178,96 @@ pub fn choose_path<R: Runtime>(
 }
 
 /// Whether the router gives `lhs` and `rhs` to TMA, each as it is stored (both must be).
-/// TMA descriptors need 16-byte aligned strides. In f16 and bf16 the loaders agree, so that
-/// is all. In f32 they do not ([`tensor_core::loaders_agree`]), and the choice must not
-/// follow M: an lhs read down its columns has a K stride that is usually M (the transposed
-/// view of an `[K, M]` buffer), so it is refused, while a row-major lhs's strides are its
-/// row width and multiples of it. (The Burn layer copies refused f32 operands into aligned
-/// rows first, so that every f32 problem it routes reaches TMA.)
+/// TMA descriptors need every stride but the contiguous dim's 16-byte aligned. In f16 and
+/// bf16 the loaders agree, so that is all. In f32 they do not
+/// ([`tensor_core::loaders_agree`]), and the choice must not follow M: an lhs read down its
+/// columns has a K stride that is usually M (the transposed view of an `[K, M]` buffer), so
+/// it is refused, while a row-major lhs's strides are its row width and multiples of it.
+/// Batches stored out of order, or broadcast on one side only, are refused in f32 too: TMA
+/// cannot describe them, and cubek's own contiguous copy of them may leave rows unaligned,
+/// so whether TMA ran would follow the batch count. (The Burn layer copies refused f32
+/// operands into aligned rows first, so that every f32 problem it routes reaches TMA.)
 pub fn tma_takes<R: Runtime>(
     lhs: &TensorBinding<R>,
     rhs: &TensorBinding<R>,
     dtype: StorageType,
 ) -> [bool; 2] {
-    let lhs = unit_strides_normalized(lhs.clone());
-    let rhs = unit_strides_normalized(rhs.clone());
-    let by_rows = tensor_core::loaders_agree(dtype) || lhs.strides[lhs.strides.len() - 1] == 1;
+    let lhs = unit_strides_normalized(lhs.clone(), dtype);
+    let rhs = unit_strides_normalized(rhs.clone(), dtype);
+    let agree = tensor_core::loaders_agree(dtype);
+    let by_rows = agree || lhs.strides[lhs.strides.len() - 1] == 1;
+    let batches = |b: &TensorBinding<R>| -> usize { b.shape[..b.shape.len() - 2].iter().product() };
+    let (lhs_batches, rhs_batches) = (batches(&lhs), batches(&rhs));
+    let paired = agree || lhs_batches == rhs_batches || lhs_batches == 1 || rhs_batches == 1;
+    let ordered = |b: &TensorBinding<R>| agree || tensor_core::batches_in_order(&b.strides);
     [
-        tma_aligned(&lhs, dtype) && by_rows,
-        tma_aligned(&rhs, dtype),
+        tma_aligned(&lhs.strides, dtype) && by_rows && ordered(&lhs) && paired,
+        tma_aligned(&rhs.strides, dtype) && ordered(&rhs) && paired,
     ]
 }
 
-/// Whether TMA can describe `b`: every stride of more than one element 16-byte aligned.
-fn tma_aligned<R: Runtime>(b: &TensorBinding<R>, dtype: StorageType) -> bool {
-    b.strides
-        .iter()
-        .all(|&s| s == 1 || (s * dtype.size()).is_multiple_of(16))
+/// Elements in 16 bytes of `dtype`: the alignment TMA asks of strides.
+fn tma_alignment(dtype: StorageType) -> usize {
+    (16 / dtype.size()).max(1)
 }
 
-/// `b` with the stride of every dim of extent 1 set to what a contiguous tensor would have
-/// there. Such a stride never moves an address, but it decides how cubek classifies the
+/// Whether TMA can describe a matrix of these strides, by cubek's rule: every stride but the
+/// contiguous dim's a multiple of 16 bytes. The contiguous dim is the columns unless the row
+/// stride is the smaller (cubek's column-major).
+fn tma_aligned(strides: &[usize], dtype: StorageType) -> bool {
+    let rank = strides.len();
+    let contiguous = if strides[rank - 2] < strides[rank - 1] {
+        rank - 2
+    } else {
+        rank - 1
+    };
+    strides
+        .iter()
+        .enumerate()
+        .all(|(d, &s)| d == contiguous || s.is_multiple_of(tma_alignment(dtype)))
+}
+
+/// `b` with the stride of every dim of extent 1 set to what an ordered, aligned tensor would
+/// have there. Such a stride never moves an address, but it decides how cubek classifies the
 /// layout and whether TMA accepts it: `[1, K]` read as the transpose of `[K, 1]` has strides
-/// `[1, 1]`, the same row stored by rows `[K, 1]`.
-fn unit_strides_normalized<R: Runtime>(mut b: TensorBinding<R>) -> TensorBinding<R> {
-    normalize_unit_strides(&b.shape, &mut b.strides);
+/// `[1, 1]`, the same row stored by rows `[K, 1]`; one batch of a batch-major view keeps the
+/// stride of its parent's batch dim, which may lie inside a row.
+fn unit_strides_normalized<R: Runtime>(
+    mut b: TensorBinding<R>,
+    dtype: StorageType,
+) -> TensorBinding<R> {
+    normalize_unit_strides(&b.shape, &mut b.strides, tma_alignment(dtype));
     b
 }
 
-/// [`unit_strides_normalized`] on plain slices: each extent-1 dim gets the stride times
-/// extent of the dim inside it (1 for the innermost).
-fn normalize_unit_strides(shape: &[usize], strides: &mut [usize]) {
-    let mut contiguous = 1;
-    for d in (0..shape.len()).rev() {
+/// [`unit_strides_normalized`] on plain slices, `align` the elements in 16 bytes. An
+/// extent-1 column gets stride 1. A single row gets an aligned row stride past its columns
+/// where they are contiguous (row-major), else 1 (column-major). An extent-1 batch dim gets
+/// the aligned span of the dims inside it, as if stored outside them.
+///
+/// A single column stays row-major (with its real row stride) on purpose: its siblings with
+/// more batches or rows have the same strides, and a contiguous column (row stride 1) is
+/// then refused by TMA at every size alike.
+fn normalize_unit_strides(shape: &[usize], strides: &mut [usize], align: usize) {
+    let rank = shape.len();
+    let (row, col) = (rank - 2, rank - 1);
+    let aligned = |x: usize| x.max(1).next_multiple_of(align);
+    if shape[col] == 1 {
+        strides[col] = 1;
+    }
+    if shape[row] == 1 {
+        strides[row] = if strides[col] == 1 {
+            aligned(shape[col])
+        } else {
+            1
+        };
+    }
+    let mut span = (strides[row] * shape[row]).max(strides[col] * shape[col]);
+    for d in (0..row).rev() {
         if shape[d] == 1 {
-            strides[d] = contiguous;
+            strides[d] = aligned(span);
         }
-        contiguous = strides[d] * shape[d];
+        span = span.max(strides[d] * shape[d]);
     }
 }
 
@@ -325,7 +370,10 @@ pub fn launch_matmul_on<R: Runtime>(
     if batches * m * n == 0 {
         return Ok(launch);
     }
-    let (lhs, rhs) = (unit_strides_normalized(lhs), unit_strides_normalized(rhs));
+    let (lhs, rhs) = (
+        unit_strides_normalized(lhs, dtype),
+        unit_strides_normalized(rhs, dtype),
+    );
     match path {
         MatmulPath::Portable => launch_portable(client, lhs, rhs, bias, out, dtype, &expected),
         MatmulPath::TensorCore { tiling, loader } => {
@@ -346,7 +394,15 @@ pub fn launch_matmul_on<R: Runtime>(
             );
             match first {
                 Ok(()) => {}
-                // Plain loads accept what TMA refuses (odd strides, permuted batches).
+                // Plain loads accept what TMA refuses (odd strides, permuted batches), with
+                // the same bits where the loaders agree. In f32 they would give other bits
+                // than the TMA launches of the same rows, so the refusal is reported instead.
+                Err(e) if loader != Loader::Cyclic && !tensor_core::loaders_agree(dtype) => {
+                    return Err(MatmulError::Setup(format!(
+                        "TMA refused an f32 problem that `tma_takes` accepted, and plain \
+                         loads would round its operands differently: {e:?}"
+                    )));
+                }
                 Err(_) if loader != Loader::Cyclic => {
                     tensor_core::launch(client, lhs, rhs, bias, out, dtype, tiling, Loader::Cyclic)
                         .map_err(|e| MatmulError::Setup(format!("{e:?}")))?;
@@ -444,15 +500,30 @@ mod tests {
 
     fn normalized(shape: &[usize], strides: &[usize]) -> Vec<usize> {
         let mut strides = strides.to_vec();
-        normalize_unit_strides(shape, &mut strides);
+        // f32: four elements to 16 bytes.
+        normalize_unit_strides(shape, &mut strides, 4);
         strides
     }
 
-    /// The transposed view of a `[K, 1]` buffer is the row `[1, K]` stored by rows.
+    /// The transposed view of a `[K, 1]` buffer is the row `[1, K]` stored by rows, with a
+    /// row stride TMA accepts.
     #[test]
     fn a_one_row_transpose_reads_as_a_row() {
         assert_eq!(normalized(&[1, 12], &[1, 1]), [12, 1]);
         assert_eq!(normalized(&[1, 12], &[12, 1]), [12, 1]);
+        assert_eq!(normalized(&[1, 7], &[1, 1]), [8, 1]);
+        assert_eq!(normalized(&[1, 1], &[1, 1]), [4, 1]);
+        // A row read across columns (a column of a matrix, transposed) is column-major.
+        assert_eq!(normalized(&[1, 7], &[9, 12]), [1, 12]);
+    }
+
+    /// A single column keeps its row stride, so that a contiguous one is refused by TMA
+    /// alone and inside more rows or batches alike.
+    #[test]
+    fn a_one_column_matrix_keeps_its_row_stride() {
+        assert_eq!(normalized(&[7, 1], &[1, 1]), [1, 1]);
+        assert_eq!(normalized(&[2, 7, 1], &[7, 1, 1]), [7, 1, 1]);
+        assert_eq!(normalized(&[1, 7, 1], &[7, 1, 1]), [8, 1, 1]);
     }
 
     #[test]
@@ -464,5 +535,20 @@ mod tests {
         assert_eq!(normalized(&[1, 5, 7], &[0, 8, 1]), [40, 8, 1]);
         // An extent-1 column of a pitched buffer.
         assert_eq!(normalized(&[5, 1], &[8, 3]), [8, 1]);
+    }
+
+    /// One batch of a transposed, batch-inside-the-row view (`[n, batches, k]` permuted to
+    /// `[batches, k, n]`) reads as a single matrix, whatever its parent's batch count.
+    #[test]
+    fn a_lone_batch_lies_outside_its_matrix() {
+        let (k, n) = (8, 5);
+        assert_eq!(
+            normalized(&[1, k, n], &[k, 1, 3 * k]),
+            [3 * k * n, 1, 3 * k]
+        );
+        assert_eq!(
+            normalized(&[1, 1, k, n], &[k, k, 1, 2 * k]),
+            [2 * k * n, 2 * k * n, 1, 2 * k]
+        );
     }
 }

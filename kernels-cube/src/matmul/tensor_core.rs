@@ -254,6 +254,18 @@ pub fn instruction(dtype: StorageType, kind: TileKind) -> Option<((u32, u32, u32
     }
 }
 
+/// Whether a tensor's batches follow each other in memory in order, as a TMA descriptor
+/// describes them: no batch dim stored inside a row, none broadcast, none swapped.
+pub fn batches_in_order(strides: &cubecl::zspace::Strides) -> bool {
+    !matches!(
+        matrix_batch_layout(strides, None),
+        MatrixBatchLayout::MildlyPermuted {
+            batch_swap: true,
+            ..
+        } | MatrixBatchLayout::HighlyPermuted
+    )
+}
+
 /// Whether TMA and plain loads give the same bits for `dtype` (f16, bf16). In f32 they do
 /// not: the tensor cores read TF32, and the operands reach them by different conversions
 /// (the H100, 2026-11-27 22:23 UTC: every output of a 13 x 7 x 131 product differed, all of
@@ -509,13 +521,10 @@ where
     O: Numeric,
 {
     // TMA cannot describe batches stored out of order; plain loads take those (the caller
-    // retries with `Loader::Cyclic` on any error).
+    // retries with `Loader::Cyclic` where the loaders agree; in f32 `tma_takes` refuses
+    // them first).
     for input in [&operands.lhs, &operands.rhs] {
-        if let MatrixBatchLayout::MildlyPermuted {
-            batch_swap: true, ..
-        }
-        | MatrixBatchLayout::HighlyPermuted = matrix_batch_layout(&input.data().strides, None)
-        {
+        if !batches_in_order(&input.data().strides) {
             return Err(MatmulSetupError::InvalidConfig(Box::new(
                 "permuted batches cannot be loaded by TMA",
             )));
