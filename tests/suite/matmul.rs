@@ -164,11 +164,33 @@ fn batched_and_linear_are_invariant<B: KernelHost>(device: &B::Device) {
             }
         }
 
-        // Batches stored inside the rows: sequence-major activations `[seq, 5, k]` against a
-        // weight per batch stored `[n, 5, k]` and read down its columns. TMA cannot describe
-        // the batch of 5, while one batch alone is an ordinary (transposed) matrix; in f32 the
-        // loaders give other bits, so both must reach the same one.
-        let k4 = 128;
+        let mut linear = LinearConfig::new(k, n).init::<BatchInvariant<B>>(device);
+        linear.weight = Param::from_tensor(linear.weight.val().cast(dtype));
+        linear.bias = linear.bias.map(|b| Param::from_tensor(b.val().cast(dtype)));
+        let full = linear.forward(x.clone());
+        for b in [0, 3] {
+            for batch in [1, 2] {
+                let start = b.min(5 - batch);
+                let out = linear.forward(x.clone().narrow(0, start, batch));
+                assert!(
+                    bits(out) == bits(full.clone().narrow(0, start, batch)),
+                    "{dtype:?} Linear: sequences {start}..{} differ from inside a batch of 5",
+                    start + batch
+                );
+            }
+        }
+    }
+}
+
+/// Batches stored inside the rows: sequence-major activations `[seq, 5, k]` against a
+/// weight per batch stored `[n, 5, k]` and read down its columns. TMA cannot describe the
+/// batch of 5, while one batch alone is an ordinary (transposed) matrix; in f32 the loaders
+/// give other bits, so both must reach the same one.
+fn batch_inside_row_views_are_invariant<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let (seq, k4, n) = (9, 128, 65);
+    for dtype in float_dtypes::<B>(device) {
         let xs = tensor::<BatchInvariant<B>, 3>(
             random_values(seq * 5 * k4, 35),
             [seq, 5, k4],
@@ -194,9 +216,22 @@ fn batched_and_linear_are_invariant<B: KernelHost>(device: &B::Device) {
                 "{dtype:?} batch-inside-row views: batch entry {b} alone differs from inside a batch of 5"
             );
         }
+    }
+}
 
-        // A batched matrix-vector product: one contiguous column per batch, which no
-        // allocation pads to an aligned row.
+/// A batched matrix-vector product: one contiguous column per batch, which no allocation
+/// pads to an aligned row.
+fn batched_matrix_vector_is_invariant<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let (seq, k) = (9, 129);
+    for dtype in float_dtypes::<B>(device) {
+        let x = tensor::<BatchInvariant<B>, 3>(
+            random_values(5 * seq * k, 31),
+            [5, seq, k],
+            dtype,
+            device,
+        );
         let v = tensor::<BatchInvariant<B>, 3>(random_values(5 * k, 37), [5, k, 1], dtype, device);
         let full = x.clone().matmul(v.clone());
         for b in [0, 4] {
@@ -205,22 +240,6 @@ fn batched_and_linear_are_invariant<B: KernelHost>(device: &B::Device) {
                 bits(alone) == bits(full.clone().narrow(0, b, 1)),
                 "{dtype:?} matrix-vector: batch entry {b} alone differs from inside a batch of 5"
             );
-        }
-
-        let mut linear = LinearConfig::new(k, n).init::<BatchInvariant<B>>(device);
-        linear.weight = Param::from_tensor(linear.weight.val().cast(dtype));
-        linear.bias = linear.bias.map(|b| Param::from_tensor(b.val().cast(dtype)));
-        let full = linear.forward(x.clone());
-        for b in [0, 3] {
-            for batch in [1, 2] {
-                let start = b.min(5 - batch);
-                let out = linear.forward(x.clone().narrow(0, start, batch));
-                assert!(
-                    bits(out) == bits(full.clone().narrow(0, start, batch)),
-                    "{dtype:?} Linear: sequences {start}..{} differ from inside a batch of 5",
-                    start + batch
-                );
-            }
         }
     }
 }
@@ -723,6 +742,16 @@ fn matmul_rows_are_batch_invariant() {
 #[test]
 fn matmul_batched_broadcast_and_linear_are_invariant() {
     on_test_backend!(batched_and_linear_are_invariant);
+}
+
+#[test]
+fn matmul_batch_inside_row_views_are_invariant() {
+    on_test_backend!(batch_inside_row_views_are_invariant);
+}
+
+#[test]
+fn matmul_batched_matrix_vector_is_invariant() {
+    on_test_backend!(batched_matrix_vector_is_invariant);
 }
 
 #[test]

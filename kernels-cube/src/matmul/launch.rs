@@ -3,6 +3,7 @@
 use core::fmt;
 
 use cubecl::prelude::*;
+use cubecl::std::tensor::{copy_into, TensorHandle};
 use cubecl::std::FastDivmod;
 
 use super::kernel::{matmul_portable_kernel, CUBE_SIDE, TILE};
@@ -183,10 +184,10 @@ pub fn choose_path<R: Runtime>(
 /// ([`tensor_core::loaders_agree`]), and the choice must not follow M: an lhs read down its
 /// columns has a K stride that is usually M (the transposed view of an `[K, M]` buffer), so
 /// it is refused, while a row-major lhs's strides are its row width and multiples of it.
-/// Batches stored out of order, or broadcast on one side only, are refused in f32 too: TMA
-/// cannot describe them, and cubek's own contiguous copy of them may leave rows unaligned,
-/// so whether TMA ran would follow the batch count. (The Burn layer copies refused f32
-/// operands into aligned rows first, so that every f32 problem it routes reaches TMA.)
+/// Batches stored out of order are accepted: the launch copies them into aligned rows
+/// itself ([`aligned_rows`]). Batches broadcast on one side only are refused in f32, where
+/// TMA cannot take them. (The Burn layer copies refused f32 operands into aligned rows
+/// first, so that every f32 problem it routes reaches TMA.)
 pub fn tma_takes<R: Runtime>(
     lhs: &TensorBinding<R>,
     rhs: &TensorBinding<R>,
@@ -195,15 +196,41 @@ pub fn tma_takes<R: Runtime>(
     let lhs = unit_strides_normalized(lhs.clone(), dtype);
     let rhs = unit_strides_normalized(rhs.clone(), dtype);
     let agree = tensor_core::loaders_agree(dtype);
-    let by_rows = agree || lhs.strides[lhs.strides.len() - 1] == 1;
     let batches = |b: &TensorBinding<R>| -> usize { b.shape[..b.shape.len() - 2].iter().product() };
     let (lhs_batches, rhs_batches) = (batches(&lhs), batches(&rhs));
     let paired = agree || lhs_batches == rhs_batches || lhs_batches == 1 || rhs_batches == 1;
-    let ordered = |b: &TensorBinding<R>| agree || tensor_core::batches_in_order(&b.strides);
+    // Operands with batches out of order are copied into aligned rows by the launch.
+    let takes = |b: &TensorBinding<R>, by_rows: bool| {
+        !tensor_core::batches_in_order(&b.strides)
+            || (tma_aligned(&b.strides, dtype) && (agree || by_rows))
+    };
     [
-        tma_aligned(&lhs.strides, dtype) && by_rows && ordered(&lhs) && paired,
-        tma_aligned(&rhs.strides, dtype) && ordered(&rhs) && paired,
+        takes(&lhs, lhs.strides[lhs.strides.len() - 1] == 1) && paired,
+        takes(&rhs, true) && paired,
     ]
+}
+
+/// A copy of `b` stored by rows, each row starting on a 16-byte boundary, batches in order:
+/// what TMA accepts at every width. (cubecl's pitched allocation pads rows of two or more
+/// elements only, and a single column is a common f32 matrix-vector product.)
+pub fn aligned_rows<R: Runtime>(
+    client: &ComputeClient<R>,
+    b: TensorBinding<R>,
+    dtype: StorageType,
+) -> TensorHandle<R> {
+    let shape = b.shape.clone();
+    let rank = shape.len();
+    let mut strides = vec![1; rank];
+    strides[rank - 2] = shape[rank - 1].next_multiple_of(tma_alignment(dtype));
+    for d in (0..rank - 2).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let len = (strides[0] * shape[0]).max(1);
+    let out = TensorHandle::new(client.empty(len * dtype.size()), shape, strides, dtype);
+    if b.shape.iter().product::<usize>() > 0 {
+        copy_into(client, b, out.clone().binding(), dtype);
+    }
+    out
 }
 
 /// Elements in 16 bytes of `dtype`: the alignment TMA asks of strides.
@@ -374,6 +401,23 @@ pub fn launch_matmul_on<R: Runtime>(
         unit_strides_normalized(lhs, dtype),
         unit_strides_normalized(rhs, dtype),
     );
+    // cubek copies operands whose batches are out of order itself, after the forced
+    // blueprint was fitted to their original layout: the TMA boxes then overran the stages
+    // (an out-of-range shared address on the H100, 2026-11-28 01:50 UTC). Copied here
+    // instead, the blueprint sees what the kernel reads.
+    let (lhs, rhs) = match path {
+        MatmulPath::TensorCore { .. } => {
+            let ordered = |b: TensorBinding<R>| {
+                if tensor_core::batches_in_order(&b.strides) {
+                    b
+                } else {
+                    aligned_rows(client, b, dtype).binding()
+                }
+            };
+            (ordered(lhs), ordered(rhs))
+        }
+        MatmulPath::Portable => (lhs, rhs),
+    };
     match path {
         MatmulPath::Portable => launch_portable(client, lhs, rhs, bias, out, dtype, &expected),
         MatmulPath::TensorCore { tiling, loader } => {

@@ -8,7 +8,8 @@ mod fusion;
 use batch_invariant_kernels::attention::{is_broadcast_layout, launch_attention, AttentionOptions};
 use batch_invariant_kernels::extremum::{launch_extremum_dim, ExtremumOp};
 use batch_invariant_kernels::matmul::launch::{
-    choose_path, launch_matmul, launch_matmul_bias, matmul_output_shape, tma_takes, MatmulPath,
+    aligned_rows, choose_path, launch_matmul, launch_matmul_bias, matmul_output_shape, tma_takes,
+    MatmulPath,
 };
 use batch_invariant_kernels::matmul::tensor_core;
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
@@ -22,7 +23,6 @@ use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::ir::StorageType;
-use cubecl::std::tensor::{copy_into, TensorHandle};
 
 /// A backend that can run the batch-invariant kernels on its own tensors.
 ///
@@ -261,7 +261,7 @@ fn reduced_shape(tensor: &impl TensorMetadata, dim: usize) -> Shape {
 /// copy with aligned rows ([`aligned_rows`]) of an operand that is not so stored brings
 /// every such problem to TMA. It copies only unusual layouts: an lhs read down its
 /// columns, a row length that is not a multiple of 16 bytes in an unpitched buffer (a
-/// single column among them), batches stored out of order. Where the loaders agree, or no
+/// single column among them). Where the loaders agree, or no
 /// tensor core runs, nothing is copied.
 fn tma_ready<R: CubeRuntime>(
     lhs: CubeTensor<R>,
@@ -280,30 +280,23 @@ fn tma_ready<R: CubeRuntime>(
         return (lhs, rhs);
     }
     let [lhs_ready, rhs_ready] = tma_takes(&lhs_binding, &rhs_binding, dtype);
-    let lhs = if lhs_ready { lhs } else { aligned_rows(lhs) };
-    let rhs = if rhs_ready { rhs } else { aligned_rows(rhs) };
+    let lhs = if lhs_ready {
+        lhs
+    } else {
+        with_aligned_rows(lhs)
+    };
+    let rhs = if rhs_ready {
+        rhs
+    } else {
+        with_aligned_rows(rhs)
+    };
     (lhs, rhs)
 }
 
-/// A copy of `t` stored by rows, each row starting on a 16-byte boundary, batches in order:
-/// what TMA accepts at every width. (cubecl's pitched allocation pads rows of two or more
-/// elements only, and a single column is a common f32 matrix-vector product.)
-fn aligned_rows<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    let shape = t.meta.shape().clone();
-    if shape.num_elements() == 0 {
-        return t;
-    }
+/// [`aligned_rows`] on a Burn tensor.
+fn with_aligned_rows<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     let (client, device, dtype) = (t.client.clone(), t.device.clone(), t.dtype);
-    let storage: StorageType = dtype.into();
-    let rank = shape.num_dims();
-    let mut strides = vec![1; rank];
-    strides[rank - 2] = shape[rank - 1].next_multiple_of((16 / storage.size()).max(1));
-    for d in (0..rank - 2).rev() {
-        strides[d] = strides[d + 1] * shape[d + 1];
-    }
-    let handle = client.empty(strides[0] * shape[0] * storage.size());
-    let out = TensorHandle::<R>::new(handle, shape, strides, storage);
-    copy_into(&client, t.binding(), out.clone().binding(), storage);
+    let out = aligned_rows(&client, t.binding(), dtype.into());
     CubeTensor::new(client, out.handle, *out.metadata, device, dtype)
 }
 
