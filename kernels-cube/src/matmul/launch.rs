@@ -443,8 +443,9 @@ pub fn launch_matmul_on<R: Runtime>(
                 // than the TMA launches of the same rows, so the refusal is reported instead.
                 Err(e) if loader != Loader::Cyclic && !tensor_core::loaders_agree(dtype) => {
                     return Err(MatmulError::Setup(format!(
-                        "TMA refused an f32 problem that `tma_takes` accepted, and plain \
-                         loads would round its operands differently: {e:?}"
+                        "TMA refused this f32 problem, and plain loads would round its \
+                         operands differently (copy them into aligned rows first, as \
+                         `tma_takes` and `aligned_rows` describe): {e:?}"
                     )));
                 }
                 Err(_) if loader != Loader::Cyclic => {
