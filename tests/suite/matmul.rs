@@ -205,17 +205,7 @@ fn batch_inside_row_views_are_invariant<B: KernelHost>(device: &B::Device) {
             device,
         )
         .permute([1, 2, 0]);
-        let full = xs.clone().matmul(ws.clone());
-        for b in [0, 4] {
-            let alone = xs
-                .clone()
-                .narrow(0, b, 1)
-                .matmul(ws.clone().narrow(0, b, 1));
-            assert!(
-                bits(alone) == bits(full.clone().narrow(0, b, 1)),
-                "{dtype:?} batch-inside-row views: batch entry {b} alone differs from inside a batch of 5"
-            );
-        }
+        entries_alone_match(xs, ws, &format!("{dtype:?} batch-inside-row views"));
     }
 }
 
@@ -233,14 +223,28 @@ fn batched_matrix_vector_is_invariant<B: KernelHost>(device: &B::Device) {
             device,
         );
         let v = tensor::<BatchInvariant<B>, 3>(random_values(5 * k, 37), [5, k, 1], dtype, device);
-        let full = x.clone().matmul(v.clone());
-        for b in [0, 4] {
-            let alone = x.clone().narrow(0, b, 1).matmul(v.clone().narrow(0, b, 1));
-            assert!(
-                bits(alone) == bits(full.clone().narrow(0, b, 1)),
-                "{dtype:?} matrix-vector: batch entry {b} alone differs from inside a batch of 5"
-            );
-        }
+        entries_alone_match(x, v, &format!("{dtype:?} matrix-vector"));
+    }
+}
+
+/// The first and last entries of a batched `lhs @ rhs`, each computed alone (both operands
+/// narrowed to it), give the bits of the same entries of the whole product.
+fn entries_alone_match<B: KernelHost>(
+    lhs: Tensor<BatchInvariant<B>, 3>,
+    rhs: Tensor<BatchInvariant<B>, 3>,
+    what: &str,
+) {
+    let batch = lhs.dims()[0];
+    let full = lhs.clone().matmul(rhs.clone());
+    for b in [0, batch - 1] {
+        let alone = lhs
+            .clone()
+            .narrow(0, b, 1)
+            .matmul(rhs.clone().narrow(0, b, 1));
+        assert!(
+            bits(alone) == bits(full.clone().narrow(0, b, 1)),
+            "{what}: batch entry {b} alone differs from inside a batch of {batch}"
+        );
     }
 }
 
