@@ -349,6 +349,15 @@ pub fn launch<R: Runtime>(
 ) -> Result<(), MatmulSetupError> {
     let (_, register) = instruction(dtype, tiling.kind)
         .expect("tensor_core::launch called for an unsupported dtype");
+    // The blueprint below is fitted to the operands as given. cubek copies batches stored
+    // out of order into another layout before it loads them, which the blueprint then no
+    // longer fits (TMA boxes overran the stages on the H100). The router
+    // (`launch_matmul_on`) copies such operands into aligned rows first.
+    if !batches_in_order(&lhs.strides) || !batches_in_order(&rhs.strides) {
+        return Err(MatmulSetupError::InvalidConfig(Box::new(
+            "operands with batches out of order: copy them into aligned rows first",
+        )));
+    }
     // A forced blueprint runs its registers in the *global* dtype (cubek's Forced routines
     // skip `adjust_dtypes`), so f32 operands are declared as TF32 globally: same 4-byte
     // storage, and the tensor cores read them as TF32 whichever loader staged them. With a
@@ -520,16 +529,6 @@ where
     A: Routine<(), Blueprint = TilingBlueprint>,
     O: Numeric,
 {
-    // TMA cannot describe batches stored out of order; plain loads take those (the caller
-    // retries with `Loader::Cyclic` where the loaders agree; in f32 `tma_takes` refuses
-    // them first).
-    for input in [&operands.lhs, &operands.rhs] {
-        if !batches_in_order(&input.data().strides) {
-            return Err(MatmulSetupError::InvalidConfig(Box::new(
-                "permuted batches cannot be loaded by TMA",
-            )));
-        }
-    }
     let available = AvailableVectorSizes::from_type_size_tma(client, F32.size());
     let vector_sizes = biased_vector_sizes(available, &operands.problem)?;
     let settings = A::device_settings(client, vector_sizes);
