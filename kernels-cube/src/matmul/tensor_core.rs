@@ -566,28 +566,11 @@ where
     A: Routine<(), Blueprint = TilingBlueprint>,
     O: Numeric,
 {
-    // As cubek's `launch_ref`: batches stored out of order are copied first.
-    let contiguous = |input: InputBinding<R>| -> Result<TensorBinding<R>, MatmulSetupError> {
-        let input = match matrix_batch_layout(&input.data().strides, None) {
-            MatrixBatchLayout::HighlyPermuted => input.into_contiguous(client)?,
-            _ => input,
-        };
-        Ok(input.data().clone())
-    };
+    // `launch` has refused batches stored out of order, so the operands are loaded as the
+    // problem describes them.
     let register = operands.problem.global_dtypes.lhs;
-    let (lhs, rhs) = (contiguous(operands.lhs)?, contiguous(operands.rhs)?);
-    let problem = MatmulProblem::from_shapes_and_strides(
-        lhs.shape.clone(),
-        rhs.shape.clone(),
-        operands.out.shape.clone(),
-        lhs.strides.clone(),
-        rhs.strides.clone(),
-        operands.out.strides.clone(),
-        operands.problem.global_dtypes.clone(),
-        operands.problem.address_type,
-        None,
-        None,
-    )?;
+    let problem = operands.problem;
+    let (lhs, rhs) = (operands.lhs.data().clone(), operands.rhs.data().clone());
     let available =
         AvailableVectorSizes::from_type_sizes(client, register.size(), register.size(), F32.size());
     let vector_sizes = biased_vector_sizes(available, &problem)?;

@@ -261,8 +261,8 @@ fn reduced_shape(tensor: &impl TensorMetadata, dim: usize) -> Shape {
 /// copy with aligned rows ([`aligned_rows`]) of an operand that is not so stored brings
 /// every such problem to TMA. It copies only unusual layouts: an lhs read down its
 /// columns, a row length that is not a multiple of 16 bytes in an unpitched buffer (a
-/// single column among them). Where the loaders agree, or no
-/// tensor core runs, nothing is copied.
+/// single column among them). Where the loaders agree, or no tensor core runs, nothing is
+/// copied.
 fn tma_ready<R: CubeRuntime>(
     lhs: CubeTensor<R>,
     rhs: CubeTensor<R>,
