@@ -6,10 +6,10 @@
 //! Options: `--quick` (fewer shapes, for a smoke run), `--tilings` (CUDA: time each
 //! tensor-core tiling by direct launch and check it gives the router's bits),
 //! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings), `--dtype
-//! bf16|f16|f32` (one dtype), `--m M` (one row count), `--linear` (`x @ W + b` through
-//! `burn::tensor::module::linear` instead of the plain product: Burn's composite against
-//! the bias in our epilogue). With
-//! `--json PATH`, also a plot per dtype of TFLOP/s against M (`PATH` with `.bf16.svg` etc.).
+//! bf16|f16|f32` (one dtype), `--m M` (one row count, in the table and the sweep),
+//! `--linear` (`x @ W + b` through `burn::tensor::module::linear` instead of the plain
+//! product: Burn's composite against the bias in our epilogue). With `--json PATH`, also a
+//! plot per dtype of TFLOP/s against M (`PATH` with `.bf16.svg` etc.).
 //!
 //! Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device time per call
 //! from a cold L2, host overhead hidden, the same for both columns.
@@ -170,7 +170,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
     let tilings = if (flag("--tilings") || flag("--tilings-only"))
         && burn_batch_invariant_examples::use_cuda()
     {
-        tiling_sweep(&Default::default())
+        tiling_sweep(&Default::default(), only_m)
     } else {
         Vec::new()
     };
@@ -243,7 +243,7 @@ struct TilingRow {
 /// Candidate tilings of the same instruction with their loaders and instruction forms, timed
 /// by direct launch (bf16, or f32 with `--sweep-f32`). Used to pick the router's tilings;
 /// `same_bits_as_router` must be true for every one of them.
-fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
+fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>) -> Vec<TilingRow> {
     type P = burn_batch_invariant::CudaBase;
     let tiling = |name, partition, stage| TensorCoreTiling {
         name,
@@ -272,13 +272,19 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
     // (2026-11-27) picked `NARROW_TF32` and `SKINNY_TF32` from half and all of the bf16
     // stage depth, narrower and wider cubes; these are the winners and runners-up.
     const F32_FORMS: &[(Loader, TileKind)] = &[(Spec, MmaSync), (Tma, MmaSync)];
-    let f32_candidates: [Candidate; 6] = [
+    // On an H200 (2026-12-02) `SKINNY_TF32` took 1.05-1.06x Burn's time at 64 x 4096 x
+    // 14336 with two warps a cube; the last three give a 64-row cube more warps or
+    // shallower stages.
+    let f32_candidates: [Candidate; 9] = [
         (NARROW_TF32, DECODE, F32_FORMS),
         (NARROW, &[1, 16], F32_FORMS),
         (tiling("16x128k16", (1, 1, 16), (1, 8)), &[1, 16], F32_FORMS),
         (SKINNY_TF32, &[64], F32_FORMS),
         (SKINNY, &[64], F32_FORMS),
         (tiling("32x32k16", (2, 1, 16), (1, 2)), &[64], F32_FORMS),
+        (tiling("64x32w8", (1, 1, 16), (4, 2)), &[64], F32_FORMS),
+        (tiling("64x64k16", (4, 1, 16), (1, 4)), &[64], F32_FORMS),
+        (tiling("64x32k8", (4, 1, 8), (1, 2)), &[64], F32_FORMS),
     ];
     let bf16_candidates: [Candidate; 14] = [
         (NARROW, DECODE, ALL3),
@@ -309,7 +315,10 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice) -> Vec<TilingRow> {
     for &(k, n) in &[(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
         let w = cast(matrix::<P>(k, n, 7, device), dtype);
         for &m in &[1usize, 16, 64, 256, 1024, 4096] {
-            if m == 4096 && k != 4096 || !candidates.iter().any(|c| c.1.contains(&m)) {
+            if m == 4096 && k != 4096
+                || only_m.is_some_and(|only| only != m)
+                || !candidates.iter().any(|c| c.1.contains(&m))
+            {
                 continue;
             }
             eprintln!("tilings M={m} K={k} N={n}");
