@@ -16,5 +16,6 @@
 pub mod attention;
 pub mod extremum;
 pub mod matmul;
+pub mod norm;
 pub mod reduce;
 pub mod softmax;

@@ -1,11 +1,284 @@
-//! burn-nn's normalization modules reach the routed `float_mean_dim`: `LayerNorm` through
-//! the `layer_norm` default body we keep, `RmsNorm` through `square().mean_dim()`.
+//! Normalization: `layer_norm` (routed to one invariant kernel; burn-nn's `LayerNorm` calls
+//! it) and burn-nn's `RmsNorm` (`square().mean_dim()`, through the routed mean). Bitwise
+//! invariance, accuracy against the f64 reference, special values, poisoned outputs, bad
+//! input, and parity with the training forward.
 
+use batch_invariant_kernels::norm::{cpu_reference, launch_layer_norm};
+use burn::backend::Autodiff;
 use burn::nn::{LayerNormConfig, RmsNormConfig};
-use burn::tensor::FloatDType;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::ModuleOps;
+use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
+use burn_batch_invariant::mode;
 use burn_batch_invariant_tests::*;
+use burn_cubecl::{CubeBackend, CubeRuntime};
 
-fn norms_are_invariant<B: KernelHost>(device: &B::Device) {
+const EPS: f64 = 1e-5;
+
+/// `X::layer_norm` over the last dim of `x`, on Burn tensors.
+fn layer_norm<X: Backend, const D: usize>(
+    x: Tensor<X, D>,
+    gamma: Tensor<X, 1>,
+    beta: Option<Tensor<X, 1>>,
+) -> Tensor<X, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(X::layer_norm(
+        x.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        beta.map(|b| b.into_primitive().tensor()),
+        EPS,
+    )))
+}
+
+/// gamma around 1 and beta around 0, of `len` entries, in `dtype`.
+fn affine<X: Backend>(len: usize, dtype: FloatDType, device: &X::Device) -> [Tensor<X, 1>; 2] {
+    let gamma: Vec<f32> = random_values(len, 3)
+        .iter()
+        .map(|v| 1.0 + 0.5 * v)
+        .collect();
+    [
+        tensor::<X, 1>(gamma, [len], dtype, device),
+        tensor::<X, 1>(random_values(len, 4), [len], dtype, device),
+    ]
+}
+
+/// The first `m` rows, and rows alone, against the same rows of the full batch (dim 0).
+fn check_batches<X: Backend, const D: usize>(
+    x: Tensor<X, D>,
+    gamma: Tensor<X, 1>,
+    beta: Option<Tensor<X, 1>>,
+    what: &str,
+) {
+    let max = x.dims()[0];
+    let run = |t: Tensor<X, D>| layer_norm(t, gamma.clone(), beta.clone());
+    let full = run(x.clone());
+    for m in [1, 2, 3, 7, 64, 257, 1024, 8200]
+        .into_iter()
+        .filter(|&m| m <= max)
+    {
+        assert!(
+            bits(run(x.clone().narrow(0, 0, m))) == bits(full.clone().narrow(0, 0, m)),
+            "{what}: the first {m} rows differ from the same rows in a batch of {max}"
+        );
+    }
+    for r in [0, max / 2, max - 1] {
+        assert!(
+            bits(run(x.clone().narrow(0, r, 1))) == bits(full.clone().narrow(0, r, 1)),
+            "{what}: row {r} alone differs from row {r} in a batch of {max}"
+        );
+    }
+    assert!(bits(run(x)) == bits(full), "{what}: run to run");
+}
+
+fn invariance<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    type X<B> = BatchInvariant<B>;
+    for dtype in float_dtypes::<B>(device) {
+        // (8200 rows of 33 cross the row count from which cubes hold several rows.)
+        for (len, batch) in [(1, 1024), (5, 1024), (33, 8200), (1000, 257), (4097, 64)] {
+            let x = tensor::<X<B>, 2>(
+                random_values(batch * len, len as u64),
+                [batch, len],
+                dtype,
+                device,
+            );
+            let [gamma, beta] = affine::<X<B>>(len, dtype, device);
+            let what = format!("len {len}, {dtype:?}");
+            check_batches(x.clone(), gamma.clone(), Some(beta.clone()), &what);
+            check_batches(x.clone(), gamma.clone(), None, &format!("{what}, no beta"));
+            if len <= 1000 {
+                // strided rows: the same matrix stored transposed
+                let t = transposed_values(
+                    &values(x.clone())
+                        .iter()
+                        .map(|&v| v as f32)
+                        .collect::<Vec<_>>(),
+                    batch,
+                    len,
+                );
+                let xt = tensor::<X<B>, 2>(t, [len, batch], dtype, device).transpose();
+                assert!(
+                    bits(layer_norm(xt.clone(), gamma.clone(), Some(beta.clone())))
+                        == bits(layer_norm(x.clone(), gamma.clone(), Some(beta.clone()))),
+                    "{what}: strided rows differ from contiguous ones"
+                );
+                check_batches(
+                    xt,
+                    gamma.clone(),
+                    Some(beta.clone()),
+                    &format!("{what}, strided rows"),
+                );
+            }
+        }
+        // [batch, seq, d] as `LayerNorm` sees it in a transformer: one sequence alone.
+        let (batch, seq, d) = (5, 9, 256);
+        let x = tensor::<X<B>, 3>(
+            random_values(batch * seq * d, 12),
+            [batch, seq, d],
+            dtype,
+            device,
+        );
+        let [gamma, beta] = affine::<X<B>>(d, dtype, device);
+        check_batches(x, gamma, Some(beta), &format!("[5, 9, 256], {dtype:?}"));
+    }
+}
+
+fn accuracy<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    type X<B> = BatchInvariant<B>;
+    for dtype in float_dtypes::<B>(device) {
+        for (rows, len, scale, offset) in [
+            (16usize, 1000usize, 4.0f32, 0.0f32),
+            (3, 4096, 1.0, 100.0),
+            (2, 20000, 2.0, -3.0),
+            (64, 7, 1.0, 0.0),
+            (4, 1, 1.0, 0.0),
+        ] {
+            let data: Vec<f32> = random_values(rows * len, 900 + len as u64)
+                .iter()
+                .map(|v| v * scale + offset)
+                .collect();
+            let x = tensor::<X<B>, 2>(data, [rows, len], dtype, device);
+            let [gamma, beta] = affine::<X<B>>(len, dtype, device);
+            let (input, g, b) = (
+                values(x.clone()),
+                values(gamma.clone()),
+                values(beta.clone()),
+            );
+            for with_beta in [true, false] {
+                let got = values(layer_norm(
+                    x.clone(),
+                    gamma.clone(),
+                    with_beta.then(|| beta.clone()),
+                ));
+                let (want, bounds) = cpu_reference::layer_norm(
+                    &input,
+                    len,
+                    &g,
+                    with_beta.then_some(&b[..]),
+                    EPS,
+                    mantissa_bits(dtype),
+                );
+                for i in 0..got.len() {
+                    assert!(
+                        (got[i] - want[i]).abs() <= bounds[i],
+                        "layer_norm {rows}x{len} {dtype:?} beta={with_beta} [{}, {}]: got {}, f64 reference {}, bound {}",
+                        i / len,
+                        i % len,
+                        got[i],
+                        want[i],
+                        bounds[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn special_values<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let inf = f32::INFINITY;
+    let rows: [[f32; 4]; 4] = [
+        [1.0, f32::NAN, 0.5, 2.0],
+        [inf, 1.0, 0.0, -1.0],
+        [3.0, 3.0, 3.0, 3.0],
+        [1.0, -2.0, 0.5, 4.0],
+    ];
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    let x =
+        Tensor::<BatchInvariant<B>, 2>::from_data(TensorData::new(data.clone(), [4, 4]), device);
+    let [gamma, beta] = affine::<BatchInvariant<B>>(4, FloatDType::F32, device);
+    let (g, b) = (values(gamma.clone()), values(beta.clone()));
+    let got = values(layer_norm(x, gamma, Some(beta)));
+    let input: Vec<f64> = data.iter().map(|v| f64::from(*v)).collect();
+    let (want, bounds) = cpu_reference::layer_norm(&input, 4, &g, Some(&b), EPS, 23);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let same = (g.is_nan() && w.is_nan()) || (g - w).abs() <= bounds[i];
+        assert!(
+            same,
+            "layer_norm special values [{}, {}]: got {g}, reference {w}",
+            i / 4,
+            i % 4
+        );
+    }
+    // A constant row normalises to beta exactly: its mean is exact, so x - mean is 0.
+    assert_eq!(got[8..12], b[..], "constant row");
+}
+
+fn bad_input<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    type X<B> = BatchInvariant<B>;
+    let f32 = FloatDType::F32;
+    let x = tensor::<X<B>, 2>(random_values(12, 1), [3, 4], f32, device);
+    let [gamma, beta] = affine::<X<B>>(4, f32, device);
+    let [short, _] = affine::<X<B>>(5, f32, device);
+    let (x2, b2) = (x.clone(), beta.clone());
+    let msg = panic_message(move || layer_norm(x2, short, Some(b2)));
+    assert!(
+        msg.contains("layer_norm")
+            && msg.contains("gamma")
+            && msg.contains("[5]")
+            && msg.contains("[3, 4]"),
+        "{msg}"
+    );
+    if float_dtypes::<B>(device).contains(&FloatDType::F16) {
+        let (x2, g2) = (x.clone(), gamma.clone());
+        let msg = panic_message(move || layer_norm(x2, g2, Some(beta.cast(FloatDType::F16))));
+        assert!(
+            msg.contains("layer_norm") && msg.contains("beta") && msg.contains("F16"),
+            "{msg}"
+        );
+    }
+    let (x2, g2) = (
+        x.clone().into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+    );
+    let msg = panic_message(move || X::<B>::layer_norm(x2, g2, None, -1.0));
+    assert!(
+        msg.contains("layer_norm") && msg.contains("epsilon"),
+        "{msg}"
+    );
+    // An empty input has nothing to normalise: an empty result, no launch.
+    let empty = Tensor::<X<B>, 2>::zeros([0, 4], device);
+    let [gamma, _] = affine::<X<B>>(4, f32, device);
+    assert_eq!(layer_norm(empty, gamma, None).dims(), [0, 4]);
+}
+
+/// With parity on, the inference `layer_norm` is `Autodiff`'s composite: the training
+/// forward's bits. Whether the fused kernel happens to agree is printed, not asserted.
+fn parity<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_exclusive();
+    mode::enable();
+    type Ad<B> = Autodiff<BatchInvariant<B>>;
+    let (rows, len, f32) = (7, 1000, FloatDType::F32);
+    let data = random_values(rows * len, 61);
+    let inference = || {
+        let x = tensor::<BatchInvariant<B>, 2>(data.clone(), [rows, len], f32, device);
+        let [gamma, beta] = affine::<BatchInvariant<B>>(len, f32, device);
+        bits(layer_norm(x, gamma, Some(beta)))
+    };
+    let training = || {
+        let x = tensor::<Ad<B>, 2>(data.clone(), [rows, len], f32, device).require_grad();
+        let [gamma, beta] = affine::<Ad<B>>(len, f32, device).map(|t| t.require_grad());
+        bits(layer_norm(x, gamma, Some(beta)).inner())
+    };
+    let fused = {
+        let _off = mode::parity::scoped(false);
+        inference()
+    };
+    let _on = mode::parity::scoped(true);
+    let with_parity = inference();
+    assert!(
+        with_parity == training(),
+        "layer_norm: the inference forward with parity on differs from the training forward"
+    );
+    eprintln!(
+        "layer_norm: the fused kernel alone has parity on this runtime: {}",
+        fused == with_parity
+    );
+}
+
+fn modules_are_invariant<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     let d = 1000;
     let batch = 257;
@@ -15,12 +288,12 @@ fn norms_are_invariant<B: KernelHost>(device: &B::Device) {
         FloatDType::F32,
         device,
     );
-    let layer_norm = LayerNormConfig::new(d).init::<BatchInvariant<B>>(device);
+    let ln_module = LayerNormConfig::new(d).init::<BatchInvariant<B>>(device);
     let rms_norm = RmsNormConfig::new(d).init::<BatchInvariant<B>>(device);
-    let ln_full = layer_norm.forward(x.clone());
+    let ln_full = ln_module.forward(x.clone());
     let rms_full = rms_norm.forward(x.clone());
     for m in [1, 2, 3, 7, 64, batch] {
-        let ln = layer_norm.forward(x.clone().narrow(0, 0, m));
+        let ln = ln_module.forward(x.clone().narrow(0, 0, m));
         assert!(
             bits(ln) == bits(ln_full.clone().narrow(0, 0, m)),
             "LayerNorm, batch {m}"
@@ -32,31 +305,111 @@ fn norms_are_invariant<B: KernelHost>(device: &B::Device) {
         );
     }
     for r in [1, 100, batch - 1] {
-        let ln = layer_norm.forward(x.clone().narrow(0, r, 1));
+        let ln = ln_module.forward(x.clone().narrow(0, r, 1));
         assert!(
             bits(ln) == bits(ln_full.clone().narrow(0, r, 1)),
             "LayerNorm, row {r} alone"
         );
     }
-    // Accuracy of LayerNorm against an f64 computation (gamma 1, beta 0 at init).
+    // RmsNorm against an f64 computation (gamma 1 at init).
     let input = values(x);
-    let got = values(ln_full);
+    let got = values(rms_full);
     for r in [0, 128, batch - 1] {
         let row = &input[r * d..(r + 1) * d];
-        let mean = row.iter().sum::<f64>() / d as f64;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / d as f64;
+        let rms = (row.iter().map(|v| v * v).sum::<f64>() / d as f64 + 1e-5).sqrt();
         for c in [0, 1, d / 2, d - 1] {
-            let want = (row[c] - mean) / (var + 1e-5).sqrt();
+            let want = row[c] / rms;
             let g = got[r * d + c];
             assert!(
-                (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                "LayerNorm[{r},{c}]: {g} vs {want}"
+                (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "RmsNorm[{r},{c}]: {g} vs {want}"
             );
         }
     }
 }
 
+type Plain<R> = CubeBackend<R, f32, i32, u32>;
+
+fn poisoned<R: CubeRuntime>(device: &R::Device) {
+    let _mode = mode_shared();
+    for (rows, len, strided, with_beta) in [
+        (13usize, 1000usize, false, true),
+        (7, 9000, false, false),
+        (131, 33, true, true),
+        (9000, 5, false, true),
+    ] {
+        let data = random_values(rows * len, 77 + len as u64);
+        let x: Tensor<Plain<R>, 2> = if strided {
+            let t = transposed_values(&data, rows, len);
+            Tensor::from_data(TensorData::new(t, [len, rows]), device).transpose()
+        } else {
+            Tensor::from_data(TensorData::new(data, [rows, len]), device)
+        };
+        let [gamma, beta] = affine::<Plain<R>>(len, FloatDType::F32, device);
+        let beta = with_beta.then_some(beta);
+        let input = x.clone().into_primitive().tensor();
+        let client = input.client.clone();
+        let out = nan_poison(&client, device, vec![rows, len], input.dtype);
+        let storage = input.dtype.into();
+        launch_layer_norm(
+            &client,
+            input.binding(),
+            gamma.clone().into_primitive().tensor().binding(),
+            beta.clone().map(|b| b.into_primitive().tensor().binding()),
+            out.clone().binding(),
+            EPS as f32,
+            storage,
+        )
+        .expect("valid launch");
+        let got = Tensor::<Plain<R>, 2>::from_primitive(TensorPrimitive::Float(out));
+        assert!(
+            values(got.clone()).iter().all(|v| v.is_finite()),
+            "{rows}x{len} strided={strided}: unwritten outputs"
+        );
+        type Bi<R> = BatchInvariant<Plain<R>>;
+        let routed = layer_norm(
+            to_backend::<Plain<R>, Bi<R>, 2>(x),
+            to_backend::<Plain<R>, Bi<R>, 1>(gamma),
+            beta.map(to_backend::<Plain<R>, Bi<R>, 1>),
+        );
+        assert!(
+            bits(got) == bits(routed),
+            "direct launch and decorator differ"
+        );
+    }
+}
+
 #[test]
-fn norms_layer_norm_and_rms_norm_are_batch_invariant() {
-    on_test_backend!(norms_are_invariant);
+fn norms_layer_norm_is_batch_invariant() {
+    on_test_backend!(invariance);
+}
+
+#[test]
+fn norms_layer_norm_matches_f64_reference() {
+    on_test_backend!(accuracy);
+}
+
+#[test]
+fn norms_layer_norm_special_values() {
+    on_test_backend!(special_values);
+}
+
+#[test]
+fn norms_layer_norm_bad_input_names_the_op() {
+    on_test_backend!(bad_input);
+}
+
+#[test]
+fn norms_layer_norm_parity_with_the_training_forward() {
+    on_test_backend!(parity);
+}
+
+#[test]
+fn norms_modules_layer_norm_and_rms_norm_are_batch_invariant() {
+    on_test_backend!(modules_are_invariant);
+}
+
+#[test]
+fn kernel_layer_norm_writes_every_output() {
+    on_test_runtime!(poisoned);
 }

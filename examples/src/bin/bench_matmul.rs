@@ -7,6 +7,7 @@
 //! tensor-core tiling by direct launch and check it gives the router's bits),
 //! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings), `--dtype
 //! bf16|f16|f32` (one dtype), `--m M` (one row count, in the table and the sweep),
+//! `--candidate NAME:PM,PN,PK:SM,SN` (one more tiling for the sweep, repeatable),
 //! `--linear` (`x @ W + b` through `burn::tensor::module::linear` instead of the plain
 //! product: Burn's composite against the bias in our epilogue). With `--json PATH`, also a
 //! plot per dtype of TFLOP/s against M (`PATH` with `.bf16.svg` etc.).
@@ -16,8 +17,8 @@
 
 use batch_invariant_kernels::matmul::launch::{launch_matmul_on, MatmulPath};
 use batch_invariant_kernels::matmul::{
-    Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32, SKINNY, SKINNY_TF32, WIDE,
-    WIDE_N112,
+    Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32, SKINNY, SKINNY_TF32,
+    SKINNY_TF32_WIDE, WIDE, WIDE_N112,
 };
 use burn::tensor::{backend::Backend, module, FloatDType, Tensor, TensorPrimitive};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
@@ -272,19 +273,18 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
     // (2026-11-27) picked `NARROW_TF32` and `SKINNY_TF32` from half and all of the bf16
     // stage depth, narrower and wider cubes; these are the winners and runners-up.
     const F32_FORMS: &[(Loader, TileKind)] = &[(Spec, MmaSync), (Tma, MmaSync)];
-    // On an H200 (2026-12-02) `SKINNY_TF32` took 1.05-1.06x Burn's time at 64 x 4096 x
-    // 14336 with two warps a cube; the last three give a 64-row cube more warps or
-    // shallower stages.
+    // The 06:47 call (H200, 2026-12-02) swept 15 64-row cubes at M = 64; the last three
+    // are the runners-up (the two-warp 64x32 cube is the `SKINNY_TF32` of 2026-11-27).
     let f32_candidates: [Candidate; 9] = [
         (NARROW_TF32, DECODE, F32_FORMS),
         (NARROW, &[1, 16], F32_FORMS),
         (tiling("16x128k16", (1, 1, 16), (1, 8)), &[1, 16], F32_FORMS),
         (SKINNY_TF32, &[64], F32_FORMS),
+        (SKINNY_TF32_WIDE, &[64], F32_FORMS),
         (SKINNY, &[64], F32_FORMS),
         (tiling("32x32k16", (2, 1, 16), (1, 2)), &[64], F32_FORMS),
-        (tiling("64x32w8", (1, 1, 16), (4, 2)), &[64], F32_FORMS),
-        (tiling("64x64k16", (4, 1, 16), (1, 4)), &[64], F32_FORMS),
-        (tiling("64x32k8", (4, 1, 8), (1, 2)), &[64], F32_FORMS),
+        (tiling("64x32w2", (4, 1, 16), (1, 2)), &[64], F32_FORMS),
+        (tiling("64x64w4", (2, 2, 16), (2, 2)), &[64], F32_FORMS),
     ];
     let bf16_candidates: [Candidate; 14] = [
         (NARROW, DECODE, ALL3),
@@ -305,11 +305,23 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
         // other 512-cube shape, lost everywhere (0.429 ms at 1024 x 4096 x 14336).
         (WIDE_N112, LARGE, SPEC_MMA),
     ];
-    let (dtype, candidates): (FloatDType, &[Candidate]) = if flag("--sweep-f32") {
-        (FloatDType::F32, &f32_candidates)
+    let (dtype, listed, forms): (FloatDType, &[Candidate], _) = if flag("--sweep-f32") {
+        (FloatDType::F32, &f32_candidates, F32_FORMS)
     } else {
-        (FloatDType::BF16, &bf16_candidates)
+        (FloatDType::BF16, &bf16_candidates, ALL3)
     };
+    // `--candidate NAME:PM,PN,PK:SM,SN` (repeatable) adds a tiling to try without a rebuild,
+    // at `--m` or at every row count, in the forms of the sweep's dtype.
+    let rows_for_extra: &'static [usize] = match only_m {
+        Some(m) => Vec::leak(vec![m]),
+        None => &[1, 16, 64, 256, 1024, 4096],
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let extra = args
+        .windows(2)
+        .filter(|w| w[0] == "--candidate")
+        .map(|w| (parse_candidate(&w[1]), rows_for_extra, forms));
+    let candidates: Vec<Candidate> = listed.iter().copied().chain(extra).collect();
     let mut out = Vec::new();
     println!("\ntensor-core tilings, {dtype:?}, direct launch");
     for &(k, n) in &[(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
@@ -397,6 +409,32 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
         }
     }
     out
+}
+
+/// A tiling from `NAME:PM,PN,PK:SM,SN` (partition in 16x16 blocks and K steps, warps along M
+/// and N), as the sweep's `--candidate` takes it.
+fn parse_candidate(spec: &str) -> TensorCoreTiling {
+    fn usage(spec: &str) -> ! {
+        panic!("--candidate wants NAME:PM,PN,PK:SM,SN, got {spec:?}")
+    }
+    let numbers = |part: &str| -> Vec<u32> {
+        part.split(',')
+            .map(|n| n.trim().parse().unwrap_or_else(|_| usage(spec)))
+            .collect()
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [name, partition, stage] = parts[..] else {
+        usage(spec)
+    };
+    let (&[pm, pn, pk], &[sm, sn]) = (&numbers(partition)[..], &numbers(stage)[..]) else {
+        usage(spec)
+    };
+    TensorCoreTiling {
+        name: String::leak(name.to_string()),
+        partition: (pm, pn, pk),
+        stage: (sm, sn),
+        kind: TileKind::MmaSync,
+    }
 }
 
 fn main() {

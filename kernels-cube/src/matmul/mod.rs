@@ -23,8 +23,9 @@
 //! The tensor-core path has four or five tilings of the *same* instruction per dtype
 //! ([`tilings_for`]), chosen by M: 16x64 outputs per cube for at most [`NARROW_MAX_M`] rows
 //! (decode), 32x64 up to [`SKINNY_MAX_M`] (16x32 and 64x32 in f32, whose stages hold twice
-//! the bytes), 128x64 up to [`MEDIUM_MAX_M`], 256x128 above, or 256x112 in f16 and bf16
-//! where that leaves a less empty last wave of cubes ([`tiling_for`]); the smaller ones
+//! the bytes, or 64x128 where such cubes fill half the device), 128x64 up to
+//! [`MEDIUM_MAX_M`], 256x128 above, or 256x112 in f16 and bf16 where that leaves a less
+//! empty last wave of cubes ([`tiling_for`]); the smaller ones
 //! spread a small problem over more cubes, the deep-K ones keep the weight's loads in
 //! flight. They
 //! differ only in which cube and which warp computes a fragment and how tiles are staged
@@ -45,14 +46,14 @@ pub mod tensor_core;
 pub use launch::{launch_matmul, MatmulError, MatmulLaunch, MatmulPath};
 pub use tensor_core::{
     tiling_for, tilings_for, Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32,
-    SKINNY, SKINNY_TF32, TILINGS, WIDE, WIDE_N112,
+    SKINNY, SKINNY_TF32, SKINNY_TF32_WIDE, TILINGS, WIDE, WIDE_N112,
 };
 
 /// Problems with at most this many rows (M, per batch) use the [`NARROW`] tiling
 /// ([`NARROW_TF32`] in f32).
 pub const NARROW_MAX_M: usize = 16;
 /// Problems with at most this many rows (and more than [`NARROW_MAX_M`]) use [`SKINNY`]
-/// ([`SKINNY_TF32`] in f32).
+/// ([`SKINNY_TF32`] or [`SKINNY_TF32_WIDE`] in f32).
 pub const SKINNY_MAX_M: usize = 64;
 /// Problems with at most this many rows (and more than [`SKINNY_MAX_M`]) use [`MEDIUM`].
 pub const MEDIUM_MAX_M: usize = 256;

@@ -103,14 +103,27 @@ pub const SKINNY: TensorCoreTiling = TensorCoreTiling {
     kind: TileKind::MmaSync,
 };
 
-/// 64x32 outputs per cube, two warps of 64x16, sixteen 8-deep K tiles per stage: 16 < M <=
-/// 64 in f32, where [`SKINNY`] left the loads of the wide weight behind. M = 64 and (K, N) =
-/// (4096, 4096), (4096, 14336), (14336, 4096): 0.066, 0.168, 0.205 ms against 0.061, 0.219,
-/// 0.206 (the 06:51 and 08:24 calls, 2026-11-27; Burn's default: 0.084, 0.188, 0.260).
+/// 64x32 outputs per cube, four warps of 32x16, sixteen 8-deep K tiles per stage: 16 < M <=
+/// 64 in f32, unless [`SKINNY_TF32_WIDE`] fills the device. On an H200 (06:47 call,
+/// 2026-12-02, direct launch) at M = 64 and (K, N) = (4096, 4096), (4096, 14336), (14336,
+/// 4096): 0.059, 0.187, 0.174 ms, against 0.067, 0.206, 0.205 for the two-warp 64x32 cube
+/// that held this place from 2026-11-27 (whose 64 x 4096 x 14336 took 1.05x Burn's time).
 pub const SKINNY_TF32: TensorCoreTiling = TensorCoreTiling {
     name: "skinny-tf32",
-    partition: (4, 1, 16),
-    stage: (1, 2),
+    partition: (2, 1, 16),
+    stage: (2, 2),
+    kind: TileKind::MmaSync,
+};
+
+/// 64x128 outputs per cube, four warps of 64x32, eight 8-deep K tiles per stage: 16 < M <=
+/// 64 in f32 where these cubes alone fill half the multiprocessors ([`tiling_for`]). Each
+/// cube reads the rows of the lhs once per 128 columns instead of per 32. Same call: 64 x
+/// 4096 x 14336 (112 cubes on 132 multiprocessors) in 0.124 ms against 0.187; 64 x 4096 x
+/// 4096 (32 cubes) in 0.085 against 0.059.
+pub const SKINNY_TF32_WIDE: TensorCoreTiling = TensorCoreTiling {
+    name: "skinny-tf32-wide",
+    partition: (4, 2, 8),
+    stage: (1, 4),
     kind: TileKind::MmaSync,
 };
 
@@ -147,11 +160,12 @@ pub const WIDE_N112: TensorCoreTiling = TensorCoreTiling {
 };
 
 /// Every tiling the router may pick, for some dtype.
-pub const TILINGS: [TensorCoreTiling; 7] = [
+pub const TILINGS: [TensorCoreTiling; 8] = [
     NARROW,
     NARROW_TF32,
     SKINNY,
     SKINNY_TF32,
+    SKINNY_TF32_WIDE,
     MEDIUM,
     WIDE,
     WIDE_N112,
@@ -162,7 +176,7 @@ pub const TILINGS: [TensorCoreTiling; 7] = [
 /// bitwise.
 pub fn tilings_for(dtype: StorageType) -> &'static [TensorCoreTiling] {
     if dtype == F32 {
-        &[NARROW_TF32, SKINNY_TF32, MEDIUM, WIDE]
+        &[NARROW_TF32, SKINNY_TF32, MEDIUM, WIDE, SKINNY_TF32_WIDE]
     } else {
         &[NARROW, SKINNY, MEDIUM, WIDE, WIDE_N112]
     }
@@ -183,7 +197,10 @@ const N112_COST: f64 = 1.03;
 /// `multiprocessors` (if known). Only speed depends on it: every listed tiling runs the same
 /// instruction, K steps and accumulation order per output, which the suite checks bitwise.
 ///
-/// M picks the size class (decode, skinny, medium, wide). For wide problems in f16 and bf16,
+/// M picks the size class (decode, skinny, medium, wide). Skinny f32 problems take
+/// [`SKINNY_TF32_WIDE`] where its cubes number at least half the multiprocessors: a rule
+/// from two points of the 06:47 call (H200, 2026-12-02), 112 cubes a win and 32 a loss. For
+/// wide problems in f16 and bf16,
 /// the cubes run in waves of one per multiprocessor, and a last wave that is mostly empty
 /// costs a full one: [`WIDE_N112`] is taken where its waves times its width cost less than
 /// [`WIDE`]'s.
@@ -200,6 +217,15 @@ pub fn tiling_for(
     if m <= super::NARROW_MAX_M {
         return narrow;
     } else if m <= super::SKINNY_MAX_M {
+        if dtype == F32 {
+            if let Some(sms) = multiprocessors.filter(|&s| s > 0) {
+                let (rows, cols) = cube_outputs(SKINNY_TF32_WIDE);
+                let cubes = batches.max(1) * m.div_ceil(rows) * n.div_ceil(cols);
+                if 2 * cubes >= sms as usize {
+                    return SKINNY_TF32_WIDE;
+                }
+            }
+        }
         return skinny;
     } else if m <= super::MEDIUM_MAX_M {
         return medium;
@@ -657,6 +683,10 @@ mod tests {
     fn f32_decode_takes_its_own_tilings() {
         let sms = Some(132);
         assert_eq!(tiling_for(64, 4096, 1, F32, sms), SKINNY_TF32);
+        assert_eq!(tiling_for(64, 14336, 1, F32, sms), SKINNY_TF32_WIDE);
+        assert_eq!(tiling_for(64, 14336, 1, F32, None), SKINNY_TF32);
+        assert_eq!(tiling_for(17, 4096, 3, F32, sms), SKINNY_TF32_WIDE); // 96 cubes
+        assert_eq!(tiling_for(64, 14336, 1, HALF[1], sms), SKINNY);
         assert_eq!(tiling_for(64, 4096, 1, HALF[1], sms), SKINNY);
         assert_eq!(tiling_for(16, 4096, 1, F32, sms), NARROW_TF32);
         assert_eq!(tiling_for(1, 4096, 1, HALF[0], sms), NARROW);

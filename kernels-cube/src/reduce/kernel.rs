@@ -295,7 +295,7 @@ pub fn reduce_unit_kernel<F: Float>(
 /// holding partial `lane`: after step `s`, partial `i < s` holds `p[i] + p[i + s]`. Every
 /// thread of the cube takes part in every `sync_cube`; the total is returned to all.
 #[cube]
-fn fold_shared(
+pub(crate) fn fold_shared(
     shared: &mut SharedMemory<f32>,
     slot: usize,
     lane: usize,

@@ -162,7 +162,7 @@ pub const LOADS_IN_FLIGHT: usize = 8;
 /// The entries `j, j + step, ..., j + (LOADS_IN_FLIGHT - 1) step` of a row, in f32, all
 /// loads issued before any is used.
 #[cube]
-fn load_group<F: Float>(
+pub(crate) fn load_group<F: Float>(
     input: &Tensor<F>,
     base: usize,
     stride: usize,

@@ -42,6 +42,10 @@ enum Kernel {
         op: ExtremumOp,
         index_dtype: IntDType,
     },
+    LayerNorm {
+        epsilon: f64,
+        beta: bool,
+    },
     Attention {
         options: AttentionOptions,
         mask: bool,
@@ -56,6 +60,7 @@ impl Kernel {
             Kernel::Softmax { .. } => "batch_invariant_softmax",
             Kernel::Matmul { .. } => "batch_invariant_matmul",
             Kernel::Extremum { .. } => "batch_invariant_extremum",
+            Kernel::LayerNorm { .. } => "batch_invariant_layer_norm",
             Kernel::Attention { .. } => "batch_invariant_attention",
         }
     }
@@ -107,6 +112,12 @@ impl<B: FusionBackend + KernelHost> Operation<B::FusionRuntime> for InvariantOp<
                 let (values, indices) = B::invariant_extremum(next(), dim, op, index_dtype);
                 handles.register_float_tensor::<B>(&outputs[0].id, values);
                 handles.register_int_tensor::<B>(&outputs[1].id, indices);
+            }
+            Kernel::LayerNorm { epsilon, beta } => {
+                let (tensor, gamma) = (next(), next());
+                let beta = beta.then(&mut next);
+                let out = B::invariant_layer_norm(tensor, gamma, beta, epsilon);
+                handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
             Kernel::Attention {
                 options,
@@ -216,6 +227,21 @@ impl<B: FusionBackend + KernelHost> KernelHost for Fusion<B> {
         let values = out.next().expect("values output");
         let indices = out.next().expect("indices output");
         (values, indices)
+    }
+
+    fn invariant_layer_norm(
+        tensor: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: Option<FloatTensor<Self>>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let out = (tensor.shape(), tensor.dtype);
+        let kernel = Kernel::LayerNorm {
+            epsilon,
+            beta: beta.is_some(),
+        };
+        let inputs = [tensor, gamma].into_iter().chain(beta).collect();
+        single(register::<B>(inputs, &[out], kernel))
     }
 
     fn invariant_attention(

@@ -12,6 +12,7 @@ use batch_invariant_kernels::matmul::launch::{
     MatmulPath,
 };
 use batch_invariant_kernels::matmul::tensor_core;
+use batch_invariant_kernels::norm::launch_layer_norm;
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
 use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
 use burn_backend::backend::Backend;
@@ -70,6 +71,16 @@ pub trait KernelHost: Backend {
         op: ExtremumOp,
         index_dtype: IntDType,
     ) -> (FloatTensor<Self>, IntTensor<Self>);
+
+    /// Layer normalization of `tensor` over its last dim through
+    /// `batch_invariant_kernels::norm`, into a new contiguous tensor. Inputs: one dtype (f32,
+    /// f16 or bf16) for all, rank at least 1, `gamma` and `beta` of shape `[last dim]`.
+    fn invariant_layer_norm(
+        tensor: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: Option<FloatTensor<Self>>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
 
     /// Attention through `batch_invariant_kernels::attention`, into a new contiguous
     /// `[batch, heads, seq_q, d_v]` tensor. Inputs: rank-4 query, key and value of one
@@ -205,6 +216,33 @@ where
         )
         .unwrap_or_else(|err| panic!("batch-invariant extremum launch: {err}"));
         (values, indices)
+    }
+
+    fn invariant_layer_norm(
+        tensor: CubeTensor<R>,
+        gamma: CubeTensor<R>,
+        beta: Option<CubeTensor<R>>,
+        epsilon: f64,
+    ) -> CubeTensor<R> {
+        let dtype: DType = tensor.dtype;
+        let output = empty_device_contiguous_dtype(
+            tensor.client.clone(),
+            tensor.device.clone(),
+            tensor.shape(),
+            dtype,
+        );
+        let client = tensor.client.clone();
+        launch_layer_norm(
+            &client,
+            tensor.binding(),
+            gamma.binding(),
+            beta.map(CubeTensor::binding),
+            output.clone().binding(),
+            epsilon as f32,
+            dtype.into(),
+        )
+        .unwrap_or_else(|err| panic!("batch-invariant layer_norm launch: {err}"));
+        output
     }
 
     fn invariant_attention(

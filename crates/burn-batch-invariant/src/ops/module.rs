@@ -6,11 +6,9 @@ use burn_backend::tensor::{BoolTensor, FloatTensor, IntTensor};
 use crate::{routing, BatchInvariant, KernelHost};
 
 impl<B: KernelHost> ModuleOps<Self> for BatchInvariant<B> {
-    // default-body: layer_norm
     // default-body: linear_x_backward, linear_weight_backward, linear_bias_backward
-    // `layer_norm` keeps Burn's default composite so that its two means run through our
-    // routed `float_mean_dim` (burn-cubecl does not override it, so with the mode off it is
-    // still exactly the inner backend's computation).
+    // `layer_norm` is one invariant kernel (`routing::norm::layer_norm`); with the mode off
+    // it is the inner backend's (Burn's default composite: burn-cubecl does not override it).
     // `linear` is one routed matmul with its bias in the epilogue, rounded once
     // (`routing::matmul::linear`). Its backward helpers are `float_matmul` (routed) plus
     // reshapes and, for the weight and bias gradients, `float_sum_dim` over the batch
@@ -22,6 +20,15 @@ impl<B: KernelHost> ModuleOps<Self> for BatchInvariant<B> {
         bias: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         routing::matmul::linear::<B>(x, weight, bias)
+    }
+
+    fn layer_norm(
+        tensor: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: Option<FloatTensor<Self>>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        routing::norm::layer_norm::<B>(tensor, gamma, beta, epsilon)
     }
 
     fn embedding(weights: FloatTensor<Self>, indices: IntTensor<Self>) -> FloatTensor<Self> {

@@ -6,6 +6,7 @@ pub(crate) mod attention;
 pub(crate) mod checks;
 pub(crate) mod extremum;
 pub(crate) mod matmul;
+pub(crate) mod norm;
 pub(crate) mod parity;
 pub(crate) mod reduce_dim;
 pub(crate) mod softmax;

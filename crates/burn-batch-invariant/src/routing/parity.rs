@@ -1,8 +1,9 @@
-//! Train/inference parity ([`crate::mode::parity`]): `softmax`, `log_softmax` and
-//! `attention` computed by `Autodiff<BatchInvariant<B>>` itself, on untracked tensors.
+//! Train/inference parity ([`crate::mode::parity`]): `softmax`, `log_softmax`,
+//! `layer_norm` and `attention` computed by `Autodiff<BatchInvariant<B>>` itself, on
+//! untracked tensors.
 //!
-//! Burn 0.21's `Autodiff` never calls its inner backend's `softmax`, `log_softmax` or
-//! `attention`: it runs composites of primitives (`max_dim`, `exp`, `sum_dim`, `matmul`,
+//! Burn 0.21's `Autodiff` never calls its inner backend's `softmax`, `log_softmax`,
+//! `layer_norm` or `attention`: it runs composites of primitives (`max_dim`, `exp`, `sum_dim`, `matmul`,
 //! ...), which reach our routed primitives. Running the inference op through the very same
 //! `Autodiff` method, rather than a copy of its composite, keeps the two forwards equal by
 //! construction, whatever Burn's composites are. The inputs are marked as requiring
@@ -36,6 +37,20 @@ pub(crate) fn log_softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> 
     Ad::<B>::inner(<Ad<B> as ActivationOps<Ad<B>>>::log_softmax(
         tracked::<B>(tensor),
         dim,
+    ))
+}
+
+pub(crate) fn layer_norm<B: KernelHost>(
+    tensor: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: Option<FloatTensor<B>>,
+    epsilon: f64,
+) -> FloatTensor<B> {
+    Ad::<B>::inner(<Ad<B> as ModuleOps<Ad<B>>>::layer_norm(
+        tracked::<B>(tensor),
+        tracked::<B>(gamma),
+        beta.map(tracked::<B>),
+        epsilon,
     ))
 }
 
