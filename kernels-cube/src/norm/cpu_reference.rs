@@ -69,7 +69,8 @@ mod tests {
     fn normalizes_and_applies_the_affine_step() {
         let (y, bounds) = layer_norm(&[1.0, 3.0], 2, &[2.0, 1.0], Some(&[0.5, 0.0]), 0.0, 23);
         assert_eq!(y, vec![-1.5, 1.0]);
-        assert!(bounds.iter().all(|&b| b > 0.0 && b < 1e-5));
+        // A few dozen f32 roundoffs of outputs of order 1, doubled.
+        assert!(bounds.iter().all(|&b| b > 1e-6 && b < 1e-4), "{bounds:?}");
     }
 
     #[test]

@@ -16,8 +16,8 @@
 //! 3. `y_j = (x_j - mean) / sqrt(var + eps) * gamma_j (+ beta_j)`, then one cast to the
 //!    output dtype.
 //!
-//! The order (and the compiled kernel) depends on `L`, the dtype and whether there is a
-//! `beta`; never on the number of rows, the row's position or the strides. It is not the
+//! The order depends on `L` and the dtype alone; never on the number of rows, the row's
+//! position or the strides. It is not the
 //! composite's order (whose first mean reads chunks of four, see `reduce`), so the bits
 //! differ from `mean_dim`-based layer norms; the error bound is in [`cpu_reference`].
 //!
