@@ -76,26 +76,15 @@ fn invariance<B: KernelHost>(device: &B::Device) {
     for dtype in float_dtypes::<B>(device) {
         // (8200 rows of 33 cross the row count from which cubes hold several rows.)
         for (len, batch) in [(1, 1024), (5, 1024), (33, 8200), (1000, 257), (4097, 64)] {
-            let x = tensor::<X<B>, 2>(
-                random_values(batch * len, len as u64),
-                [batch, len],
-                dtype,
-                device,
-            );
+            let data = random_values(batch * len, len as u64);
+            let x = tensor::<X<B>, 2>(data.clone(), [batch, len], dtype, device);
             let [gamma, beta] = affine::<X<B>>(len, dtype, device);
             let what = format!("len {len}, {dtype:?}");
             check_batches(x.clone(), gamma.clone(), Some(beta.clone()), &what);
             check_batches(x.clone(), gamma.clone(), None, &format!("{what}, no beta"));
             if len <= 1000 {
                 // strided rows: the same matrix stored transposed
-                let t = transposed_values(
-                    &values(x.clone())
-                        .iter()
-                        .map(|&v| v as f32)
-                        .collect::<Vec<_>>(),
-                    batch,
-                    len,
-                );
+                let t = transposed_values(&data, batch, len);
                 let xt = tensor::<X<B>, 2>(t, [len, batch], dtype, device).transpose();
                 assert!(
                     bits(layer_norm(xt.clone(), gamma.clone(), Some(beta.clone())))

@@ -214,29 +214,28 @@ pub fn tiling_for(
     let &[narrow, skinny, medium, wide, ..] = tilings_for(dtype) else {
         unreachable!("tilings_for lists the four size classes first")
     };
+    let sms = multiprocessors.filter(|&s| s > 0).map(|s| s as usize);
+    let cubes = |tiling: TensorCoreTiling| {
+        let (rows, cols) = cube_outputs(tiling);
+        batches.max(1) * m.div_ceil(rows) * n.div_ceil(cols)
+    };
     if m <= super::NARROW_MAX_M {
         return narrow;
     } else if m <= super::SKINNY_MAX_M {
-        if dtype == F32 {
-            if let Some(sms) = multiprocessors.filter(|&s| s > 0) {
-                let (rows, cols) = cube_outputs(SKINNY_TF32_WIDE);
-                let cubes = batches.max(1) * m.div_ceil(rows) * n.div_ceil(cols);
-                if 2 * cubes >= sms as usize {
-                    return SKINNY_TF32_WIDE;
-                }
-            }
-        }
-        return skinny;
+        let wide_fills_half = sms.is_some_and(|sms| 2 * cubes(SKINNY_TF32_WIDE) >= sms);
+        return if dtype == F32 && wide_fills_half {
+            SKINNY_TF32_WIDE
+        } else {
+            skinny
+        };
     } else if m <= super::MEDIUM_MAX_M {
         return medium;
     }
-    let Some(sms) = multiprocessors.filter(|&s| s > 0 && dtype != F32) else {
+    let Some(sms) = sms.filter(|_| dtype != F32) else {
         return wide;
     };
     let cost = |tiling: TensorCoreTiling, per_column: f64| {
-        let (rows, cols) = cube_outputs(tiling);
-        let cubes = batches.max(1) * m.div_ceil(rows) * n.div_ceil(cols);
-        cubes.div_ceil(sms as usize) as f64 * cols as f64 * per_column
+        cubes(tiling).div_ceil(sms) as f64 * cube_outputs(tiling).1 as f64 * per_column
     };
     if cost(WIDE_N112, N112_COST) < cost(wide, 1.0) {
         WIDE_N112

@@ -5,8 +5,9 @@ use core::fmt;
 use cubecl::prelude::*;
 use cubecl::std::FastDivmod;
 
-use super::kernel::{layer_norm_kernel, CUBE_UNITS};
+use super::kernel::layer_norm_kernel;
 use super::lanes_for_len;
+use crate::reduce::kernel::CUBE_UNITS;
 use crate::reduce::launch::{contiguous_strides, cube_count, max_offset, rows_per_cube};
 
 /// Why [`launch_layer_norm`] refused its arguments (programming errors: the Burn layer
