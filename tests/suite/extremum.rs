@@ -35,7 +35,8 @@ fn invariance_and_reference<B: KernelHost>(device: &B::Device) {
     let _serial = serial();
     let batch = 257;
     for dtype in float_dtypes::<B>(device) {
-        for len in [1usize, 5, 1000, 4097, 8193] {
+        // (4096: a whole cube per row, four vector loads in flight per thread.)
+        for len in [1usize, 5, 1000, 4096, 4097, 8193] {
             let data = tied_values(batch * len, 300 + len as u64);
             // Last dim: rows of `len`; first dim: the stored-transposed layout.
             let rows = tensor::<BatchInvariant<B>, 2>(data.clone(), [batch, len], dtype, device);

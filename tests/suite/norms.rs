@@ -1,15 +1,16 @@
 //! Normalization: `layer_norm` (routed to one invariant kernel; burn-nn's `LayerNorm` calls
-//! it) and burn-nn's `RmsNorm` (`square().mean_dim()`, through the routed mean). Bitwise
-//! invariance, accuracy against the f64 reference, special values, poisoned outputs, bad
-//! input, and parity with the training forward.
+//! it), our `rms_norm` (the same kernel without the mean pass), and burn-nn's `RmsNorm`
+//! (`square().mean_dim()`, through the routed mean). Bitwise invariance, accuracy against
+//! the f64 reference, special values, poisoned outputs, bad input, and parity with the
+//! training forward, for each of the two kernels.
 
-use batch_invariant_kernels::norm::{cpu_reference, launch_layer_norm};
+use batch_invariant_kernels::norm::{cpu_reference, launch_norm, NormKind};
 use burn::backend::Autodiff;
 use burn::nn::{LayerNormConfig, RmsNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ModuleOps;
 use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
-use burn_batch_invariant::mode;
+use burn_batch_invariant::{mode, rms_norm, RmsNormBackend};
 use burn_batch_invariant_tests::*;
 use burn_cubecl::{CubeBackend, CubeRuntime};
 
@@ -29,6 +30,63 @@ fn layer_norm<X: Backend, const D: usize>(
     )))
 }
 
+/// The two normalizations of the kernel, run through their public entry points.
+#[derive(Clone, Copy, Debug)]
+enum Norm {
+    /// `ModuleOps::layer_norm`.
+    Layer,
+    /// `burn_batch_invariant::rms_norm` (no beta).
+    Rms,
+}
+
+const NORMS: [Norm; 2] = [Norm::Layer, Norm::Rms];
+
+impl Norm {
+    fn run<X: RmsNormBackend, const D: usize>(
+        self,
+        x: Tensor<X, D>,
+        gamma: Tensor<X, 1>,
+        beta: Option<Tensor<X, 1>>,
+    ) -> Tensor<X, D> {
+        match self {
+            Norm::Layer => layer_norm(x, gamma, beta),
+            Norm::Rms => {
+                assert!(beta.is_none(), "RMS norm takes no beta");
+                rms_norm(x, gamma, EPS)
+            }
+        }
+    }
+
+    /// The `beta` cases each norm has.
+    fn betas(self) -> &'static [bool] {
+        match self {
+            Norm::Layer => &[true, false],
+            Norm::Rms => &[false],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Norm::Layer => "layer_norm",
+            Norm::Rms => "rms_norm",
+        }
+    }
+
+    fn reference(
+        self,
+        input: &[f64],
+        len: usize,
+        gamma: &[f64],
+        beta: Option<&[f64]>,
+        bits: u32,
+    ) -> (Vec<f64>, Vec<f64>) {
+        match self {
+            Norm::Layer => cpu_reference::layer_norm(input, len, gamma, beta, EPS, bits),
+            Norm::Rms => cpu_reference::rms_norm(input, len, gamma, EPS, bits),
+        }
+    }
+}
+
 /// gamma around 1 and beta around 0, of `len` entries, in `dtype`.
 fn affine<X: Backend>(len: usize, dtype: FloatDType, device: &X::Device) -> [Tensor<X, 1>; 2] {
     let gamma: Vec<f32> = random_values(len, 3)
@@ -42,14 +100,15 @@ fn affine<X: Backend>(len: usize, dtype: FloatDType, device: &X::Device) -> [Ten
 }
 
 /// The first `m` rows, and rows alone, against the same rows of the full batch (dim 0).
-fn check_batches<X: Backend, const D: usize>(
+fn check_batches<X: RmsNormBackend, const D: usize>(
+    norm: Norm,
     x: Tensor<X, D>,
     gamma: Tensor<X, 1>,
     beta: Option<Tensor<X, 1>>,
     what: &str,
 ) {
     let max = x.dims()[0];
-    let run = |t: Tensor<X, D>| layer_norm(t, gamma.clone(), beta.clone());
+    let run = |t: Tensor<X, D>| norm.run(t, gamma.clone(), beta.clone());
     let full = run(x.clone());
     for m in [1, 2, 3, 7, 64, 257, 1024, 8200]
         .into_iter()
@@ -57,16 +116,22 @@ fn check_batches<X: Backend, const D: usize>(
     {
         assert!(
             bits(run(x.clone().narrow(0, 0, m))) == bits(full.clone().narrow(0, 0, m)),
-            "{what}: the first {m} rows differ from the same rows in a batch of {max}"
+            "{} {what}: the first {m} rows differ from the same rows in a batch of {max}",
+            norm.name()
         );
     }
     for r in [0, max / 2, max - 1] {
         assert!(
             bits(run(x.clone().narrow(0, r, 1))) == bits(full.clone().narrow(0, r, 1)),
-            "{what}: row {r} alone differs from row {r} in a batch of {max}"
+            "{} {what}: row {r} alone differs from row {r} in a batch of {max}",
+            norm.name()
         );
     }
-    assert!(bits(run(x)) == bits(full), "{what}: run to run");
+    assert!(
+        bits(run(x)) == bits(full),
+        "{} {what}: run to run",
+        norm.name()
+    );
 }
 
 fn invariance<B: KernelHost>(device: &B::Device) {
@@ -79,27 +144,28 @@ fn invariance<B: KernelHost>(device: &B::Device) {
             let data = random_values(batch * len, len as u64);
             let x = tensor::<X<B>, 2>(data.clone(), [batch, len], dtype, device);
             let [gamma, beta] = affine::<X<B>>(len, dtype, device);
-            let what = format!("len {len}, {dtype:?}");
-            check_batches(x.clone(), gamma.clone(), Some(beta.clone()), &what);
-            check_batches(x.clone(), gamma.clone(), None, &format!("{what}, no beta"));
-            if len <= 1000 {
-                // strided rows: the same matrix stored transposed
-                let t = transposed_values(&data, batch, len);
-                let xt = tensor::<X<B>, 2>(t, [len, batch], dtype, device).transpose();
-                assert!(
-                    bits(layer_norm(xt.clone(), gamma.clone(), Some(beta.clone())))
-                        == bits(layer_norm(x.clone(), gamma.clone(), Some(beta.clone()))),
-                    "{what}: strided rows differ from contiguous ones"
-                );
-                check_batches(
-                    xt,
-                    gamma.clone(),
-                    Some(beta.clone()),
-                    &format!("{what}, strided rows"),
-                );
+            for norm in NORMS {
+                for &with_beta in norm.betas() {
+                    let beta = with_beta.then(|| beta.clone());
+                    let what = format!("len {len}, {dtype:?}, beta {with_beta}");
+                    check_batches(norm, x.clone(), gamma.clone(), beta.clone(), &what);
+                    if len <= 1000 && with_beta == norm.betas()[0] {
+                        // strided rows: the same matrix stored transposed
+                        let t = transposed_values(&data, batch, len);
+                        let xt = tensor::<X<B>, 2>(t, [len, batch], dtype, device).transpose();
+                        assert!(
+                            bits(norm.run(xt.clone(), gamma.clone(), beta.clone()))
+                                == bits(norm.run(x.clone(), gamma.clone(), beta.clone())),
+                            "{} {what}: strided rows differ from contiguous ones",
+                            norm.name()
+                        );
+                        let what = format!("{what}, strided rows");
+                        check_batches(norm, xt, gamma.clone(), beta, &what);
+                    }
+                }
             }
         }
-        // [batch, seq, d] as `LayerNorm` sees it in a transformer: one sequence alone.
+        // [batch, seq, d] as a norm layer sees it in a transformer: one sequence alone.
         let (batch, seq, d) = (5, 9, 256);
         let x = tensor::<X<B>, 3>(
             random_values(batch * seq * d, 12),
@@ -108,7 +174,9 @@ fn invariance<B: KernelHost>(device: &B::Device) {
             device,
         );
         let [gamma, beta] = affine::<X<B>>(d, dtype, device);
-        check_batches(x, gamma, Some(beta), &format!("[5, 9, 256], {dtype:?}"));
+        let what = format!("[5, 9, 256], {dtype:?}");
+        check_batches(Norm::Layer, x.clone(), gamma.clone(), Some(beta), &what);
+        check_batches(Norm::Rms, x, gamma, None, &what);
     }
 }
 
@@ -134,30 +202,29 @@ fn accuracy<B: KernelHost>(device: &B::Device) {
                 values(gamma.clone()),
                 values(beta.clone()),
             );
-            for with_beta in [true, false] {
-                let got = values(layer_norm(
-                    x.clone(),
-                    gamma.clone(),
-                    with_beta.then(|| beta.clone()),
-                ));
-                let (want, bounds) = cpu_reference::layer_norm(
-                    &input,
-                    len,
-                    &g,
-                    with_beta.then_some(&b[..]),
-                    EPS,
-                    mantissa_bits(dtype),
-                );
-                for i in 0..got.len() {
-                    assert!(
-                        (got[i] - want[i]).abs() <= bounds[i],
-                        "layer_norm {rows}x{len} {dtype:?} beta={with_beta} [{}, {}]: got {}, f64 reference {}, bound {}",
-                        i / len,
-                        i % len,
-                        got[i],
-                        want[i],
-                        bounds[i]
+            for norm in NORMS {
+                for &with_beta in norm.betas() {
+                    let got =
+                        values(norm.run(x.clone(), gamma.clone(), with_beta.then(|| beta.clone())));
+                    let (want, bounds) = norm.reference(
+                        &input,
+                        len,
+                        &g,
+                        with_beta.then_some(&b[..]),
+                        mantissa_bits(dtype),
                     );
+                    for i in 0..got.len() {
+                        assert!(
+                            (got[i] - want[i]).abs() <= bounds[i],
+                            "{} {rows}x{len} {dtype:?} beta={with_beta} [{}, {}]: got {}, f64 reference {}, bound {}",
+                            norm.name(),
+                            i / len,
+                            i % len,
+                            got[i],
+                            want[i],
+                            bounds[i]
+                        );
+                    }
                 }
             }
         }
@@ -178,20 +245,33 @@ fn special_values<B: KernelHost>(device: &B::Device) {
         Tensor::<BatchInvariant<B>, 2>::from_data(TensorData::new(data.clone(), [4, 4]), device);
     let [gamma, beta] = affine::<BatchInvariant<B>>(4, FloatDType::F32, device);
     let (g, b) = (values(gamma.clone()), values(beta.clone()));
-    let got = values(layer_norm(x, gamma, Some(beta)));
     let input: Vec<f64> = data.iter().map(|v| f64::from(*v)).collect();
-    let (want, bounds) = cpu_reference::layer_norm(&input, 4, &g, Some(&b), EPS, 23);
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        let same = (g.is_nan() && w.is_nan()) || (g - w).abs() <= bounds[i];
-        assert!(
-            same,
-            "layer_norm special values [{}, {}]: got {g}, reference {w}",
-            i / 4,
-            i % 4
-        );
+    for norm in NORMS {
+        let beta = norm.betas()[0].then(|| beta.clone());
+        let got = values(norm.run(x.clone(), gamma.clone(), beta.clone()));
+        let (want, bounds) = norm.reference(&input, 4, &g, beta.is_some().then_some(&b[..]), 23);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            // (`g == w` first: a row holding an infinity has no finite bound.)
+            let same = (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= bounds[i];
+            assert!(
+                same,
+                "{} special values [{}, {}]: got {g}, reference {w}",
+                norm.name(),
+                i / 4,
+                i % 4
+            );
+        }
+        match norm {
+            // A constant row normalises to beta exactly: its mean is exact, so x - mean is 0.
+            Norm::Layer => assert_eq!(got[8..12], b[..], "layer_norm: constant row"),
+            // An infinity: 0 at the finite entries, NaN at the infinite one (`x / inf`).
+            Norm::Rms => assert!(
+                got[4].is_nan() && got[5..8].iter().all(|&v| v == 0.0),
+                "rms_norm: the row holding +inf gave {:?}",
+                &got[4..8]
+            ),
+        }
     }
-    // A constant row normalises to beta exactly: its mean is exact, so x - mean is 0.
-    assert_eq!(got[8..12], b[..], "constant row");
 }
 
 fn bad_input<B: KernelHost>(device: &B::Device) {
@@ -227,43 +307,97 @@ fn bad_input<B: KernelHost>(device: &B::Device) {
         msg.contains("layer_norm") && msg.contains("epsilon"),
         "{msg}"
     );
+    let [short, _] = affine::<X<B>>(5, f32, device);
+    let x2 = x.clone();
+    let msg = panic_message(move || rms_norm(x2, short, EPS));
+    assert!(
+        msg.contains("rms_norm")
+            && msg.contains("gamma")
+            && msg.contains("[5]")
+            && msg.contains("[3, 4]"),
+        "{msg}"
+    );
+    let [gamma, _] = affine::<X<B>>(4, f32, device);
+    let (x2, g2) = (x.clone(), gamma.clone());
+    let msg = panic_message(move || rms_norm(x2, g2, f64::NAN));
+    assert!(msg.contains("rms_norm") && msg.contains("epsilon"), "{msg}");
     // An empty input has nothing to normalise: an empty result, no launch.
     let empty = Tensor::<X<B>, 2>::zeros([0, 4], device);
-    let [gamma, _] = affine::<X<B>>(4, f32, device);
-    assert_eq!(layer_norm(empty, gamma, None).dims(), [0, 4]);
+    assert_eq!(
+        layer_norm(empty.clone(), gamma.clone(), None).dims(),
+        [0, 4]
+    );
+    assert_eq!(rms_norm(empty, gamma, EPS).dims(), [0, 4]);
 }
 
-/// With parity on, the inference `layer_norm` is `Autodiff`'s composite: the training
-/// forward's bits. Whether the fused kernel happens to agree is printed, not asserted.
+/// With parity on, the inference norms are `Autodiff`'s composites: the training forward's
+/// bits. Whether the fused kernel happens to agree is printed, not asserted.
 fn parity<B: KernelHost>(device: &B::Device) {
     let _mode = mode_exclusive();
     mode::enable();
     type Ad<B> = Autodiff<BatchInvariant<B>>;
     let (rows, len, f32) = (7, 1000, FloatDType::F32);
     let data = random_values(rows * len, 61);
-    let inference = || {
-        let x = tensor::<BatchInvariant<B>, 2>(data.clone(), [rows, len], f32, device);
-        let [gamma, beta] = affine::<BatchInvariant<B>>(len, f32, device);
-        bits(layer_norm(x, gamma, Some(beta)))
-    };
-    let training = || {
-        let x = tensor::<Ad<B>, 2>(data.clone(), [rows, len], f32, device).require_grad();
-        let [gamma, beta] = affine::<Ad<B>>(len, f32, device).map(|t| t.require_grad());
-        bits(layer_norm(x, gamma, Some(beta)).inner())
-    };
-    let fused = {
-        let _off = mode::parity::scoped(false);
-        inference()
-    };
-    let _on = mode::parity::scoped(true);
-    let with_parity = inference();
+    for norm in NORMS {
+        let with_beta = norm.betas()[0];
+        let inference = || {
+            let x = tensor::<BatchInvariant<B>, 2>(data.clone(), [rows, len], f32, device);
+            let [gamma, beta] = affine::<BatchInvariant<B>>(len, f32, device);
+            bits(norm.run(x, gamma, with_beta.then_some(beta)))
+        };
+        let training = || {
+            let x = tensor::<Ad<B>, 2>(data.clone(), [rows, len], f32, device).require_grad();
+            let [gamma, beta] = affine::<Ad<B>>(len, f32, device).map(|t| t.require_grad());
+            bits(norm.run(x, gamma, with_beta.then_some(beta)).inner())
+        };
+        let fused = {
+            let _off = mode::parity::scoped(false);
+            inference()
+        };
+        let _on = mode::parity::scoped(true);
+        let with_parity = inference();
+        assert!(
+            with_parity == training(),
+            "{}: the inference forward with parity on differs from the training forward",
+            norm.name()
+        );
+        eprintln!(
+            "{}: the fused kernel alone has parity on this runtime: {}",
+            norm.name(),
+            fused == with_parity
+        );
+    }
+}
+
+/// With the mode off, `rms_norm` is burn-nn's `RmsNorm` forward, bit for bit; under
+/// `Autodiff` its gradients are the module's too.
+fn rms_norm_is_the_module_when_off<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_exclusive();
+    type X<B> = BatchInvariant<B>;
+    type Ad<B> = Autodiff<BatchInvariant<B>>;
+    let (rows, len) = (9, 1000);
+    let data = random_values(rows * len, 71);
+    for dtype in float_dtypes::<B>(device) {
+        let x = tensor::<X<B>, 2>(data.clone(), [rows, len], dtype, device);
+        let mut module = RmsNormConfig::new(len).init::<X<B>>(device);
+        module.gamma = module.gamma.map(|g| g.cast(dtype) * 1.5);
+        let _off = mode::scoped(false);
+        assert!(
+            bits(rms_norm(x.clone(), module.gamma.val(), module.epsilon))
+                == bits(module.forward(x)),
+            "rms_norm, mode off, {dtype:?}: not the module's bits"
+        );
+    }
+    mode::enable();
+    let x = tensor::<Ad<B>, 2>(data, [rows, len], FloatDType::F32, device).require_grad();
+    let module = RmsNormConfig::new(len).init::<Ad<B>>(device);
+    let grads_fn = rms_norm(x.clone(), module.gamma.val(), module.epsilon)
+        .sum()
+        .backward();
+    let grads_module = module.forward(x.clone()).sum().backward();
     assert!(
-        with_parity == training(),
-        "layer_norm: the inference forward with parity on differs from the training forward"
-    );
-    eprintln!(
-        "layer_norm: the fused kernel alone has parity on this runtime: {}",
-        fused == with_parity
+        bits(x.grad(&grads_fn).expect("x grad")) == bits(x.grad(&grads_module).expect("x grad")),
+        "rms_norm under Autodiff: input gradient differs from the module's"
     );
 }
 
@@ -335,62 +469,72 @@ fn poisoned<R: CubeRuntime>(device: &R::Device) {
             Tensor::from_data(TensorData::new(data, [rows, len]), device)
         };
         let [gamma, beta] = affine::<Plain<R>>(len, FloatDType::F32, device);
-        let beta = with_beta.then_some(beta);
-        let input = x.clone().into_primitive().tensor();
-        let client = input.client.clone();
-        let out = nan_poison(&client, device, vec![rows, len], input.dtype);
-        let storage = input.dtype.into();
-        launch_layer_norm(
-            &client,
-            input.binding(),
-            gamma.clone().into_primitive().tensor().binding(),
-            beta.clone().map(|b| b.into_primitive().tensor().binding()),
-            out.clone().binding(),
-            EPS as f32,
-            storage,
-        )
-        .expect("valid launch");
-        let got = Tensor::<Plain<R>, 2>::from_primitive(TensorPrimitive::Float(out));
-        assert!(
-            values(got.clone()).iter().all(|v| v.is_finite()),
-            "{rows}x{len} strided={strided}: unwritten outputs"
-        );
-        type Bi<R> = BatchInvariant<Plain<R>>;
-        let routed = layer_norm(
-            to_backend::<Plain<R>, Bi<R>, 2>(x),
-            to_backend::<Plain<R>, Bi<R>, 1>(gamma),
-            beta.map(to_backend::<Plain<R>, Bi<R>, 1>),
-        );
-        assert!(
-            bits(got) == bits(routed),
-            "direct launch and decorator differ"
-        );
+        for (norm, kind) in [(Norm::Layer, NormKind::Layer), (Norm::Rms, NormKind::Rms)] {
+            let beta = (with_beta && norm.betas()[0]).then(|| beta.clone());
+            let input = x.clone().into_primitive().tensor();
+            let client = input.client.clone();
+            let out = nan_poison(&client, device, vec![rows, len], input.dtype);
+            let storage = input.dtype.into();
+            launch_norm(
+                &client,
+                input.binding(),
+                gamma.clone().into_primitive().tensor().binding(),
+                beta.clone().map(|b| b.into_primitive().tensor().binding()),
+                out.clone().binding(),
+                EPS as f32,
+                kind,
+                storage,
+            )
+            .expect("valid launch");
+            let got = Tensor::<Plain<R>, 2>::from_primitive(TensorPrimitive::Float(out));
+            assert!(
+                values(got.clone()).iter().all(|v| v.is_finite()),
+                "{} {rows}x{len} strided={strided}: unwritten outputs",
+                norm.name()
+            );
+            type Bi<R> = BatchInvariant<Plain<R>>;
+            let routed = norm.run(
+                to_backend::<Plain<R>, Bi<R>, 2>(x.clone()),
+                to_backend::<Plain<R>, Bi<R>, 1>(gamma.clone()),
+                beta.map(to_backend::<Plain<R>, Bi<R>, 1>),
+            );
+            assert!(
+                bits(got) == bits(routed),
+                "{}: direct launch and decorator differ",
+                norm.name()
+            );
+        }
     }
 }
 
 #[test]
-fn norms_layer_norm_is_batch_invariant() {
+fn norms_layer_norm_and_rms_norm_are_batch_invariant() {
     on_test_backend!(invariance);
 }
 
 #[test]
-fn norms_layer_norm_matches_f64_reference() {
+fn norms_layer_norm_and_rms_norm_match_f64_reference() {
     on_test_backend!(accuracy);
 }
 
 #[test]
-fn norms_layer_norm_special_values() {
+fn norms_special_values() {
     on_test_backend!(special_values);
 }
 
 #[test]
-fn norms_layer_norm_bad_input_names_the_op() {
+fn norms_bad_input_names_the_op() {
     on_test_backend!(bad_input);
 }
 
 #[test]
-fn norms_layer_norm_parity_with_the_training_forward() {
+fn norms_parity_with_the_training_forward() {
     on_test_backend!(parity);
+}
+
+#[test]
+fn norms_rms_norm_is_the_module_when_off() {
+    on_test_backend!(rms_norm_is_the_module_when_off);
 }
 
 #[test]
@@ -399,6 +543,6 @@ fn norms_modules_layer_norm_and_rms_norm_are_batch_invariant() {
 }
 
 #[test]
-fn kernel_layer_norm_writes_every_output() {
+fn kernel_norms_write_every_output() {
     on_test_runtime!(poisoned);
 }

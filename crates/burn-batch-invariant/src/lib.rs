@@ -16,11 +16,13 @@ mod backend;
 mod host;
 pub mod mode;
 mod ops;
+mod rms_norm;
 mod routing;
 
 pub use aliases::*;
 pub use backend::BatchInvariant;
 pub use host::KernelHost;
+pub use rms_norm::{rms_norm, RmsNormBackend};
 
 /// The kernels crate, re-exported for its `cpu_reference` modules and constants.
 pub use batch_invariant_kernels as kernels;

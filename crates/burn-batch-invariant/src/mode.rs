@@ -167,19 +167,19 @@ impl Drop for ModeGuard {
 /// The train/inference parity switch (off unless [`PARITY_ENV_VAR`] says otherwise).
 ///
 /// `Autodiff<B>` in Burn 0.21 computes `softmax`, `log_softmax`, `layer_norm` and
-/// `attention` with its own composites of primitives, never with `B`'s methods, so a
-/// training forward cannot reach the fused invariant kernels. Both are batch invariant, but
-/// nothing makes their bits agree (attention's and layer_norm's differ; softmax's agreed on
-/// lavapipe and on the H100 in the tests). With
-/// parity on, `BatchInvariant` runs those four ops through the very composites `Autodiff`
-/// runs (over the same routed primitives), so an inference forward gives the bits of the
+/// `attention` with its own composites of primitives, never with `B`'s methods, and so does
+/// our [`crate::rms_norm`] under `Autodiff` (burn-nn's chain), so a training forward cannot
+/// reach the fused invariant kernels. Both are batch invariant, but nothing makes their bits
+/// agree (attention's and the norms' differ; softmax's agreed on lavapipe and on the H100 in
+/// the tests). With parity on, `BatchInvariant` runs those five ops through the very
+/// composites `Autodiff` runs (over the same routed primitives), so an inference forward gives the bits of the
 /// training forward: what on-policy RL needs, at the cost of the fused kernels' speed
 /// (attention materialises its scores). Every other routed op already has parity.
 pub mod parity {
     use super::{ModeGuard, PARITY};
 
-    /// Whether `softmax`, `log_softmax`, `layer_norm` and `attention` run `Autodiff`'s
-    /// composites.
+    /// Whether `softmax`, `log_softmax`, `layer_norm`, `rms_norm` and `attention` run
+    /// `Autodiff`'s composites.
     pub fn is_enabled() -> bool {
         PARITY.is_on()
     }

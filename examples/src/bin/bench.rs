@@ -16,7 +16,7 @@
 
 use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
-use burn_batch_invariant::{BatchInvariant, KernelHost};
+use burn_batch_invariant::{BatchInvariant, KernelHost, RmsNormBackend};
 use burn_batch_invariant_examples::{
     bench_ms, device_ms, matrix, on_backend, timing_mark, timing_since, use_fused, Flush,
 };
@@ -64,7 +64,7 @@ impl<X: Backend> Norms<X> {
     }
 }
 
-fn run_op<X: Backend>(x: &Tensor<X, 2>, norms: &Norms<X>, op: &str) -> Tensor<X, 2> {
+fn run_op<X: RmsNormBackend>(x: &Tensor<X, 2>, norms: &Norms<X>, op: &str) -> Tensor<X, 2> {
     match op {
         "mean_dim" => x.clone().mean_dim(1),
         "sum_dim" => x.clone().sum_dim(1),
@@ -79,11 +79,16 @@ fn run_op<X: Backend>(x: &Tensor<X, 2>, norms: &Norms<X>, op: &str) -> Tensor<X,
         "argmin" => x.clone().argmin(1).float(),
         "layer_norm" => norms.layer.forward(x.clone()),
         "rms_norm" => norms.rms.forward(x.clone()),
+        // Burn's column: burn-nn's chain (what `rms_norm` is on Burn's backends); ours: one
+        // kernel.
+        "rms_norm_fn" => {
+            burn_batch_invariant::rms_norm(x.clone(), norms.rms.gamma.val(), norms.rms.epsilon)
+        }
         other => unreachable!("bench op {other}"),
     }
 }
 
-fn bench<B: KernelHost>(device: &B::Device) {
+fn bench<B: KernelHost + RmsNormBackend>(device: &B::Device) {
     println!("device: {}", B::name(device));
     // `--only OP` or `--only OP:M` keeps one op, or one shape of it (for a profiler run).
     let args: Vec<String> = std::env::args().collect();
@@ -110,6 +115,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
         ("argmin", 128256, &[256][..]),
         ("layer_norm", 4096, &[64, 1024, 16384][..]),
         ("rms_norm", 4096, &[64, 1024, 16384][..]),
+        ("rms_norm_fn", 4096, &[64, 1024, 16384][..]),
     ] {
         for &m in ms.iter().filter(|&&m| wanted(op, m)) {
             eprintln!("{op} M={m} len={len}");

@@ -5,10 +5,9 @@ use cubecl::prelude::*;
 use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
 use cubecl::std::FastDivmod;
 
-// The lanes kernel shares the reduce kernel's cube size, loads in flight and rows per cube
+// The lanes kernel shares the reduce kernel's cube size and rows per cube
 // (`reduce::launch::rows_per_cube`).
 pub(crate) use crate::reduce::kernel::CUBE_UNITS;
-use crate::reduce::kernel::SCAN_UNROLL;
 
 /// Whether candidate `(bv, bi)` beats `(av, ai)` in the module's total order. `ai == len`
 /// marks an empty candidate (a lane past the end of a short row), which everything beats.
@@ -71,7 +70,9 @@ fn scan_takes(
 /// The row is read as vectors of `width` elements (`N`), thread `t` taking vectors
 /// `t, t + lanes, ...`: `width` 4 for contiguous aligned rows (one 16-byte load per f32
 /// vector; 64 rows of 4096 took 1.6x Burn's time with one element per load), 1 for any
-/// other layout. The winner does not depend on the mapping (the module's total order).
+/// other layout. Each thread issues `unroll` loads before comparing them (the launch sizes
+/// it to the thread's share of the chunk). The winner does not depend on the mapping (the
+/// module's total order).
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 pub fn extremum_lanes_kernel<F: Float, I: Int, N: Size>(
@@ -87,6 +88,7 @@ pub fn extremum_lanes_kernel<F: Float, I: Int, N: Size>(
     chunk_len: usize,
     #[comptime] lanes: usize,
     #[comptime] width: usize,
+    #[comptime] unroll: usize,
     #[comptime] min: bool,
     #[comptime] abs: bool,
     #[define(F, I)] _dtypes: [StorageType; 2],
@@ -112,18 +114,18 @@ pub fn extremum_lanes_kernel<F: Float, I: Int, N: Size>(
         let base = index_offset_contiguous_fastdivmod(row, &out_shape, &row_strides, 1usize)
             / comptime!(width);
         let last = end / comptime!(width);
-        // `SCAN_UNROLL` loads issued before the first is compared, as in the sum (see
-        // there); entries are then taken in index order.
+        // `unroll` loads issued before the first is compared, as in the sum (see there);
+        // entries are then taken in index order.
         let mut v = start / comptime!(width) + lane;
-        let group = comptime!(lanes * SCAN_UNROLL);
+        let group = comptime!(lanes * unroll);
         while v + group - lanes < last {
-            let mut vals = Array::<Vector<F, N>>::new(SCAN_UNROLL);
+            let mut vals = Array::<Vector<F, N>>::new(unroll);
             #[unroll]
-            for u in 0..SCAN_UNROLL {
+            for u in 0..unroll {
                 vals[u] = input[base + (v + u * lanes) * reduce_stride];
             }
             #[unroll]
-            for u in 0..SCAN_UNROLL {
+            for u in 0..unroll {
                 #[unroll]
                 for c in 0..width {
                     let x = f32::cast_from(vals[u][c]);

@@ -5,6 +5,7 @@ use cubecl::prelude::*;
 use super::kernel::{extremum_combine_kernel, extremum_lanes_kernel, CUBE_UNITS};
 use super::ExtremumOp;
 use super::CHUNK_LEN;
+use crate::reduce::kernel::SCAN_UNROLL;
 use crate::reduce::launch::{
     check_reduction, cube_count, max_offset, row_args, rows_per_cube, vector_aligned,
     ReduceDimError, FULL_CUBES_FROM_ROWS,
@@ -68,6 +69,12 @@ pub fn launch_extremum_dim<R: Runtime>(
     } else {
         1
     };
+    // Loads in flight per thread: up to the sums' `SCAN_UNROLL`, but no more than a
+    // thread's share of a chunk, so that a whole cube on a row of 4096 issues its four loads
+    // at once instead of one after the other (64 and 1024 such rows took 1.13x and 1.39x
+    // Burn's time on an H200 that way). Speed only: any mapping finds the same winner.
+    let per_lane = (chunk_len / width / lanes).clamp(1, SCAN_UNROLL);
+    let unroll = 1 << per_lane.ilog2();
     let rows_per_cube = rows_per_cube(lanes, candidates);
     let scratch = |elem: StorageType| {
         let handle = client.empty(candidates * elem.size());
@@ -99,6 +106,7 @@ pub fn launch_extremum_dim<R: Runtime>(
             chunk_len,
             lanes,
             width,
+            unroll,
             min,
             abs,
             [dtype, index_dtype],

@@ -1,6 +1,7 @@
-//! f64 reference for layer normalization and the bound the tests hold the kernel to.
+//! f64 references for layer and RMS normalization and the bounds the tests hold the kernel
+//! to.
 
-use super::lanes_for_len;
+use super::{lanes_for_len, NormKind};
 
 /// Layer normalization of a contiguous row-major tensor over its last dimension (`len`
 /// entries a row), in f64 with the formulas of the module docs, and for each element the
@@ -20,9 +21,49 @@ pub fn layer_norm(
     epsilon: f64,
     out_mantissa_bits: u32,
 ) -> (Vec<f64>, Vec<f64>) {
+    normalize(
+        data,
+        len,
+        gamma,
+        beta,
+        epsilon,
+        NormKind::Layer,
+        out_mantissa_bits,
+    )
+}
+
+/// RMS normalization, `x / sqrt(mean(x^2) + epsilon) * gamma`, with its bound: that of
+/// [`layer_norm`] with an exact mean of 0 (the kernel skips the mean pass).
+pub fn rms_norm(
+    data: &[f64],
+    len: usize,
+    gamma: &[f64],
+    epsilon: f64,
+    out_mantissa_bits: u32,
+) -> (Vec<f64>, Vec<f64>) {
+    normalize(
+        data,
+        len,
+        gamma,
+        None,
+        epsilon,
+        NormKind::Rms,
+        out_mantissa_bits,
+    )
+}
+
+fn normalize(
+    data: &[f64],
+    len: usize,
+    gamma: &[f64],
+    beta: Option<&[f64]>,
+    epsilon: f64,
+    kind: NormKind,
+    out_mantissa_bits: u32,
+) -> (Vec<f64>, Vec<f64>) {
     assert!(
         len > 0 && data.len().is_multiple_of(len) && gamma.len() == len,
-        "layer_norm reference: {} values, rows of {len}, gamma of {}",
+        "{kind:?} norm reference: {} values, rows of {len}, gamma of {}",
         data.len(),
         gamma.len()
     );
@@ -36,15 +77,20 @@ pub fn layer_norm(
         _ => (2.0f64).powi(-150),
     };
     let n = len as f64;
+    let centered = kind == NormKind::Layer;
     let mut out = Vec::with_capacity(data.len());
     let mut bounds = Vec::with_capacity(data.len());
     for row in data.chunks(len) {
-        let mean = row.iter().sum::<f64>() / n;
+        let (mean, d_mean) = if centered {
+            let mean = row.iter().sum::<f64>() / n;
+            let mean_abs = row.iter().map(|x| x.abs()).sum::<f64>() / n;
+            (mean, levels * u * mean_abs + u * mean.abs())
+        } else {
+            (0.0, 0.0)
+        };
         let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
         let denom = (var + epsilon).sqrt();
-        let mean_abs = row.iter().map(|x| x.abs()).sum::<f64>() / n;
         let mean_dev = row.iter().map(|x| (x - mean).abs()).sum::<f64>() / n;
-        let d_mean = levels * u * mean_abs + u * mean.abs();
         let d_var = (levels + 3.0) * u * var + 2.0 * d_mean * mean_dev + d_mean * d_mean;
         let d_denom_rel = 0.5 * d_var / (var + epsilon) + 2.0 * u;
         for (j, &x) in row.iter().enumerate() {
@@ -71,6 +117,15 @@ mod tests {
         assert_eq!(y, vec![-1.5, 1.0]);
         // A few dozen f32 roundoffs of outputs of order 1, doubled.
         assert!(bounds.iter().all(|&b| b > 1e-6 && b < 1e-4), "{bounds:?}");
+    }
+
+    #[test]
+    fn rms_divides_by_the_root_mean_square() {
+        let (y, bounds) = rms_norm(&[3.0, 4.0], 2, &[1.0, 2.0], 0.0, 23);
+        // mean(x^2) = 12.5: y = x / sqrt(12.5) * gamma.
+        let rms = 12.5f64.sqrt();
+        assert_eq!(y, vec![3.0 / rms, 4.0 / rms * 2.0]);
+        assert!(bounds.iter().all(|&b| b > 1e-7 && b < 1e-4), "{bounds:?}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `#[cube]` code of layer normalization (order in the module docs).
+//! The `#[cube]` code of layer and RMS normalization (order in the module docs).
 
 use cubecl::prelude::*;
 use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
@@ -60,11 +60,13 @@ fn term(x: f32, shift: f32, #[comptime] squares: bool) -> f32 {
 }
 
 /// One row of `len` entries per `lanes` threads (`UNIT_POS_X`), `CUBE_DIM_Y` rows per cube.
-/// `beta` is read only when `has_beta` (the launch binds `gamma` in its place otherwise).
-/// Rows past the end take part in the cube's syncs with an empty range.
+/// `centered` is layer norm (subtract the mean first), otherwise RMS norm (the mean pass is
+/// skipped and the shift is 0). `beta` is read only when `has_beta` (the launch binds `gamma`
+/// in its place otherwise). Rows past the end take part in the cube's syncs with an empty
+/// range.
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_kernel<F: Float>(
+pub fn norm_kernel<F: Float>(
     input: &Tensor<F>,
     gamma: &Tensor<F>,
     beta: &Tensor<F>,
@@ -78,6 +80,7 @@ pub fn layer_norm_kernel<F: Float>(
     epsilon: f32,
     num_rows: usize,
     #[comptime] lanes: usize,
+    #[comptime] centered: bool,
     #[comptime] has_beta: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -96,18 +99,22 @@ pub fn layer_norm_kernel<F: Float>(
     let mut shared = SharedMemory::<f32>::new(comptime!(CUBE_UNITS as usize));
     let slot = local_row * lanes;
     let n = f32::cast_from(len);
-    let sum = row_sum(
-        input,
-        base,
-        in_stride,
-        end,
-        0.0,
-        false,
-        lanes,
-        &mut shared,
-        slot,
-    );
-    let mean = sum / n;
+    // RMS norm: `x - 0.0` is `x` for every input, so the later passes need no other form.
+    let mut mean = 0.0f32;
+    if comptime!(centered) {
+        let sum = row_sum(
+            input,
+            base,
+            in_stride,
+            end,
+            0.0,
+            false,
+            lanes,
+            &mut shared,
+            slot,
+        );
+        mean = sum / n;
+    }
     let squares = row_sum(
         input,
         base,

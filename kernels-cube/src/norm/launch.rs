@@ -1,21 +1,23 @@
-//! Host side of layer normalization: argument checks and the grid.
+//! Host side of layer and RMS normalization: argument checks and the grid.
 
 use core::fmt;
 
 use cubecl::prelude::*;
 use cubecl::std::FastDivmod;
 
-use super::kernel::layer_norm_kernel;
-use super::lanes_for_len;
+use super::kernel::norm_kernel;
+use super::{lanes_for_len, NormKind};
 use crate::reduce::kernel::CUBE_UNITS;
 use crate::reduce::launch::{contiguous_strides, cube_count, max_offset, rows_per_cube};
 
-/// Why [`launch_layer_norm`] refused its arguments (programming errors: the Burn layer
-/// validates user input first).
+/// Why [`launch_norm`] refused its arguments (programming errors: the Burn layer validates
+/// user input first).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LayerNormError {
+pub enum NormError {
     /// The input has rank 0: there is no last dimension to normalize.
     NoLastDim,
+    /// RMS norm has no `beta`.
+    RmsWithBeta,
     /// `gamma` or `beta` is not a 1-D tensor of the last dimension's length.
     BadParameter {
         name: &'static str,
@@ -30,10 +32,11 @@ pub enum LayerNormError {
     },
 }
 
-impl fmt::Display for LayerNormError {
+impl fmt::Display for NormError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoLastDim => write!(f, "the input has rank 0"),
+            Self::RmsWithBeta => write!(f, "RMS norm takes no beta"),
             Self::BadParameter { name, expected, shape } => {
                 write!(f, "{name} must have shape [{expected}], got {shape:?}")
             }
@@ -45,32 +48,37 @@ impl fmt::Display for LayerNormError {
     }
 }
 
-impl std::error::Error for LayerNormError {}
+impl std::error::Error for NormError {}
 
-/// Layer normalization of `input` over its last dimension into `output`, a contiguous
-/// tensor of the same shape: `(x - mean) / sqrt(var + epsilon) * gamma (+ beta)`. `gamma`
-/// and `beta` are 1-D of the last dimension's length; every operand is read in place
-/// through its strides. `dtype` is the element type of all of them.
+/// Layer or RMS normalization (`kind`) of `input` over its last dimension into `output`, a
+/// contiguous tensor of the same shape: `(x - mean) / sqrt(var + epsilon) * gamma (+ beta)`,
+/// or `x / sqrt(mean(x^2) + epsilon) * gamma`. `gamma` and `beta` are 1-D of the last
+/// dimension's length; every operand is read in place through its strides. `dtype` is the
+/// element type of all of them.
 #[allow(clippy::too_many_arguments)]
-pub fn launch_layer_norm<R: Runtime>(
+pub fn launch_norm<R: Runtime>(
     client: &ComputeClient<R>,
     input: TensorBinding<R>,
     gamma: TensorBinding<R>,
     beta: Option<TensorBinding<R>>,
     output: TensorBinding<R>,
     epsilon: f32,
+    kind: NormKind,
     dtype: StorageType,
-) -> Result<(), LayerNormError> {
+) -> Result<(), NormError> {
+    if kind == NormKind::Rms && beta.is_some() {
+        return Err(NormError::RmsWithBeta);
+    }
     let shape: Vec<usize> = input.shape.iter().copied().collect();
     let in_strides: Vec<usize> = input.strides.iter().copied().collect();
     let rank = shape.len();
     let Some(&len) = shape.last() else {
-        return Err(LayerNormError::NoLastDim);
+        return Err(NormError::NoLastDim);
     };
     for (name, parameter) in [("gamma", Some(&gamma)), ("beta", beta.as_ref())] {
         if let Some(p) = parameter {
             if p.shape.len() != 1 || p.shape[0] != len {
-                return Err(LayerNormError::BadParameter {
+                return Err(NormError::BadParameter {
                     name,
                     expected: len,
                     shape: p.shape.iter().copied().collect(),
@@ -81,7 +89,7 @@ pub fn launch_layer_norm<R: Runtime>(
     let out_shape: Vec<usize> = output.shape.iter().copied().collect();
     let out_strides: Vec<usize> = output.strides.iter().copied().collect();
     if out_shape != shape || out_strides != contiguous_strides(&shape) {
-        return Err(LayerNormError::BadOutput {
+        return Err(NormError::BadOutput {
             expected: shape,
             shape: out_shape,
             strides: out_strides,
@@ -115,7 +123,7 @@ pub fn launch_layer_norm<R: Runtime>(
     // An absent beta binds gamma: the kernel never reads it (`has_beta` is comptime).
     let beta = beta.unwrap_or_else(|| gamma.clone());
     unsafe {
-        layer_norm_kernel::launch_unchecked(
+        norm_kernel::launch_unchecked(
             client,
             cube_count(client, num_rows.div_ceil(rows_per_cube)),
             CubeDim::new_2d(lanes as u32, rows_per_cube as u32),
@@ -133,6 +141,7 @@ pub fn launch_layer_norm<R: Runtime>(
             epsilon,
             num_rows,
             lanes,
+            kind == NormKind::Layer,
             has_beta,
             dtype,
         );

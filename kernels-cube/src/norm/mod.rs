@@ -1,9 +1,11 @@
-//! Layer normalization over the last dimension, in one kernel and a batch-invariant order.
+//! Layer and RMS normalization over the last dimension, in one kernel and a batch-invariant
+//! order.
 //!
 //! Burn's `layer_norm` is a composite of seven kernels (two means, a subtraction, a square,
 //! a square root, a division, the affine step): over 16384 rows of 4096 f32 it read 0.25
-//! TB/s on an H200, with either backend. This kernel reads each row from memory once (its
-//! later passes hit the cache) and writes it once.
+//! TB/s on an H200, with either backend. burn-nn's `RmsNorm` is six (a square, a mean, an
+//! addition, a square root, a division, the scale). This kernel reads each row from
+//! memory once (its later passes hit the cache) and writes it once.
 //!
 //! # The fixed order
 //!
@@ -16,13 +18,20 @@
 //! 3. `y_j = (x_j - mean) / sqrt(var + eps) * gamma_j (+ beta_j)`, then one cast to the
 //!    output dtype.
 //!
+//! RMS norm ([`NormKind::Rms`]) is the same without step 1: `mean` is 0, so step 2 sums
+//! `x_j^2` in that order and step 3 is `x_j / sqrt(mean(x^2) + eps) * gamma_j`, rounded once.
+//! burn-nn's module rounds `rms` to the input dtype and then divides and scales in it, so
+//! in f16/bf16 its bits differ from ours (ours are the closer to the f64 value).
+//!
 //! The order depends on `L` and the dtype alone; never on the number of rows, the row's
 //! position or the strides. It is not the
 //! composite's order (whose first mean reads chunks of four, see `reduce`), so the bits
 //! differ from `mean_dim`-based layer norms; the error bound is in [`cpu_reference`].
 //!
-//! Special values follow the formulas: a row holding a NaN or an infinity gives NaN
-//! everywhere, as the f64 reference does.
+//! Special values follow the formulas, as the f64 reference does: a layer-norm row holding
+//! a NaN or an infinity gives NaN everywhere; an RMS-norm row holding a NaN gives NaN
+//! everywhere, one holding an infinity gives 0 at its finite entries and NaN at the
+//! infinite ones (`x / inf`, `inf / inf`).
 //!
 //! # Mapping
 //!
@@ -35,7 +44,16 @@ pub mod cpu_reference;
 pub mod kernel;
 pub mod launch;
 
-pub use launch::{launch_layer_norm, LayerNormError};
+pub use launch::{launch_norm, NormError};
+
+/// Which normalization [`launch_norm`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps) * gamma (+ beta)`.
+    Layer,
+    /// `x / sqrt(mean(x^2) + eps) * gamma`, without beta.
+    Rms,
+}
 
 /// The row length from which a row has 256 partials (a whole cube) rather than 32 (a warp).
 ///
@@ -46,7 +64,7 @@ pub use launch::{launch_layer_norm, LayerNormError};
 /// the lengths it moves, never their invariance.
 pub const WIDE_ROW_MIN_LEN: usize = 1024;
 
-/// Number of partials of each of a row's two sums, from the row length alone.
+/// Number of partials of each of a row's sums, from the row length alone.
 pub const fn lanes_for_len(len: usize) -> usize {
     if len >= WIDE_ROW_MIN_LEN {
         crate::reduce::LONG_ROW_LANES

@@ -12,6 +12,7 @@ use core::marker::PhantomData;
 use batch_invariant_kernels::attention::AttentionOptions;
 use batch_invariant_kernels::extremum::ExtremumOp;
 use batch_invariant_kernels::matmul::launch::matmul_output_shape;
+use batch_invariant_kernels::norm::NormKind;
 use batch_invariant_kernels::reduce::ReduceOp;
 use batch_invariant_kernels::softmax::SoftmaxKind;
 use burn_backend::tensor::{FloatTensor, IntTensor};
@@ -42,9 +43,10 @@ enum Kernel {
         op: ExtremumOp,
         index_dtype: IntDType,
     },
-    LayerNorm {
+    Norm {
         epsilon: f64,
         beta: bool,
+        kind: NormKind,
     },
     Attention {
         options: AttentionOptions,
@@ -60,7 +62,7 @@ impl Kernel {
             Kernel::Softmax { .. } => "batch_invariant_softmax",
             Kernel::Matmul { .. } => "batch_invariant_matmul",
             Kernel::Extremum { .. } => "batch_invariant_extremum",
-            Kernel::LayerNorm { .. } => "batch_invariant_layer_norm",
+            Kernel::Norm { .. } => "batch_invariant_norm",
             Kernel::Attention { .. } => "batch_invariant_attention",
         }
     }
@@ -113,10 +115,14 @@ impl<B: FusionBackend + KernelHost> Operation<B::FusionRuntime> for InvariantOp<
                 handles.register_float_tensor::<B>(&outputs[0].id, values);
                 handles.register_int_tensor::<B>(&outputs[1].id, indices);
             }
-            Kernel::LayerNorm { epsilon, beta } => {
+            Kernel::Norm {
+                epsilon,
+                beta,
+                kind,
+            } => {
                 let (tensor, gamma) = (next(), next());
                 let beta = beta.then(&mut next);
-                let out = B::invariant_layer_norm(tensor, gamma, beta, epsilon);
+                let out = B::invariant_norm(tensor, gamma, beta, epsilon, kind);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
             Kernel::Attention {
@@ -229,16 +235,18 @@ impl<B: FusionBackend + KernelHost> KernelHost for Fusion<B> {
         (values, indices)
     }
 
-    fn invariant_layer_norm(
+    fn invariant_norm(
         tensor: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: Option<FloatTensor<Self>>,
         epsilon: f64,
+        kind: NormKind,
     ) -> FloatTensor<Self> {
         let out = (tensor.shape(), tensor.dtype);
-        let kernel = Kernel::LayerNorm {
+        let kernel = Kernel::Norm {
             epsilon,
             beta: beta.is_some(),
+            kind,
         };
         let inputs = [tensor, gamma].into_iter().chain(beta).collect();
         single(register::<B>(inputs, &[out], kernel))

@@ -12,7 +12,7 @@ use batch_invariant_kernels::matmul::launch::{
     MatmulPath,
 };
 use batch_invariant_kernels::matmul::tensor_core;
-use batch_invariant_kernels::norm::launch_layer_norm;
+use batch_invariant_kernels::norm::{launch_norm, NormKind};
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
 use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
 use burn_backend::backend::Backend;
@@ -72,14 +72,16 @@ pub trait KernelHost: Backend {
         index_dtype: IntDType,
     ) -> (FloatTensor<Self>, IntTensor<Self>);
 
-    /// Layer normalization of `tensor` over its last dim through
+    /// Layer or RMS normalization (`kind`) of `tensor` over its last dim through
     /// `batch_invariant_kernels::norm`, into a new contiguous tensor. Inputs: one dtype (f32,
-    /// f16 or bf16) for all, rank at least 1, `gamma` and `beta` of shape `[last dim]`.
-    fn invariant_layer_norm(
+    /// f16 or bf16) for all, rank at least 1, `gamma` and `beta` of shape `[last dim]`, no
+    /// `beta` for RMS norm.
+    fn invariant_norm(
         tensor: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: Option<FloatTensor<Self>>,
         epsilon: f64,
+        kind: NormKind,
     ) -> FloatTensor<Self>;
 
     /// Attention through `batch_invariant_kernels::attention`, into a new contiguous
@@ -218,11 +220,12 @@ where
         (values, indices)
     }
 
-    fn invariant_layer_norm(
+    fn invariant_norm(
         tensor: CubeTensor<R>,
         gamma: CubeTensor<R>,
         beta: Option<CubeTensor<R>>,
         epsilon: f64,
+        kind: NormKind,
     ) -> CubeTensor<R> {
         let dtype: DType = tensor.dtype;
         let output = empty_device_contiguous_dtype(
@@ -232,16 +235,17 @@ where
             dtype,
         );
         let client = tensor.client.clone();
-        launch_layer_norm(
+        launch_norm(
             &client,
             tensor.binding(),
             gamma.binding(),
             beta.map(CubeTensor::binding),
             output.clone().binding(),
             epsilon as f32,
+            kind,
             dtype.into(),
         )
-        .unwrap_or_else(|err| panic!("batch-invariant layer_norm launch: {err}"));
+        .unwrap_or_else(|err| panic!("batch-invariant {kind:?} norm launch: {err}"));
         output
     }
 

@@ -1,17 +1,22 @@
-//! Routing of `ModuleOps::layer_norm` to `batch_invariant_kernels::norm`.
+//! Routing of `ModuleOps::layer_norm` and [`crate::RmsNormBackend::rms_norm`] to
+//! `batch_invariant_kernels::norm`.
 //!
-//! Burn's default body is seven kernels over the tensor (two routed means, then
+//! Burn's `layer_norm` default body is seven kernels over the tensor (two routed means, then
 //! elementwise ops); it was invariant through our `float_mean_dim` but read 16384 rows of
-//! 4096 at a quarter of the copy bandwidth. One kernel with a fixed order replaces it.
-//! With parity on, the op runs the composite `Autodiff` runs, so inference and training
-//! forwards agree bitwise (see `crate::mode::parity`).
+//! 4096 at a quarter of the copy bandwidth. burn-nn's RMS norm is the same kind of chain.
+//! One kernel with a fixed order replaces each. With parity on, the op runs the composite
+//! `Autodiff` runs, so inference and training forwards agree bitwise (see
+//! `crate::mode::parity`).
 
+use batch_invariant_kernels::norm::NormKind;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::TensorMetadata;
+use burn_tensor::{Tensor, TensorPrimitive};
 
 use super::checks::check_float_dtype;
 use super::parity;
-use crate::{mode, KernelHost};
+use crate::rms_norm::burn_nn_rms_norm;
+use crate::{mode, BatchInvariant, KernelHost};
 
 pub(crate) fn layer_norm<B: KernelHost>(
     tensor: FloatTensor<B>,
@@ -25,30 +30,60 @@ pub(crate) fn layer_norm<B: KernelHost>(
     if mode::parity::is_enabled() {
         return parity::layer_norm::<B>(tensor, gamma, beta, epsilon);
     }
-    const OP: &str = "layer_norm";
+    check_norm::<B>("layer_norm", &tensor, &gamma, beta.as_ref(), epsilon);
+    // An empty input has nothing to normalise: the kernel launches nothing.
+    B::invariant_norm(tensor, gamma, beta, epsilon, NormKind::Layer)
+}
+
+pub(crate) fn rms_norm<B: KernelHost, const D: usize>(
+    x: Tensor<BatchInvariant<B>, D>,
+    gamma: Tensor<BatchInvariant<B>, 1>,
+    epsilon: f64,
+) -> Tensor<BatchInvariant<B>, D> {
+    if !mode::is_enabled() {
+        return burn_nn_rms_norm(x, gamma, epsilon);
+    }
+    if mode::parity::is_enabled() {
+        return parity::rms_norm::<B, D>(x, gamma, epsilon);
+    }
+    let (tensor, gamma) = (x.into_primitive().tensor(), gamma.into_primitive().tensor());
+    check_norm::<B>("rms_norm", &tensor, &gamma, None, epsilon);
+    let out = B::invariant_norm(tensor, gamma, None, epsilon, NormKind::Rms);
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// The checks both norms make, with Burn-style messages naming `op`: a float dtype, `gamma`
+/// and `beta` of shape `[last dim]` in the input's dtype, a finite non-negative epsilon.
+fn check_norm<B: KernelHost>(
+    op: &str,
+    tensor: &FloatTensor<B>,
+    gamma: &FloatTensor<B>,
+    beta: Option<&FloatTensor<B>>,
+    epsilon: f64,
+) {
     let (shape, dtype) = (tensor.shape(), tensor.dtype());
-    check_float_dtype(OP, &shape, dtype);
+    check_float_dtype(op, &shape, dtype);
+    if shape.num_dims() == 0 {
+        panic!("BatchInvariant::{op}: the input has rank 0; there is no last dim to normalize");
+    }
     let len = shape[shape.num_dims() - 1];
-    let parameters = [("gamma", Some(&gamma)), ("beta", beta.as_ref())];
-    for (name, parameter) in parameters {
+    for (name, parameter) in [("gamma", Some(gamma)), ("beta", beta)] {
         let Some(parameter) = parameter else { continue };
         let (p_shape, p_dtype) = (parameter.shape(), parameter.dtype());
         if p_shape.num_dims() != 1 || p_shape[0] != len {
             panic!(
-                "BatchInvariant::{OP}: {name} must have shape [{len}] (the last dim of the \
+                "BatchInvariant::{op}: {name} must have shape [{len}] (the last dim of the \
                  input {shape:?}), got {p_shape:?}"
             );
         }
         if p_dtype != dtype {
             panic!(
-                "BatchInvariant::{OP}: {name} has dtype {p_dtype:?} but the input {shape:?} \
+                "BatchInvariant::{op}: {name} has dtype {p_dtype:?} but the input {shape:?} \
                  has {dtype:?}; cast them to one dtype"
             );
         }
     }
     if !epsilon.is_finite() || epsilon < 0.0 {
-        panic!("BatchInvariant::{OP}: epsilon must be finite and non-negative, got {epsilon}");
+        panic!("BatchInvariant::{op}: epsilon must be finite and non-negative, got {epsilon}");
     }
-    // An empty input has nothing to normalise: the kernel launches nothing.
-    B::invariant_layer_norm(tensor, gamma, beta, epsilon)
 }

@@ -1,6 +1,6 @@
 //! Train/inference parity ([`crate::mode::parity`]): `softmax`, `log_softmax`,
-//! `layer_norm` and `attention` computed by `Autodiff<BatchInvariant<B>>` itself, on
-//! untracked tensors.
+//! `layer_norm`, `rms_norm` and `attention` computed by `Autodiff<BatchInvariant<B>>`
+//! itself, on untracked tensors.
 //!
 //! Burn 0.21's `Autodiff` never calls its inner backend's `softmax`, `log_softmax`,
 //! `layer_norm` or `attention`: it runs composites of primitives (`max_dim`, `exp`, `sum_dim`, `matmul`,
@@ -16,8 +16,9 @@ use burn_autodiff::Autodiff;
 use burn_backend::ops::{ActivationOps, AttentionModuleOptions, FloatTensorOps, ModuleOps};
 use burn_backend::tensor::{BoolTensor, FloatTensor};
 use burn_backend::AutodiffBackend;
+use burn_tensor::Tensor;
 
-use crate::{BatchInvariant, KernelHost};
+use crate::{BatchInvariant, KernelHost, RmsNormBackend};
 
 type Ad<B> = Autodiff<BatchInvariant<B>>;
 
@@ -52,6 +53,16 @@ pub(crate) fn layer_norm<B: KernelHost>(
         beta.map(tracked::<B>),
         epsilon,
     ))
+}
+
+pub(crate) fn rms_norm<B: KernelHost, const D: usize>(
+    x: Tensor<BatchInvariant<B>, D>,
+    gamma: Tensor<BatchInvariant<B>, 1>,
+    epsilon: f64,
+) -> Tensor<BatchInvariant<B>, D> {
+    let x = Tensor::<Ad<B>, D>::from_inner(x).require_grad();
+    let gamma = Tensor::<Ad<B>, 1>::from_inner(gamma).require_grad();
+    <Ad<B> as RmsNormBackend>::rms_norm(x, gamma, epsilon).inner()
 }
 
 pub(crate) fn attention<B: KernelHost>(
