@@ -11,6 +11,7 @@ the dirty flush while they pass it with a clean L2, the gap is the flush's write
 the kernels (`docs/performance.md`, session 18).
 
 Run on the GPU machine: python3 scripts/evict_first_probe.py
+(`--once`: one launch of the default variant, for a profiler.)
 """
 import json
 
@@ -55,6 +56,15 @@ def bench_clean(fn, reps=50):
     return sorted(times)[len(times) // 2]
 
 
+def once():
+    m, n = 16384, 4096
+    x = torch.randn(m, n, device="cuda", dtype=torch.float32)
+    out = torch.empty(m, device="cuda", dtype=torch.float32)
+    for _ in range(3):
+        row_mean[(m,)](x, out, n, 1, 0, num_warps=4)
+    torch.cuda.synchronize()
+
+
 def main():
     dev = "cuda"
     print("device", torch.cuda.get_device_properties(dev).name, flush=True)
@@ -90,4 +100,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    once() if "--once" in sys.argv else main()
