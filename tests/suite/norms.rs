@@ -4,7 +4,7 @@
 //! the f64 reference, special values, poisoned outputs, bad input, and parity with the
 //! training forward, for each of the two kernels.
 
-use batch_invariant_kernels::norm::{cpu_reference, launch_norm, NormKind};
+use batch_invariant_kernels::norm::{cpu_reference, launch_norm, NormError, NormKind};
 use burn::backend::Autodiff;
 use burn::nn::{LayerNormConfig, RmsNormConfig};
 use burn::tensor::backend::Backend;
@@ -505,6 +505,28 @@ fn poisoned<R: CubeRuntime>(device: &R::Device) {
             );
         }
     }
+    // RMS norm has no beta: the launch refuses one rather than ignore it.
+    let (rows, len) = (3, 8);
+    let x: Tensor<Plain<R>, 2> = Tensor::from_data(
+        TensorData::new(random_values(rows * len, 5), [rows, len]),
+        device,
+    );
+    let [gamma, beta] = affine::<Plain<R>>(len, FloatDType::F32, device);
+    let input = x.into_primitive().tensor();
+    let client = input.client.clone();
+    let out = nan_poison(&client, device, vec![rows, len], input.dtype);
+    let storage = input.dtype.into();
+    let refused = launch_norm(
+        &client,
+        input.binding(),
+        gamma.into_primitive().tensor().binding(),
+        Some(beta.into_primitive().tensor().binding()),
+        out.binding(),
+        EPS as f32,
+        NormKind::Rms,
+        storage,
+    );
+    assert_eq!(refused, Err(NormError::RmsWithBeta));
 }
 
 #[test]

@@ -172,9 +172,10 @@ impl Drop for ModeGuard {
 /// reach the fused invariant kernels. Both are batch invariant, but nothing makes their bits
 /// agree (attention's and the norms' differ; softmax's agreed on lavapipe and on the H100 in
 /// the tests). With parity on, `BatchInvariant` runs those five ops through the very
-/// composites `Autodiff` runs (over the same routed primitives), so an inference forward gives the bits of the
-/// training forward: what on-policy RL needs, at the cost of the fused kernels' speed
-/// (attention materialises its scores). Every other routed op already has parity.
+/// composites `Autodiff` runs (over the same routed primitives), so an inference forward
+/// gives the bits of the training forward: what on-policy RL needs, at the cost of the fused
+/// kernels' speed (attention materialises its scores). Every other routed op already has
+/// parity.
 pub mod parity {
     use super::{ModeGuard, PARITY};
 
