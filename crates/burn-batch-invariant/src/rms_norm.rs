@@ -25,11 +25,15 @@ use crate::{routing, BatchInvariant, KernelHost};
 /// last dim.
 pub trait RmsNormBackend: Backend {
     /// RMS normalization of `x` over its last dim, scaled by `gamma` (shape `[last dim]`).
+    /// The default is burn-nn 0.21's `RmsNorm::forward`, op for op: the module's bits, and
+    /// under `Autodiff` its gradients. `BatchInvariant` overrides it with one kernel.
     fn rms_norm<const D: usize>(
         x: Tensor<Self, D>,
         gamma: Tensor<Self, 1>,
         epsilon: f64,
-    ) -> Tensor<Self, D>;
+    ) -> Tensor<Self, D> {
+        burn_nn_rms_norm(x, gamma, epsilon)
+    }
 }
 
 /// `x / sqrt(mean(x^2) + epsilon) * gamma` over the last dim of `x`, through the backend's
@@ -72,37 +76,14 @@ impl<B: KernelHost> RmsNormBackend for BatchInvariant<B> {
 
 /// Training: burn-nn's chain, recorded op by op (its primitives reach the inner backend's
 /// routed ones), as `Autodiff` does for `layer_norm`.
-impl<B: Backend, C: CheckpointStrategy> RmsNormBackend for Autodiff<B, C> {
-    fn rms_norm<const D: usize>(
-        x: Tensor<Self, D>,
-        gamma: Tensor<Self, 1>,
-        epsilon: f64,
-    ) -> Tensor<Self, D> {
-        burn_nn_rms_norm(x, gamma, epsilon)
-    }
-}
+impl<B: Backend, C: CheckpointStrategy> RmsNormBackend for Autodiff<B, C> {}
 
 /// Burn's plain CubeCL backend: burn-nn's chain, for A/B runs of the same model code.
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> RmsNormBackend
     for CubeBackend<R, F, I, BT>
 {
-    fn rms_norm<const D: usize>(
-        x: Tensor<Self, D>,
-        gamma: Tensor<Self, 1>,
-        epsilon: f64,
-    ) -> Tensor<Self, D> {
-        burn_nn_rms_norm(x, gamma, epsilon)
-    }
 }
 
 /// Burn's fused backend (`burn::backend::Cuda` with its default features): burn-nn's chain.
 #[cfg(feature = "fusion")]
-impl<B: burn_fusion::FusionBackend> RmsNormBackend for burn_fusion::Fusion<B> {
-    fn rms_norm<const D: usize>(
-        x: Tensor<Self, D>,
-        gamma: Tensor<Self, 1>,
-        epsilon: f64,
-    ) -> Tensor<Self, D> {
-        burn_nn_rms_norm(x, gamma, epsilon)
-    }
-}
+impl<B: burn_fusion::FusionBackend> RmsNormBackend for burn_fusion::Fusion<B> {}

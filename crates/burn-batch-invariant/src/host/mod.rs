@@ -109,12 +109,7 @@ where
     fn invariant_reduce_dim(tensor: CubeTensor<R>, dim: usize, op: ReduceOp) -> CubeTensor<R> {
         let shape = reduced_shape(&tensor, dim);
         let dtype: DType = tensor.dtype;
-        let output = empty_device_contiguous_dtype(
-            tensor.client.clone(),
-            tensor.device.clone(),
-            shape,
-            dtype,
-        );
+        let output = empty_like(&tensor, shape, dtype);
         let client = tensor.client.clone();
         launch_reduce_dim(
             &client,
@@ -130,12 +125,7 @@ where
 
     fn invariant_softmax(tensor: CubeTensor<R>, dim: usize, kind: SoftmaxKind) -> CubeTensor<R> {
         let dtype: DType = tensor.dtype;
-        let output = empty_device_contiguous_dtype(
-            tensor.client.clone(),
-            tensor.device.clone(),
-            tensor.shape(),
-            dtype,
-        );
+        let output = empty_like(&tensor, tensor.shape(), dtype);
         let client = tensor.client.clone();
         launch_softmax_dim(
             &client,
@@ -159,12 +149,7 @@ where
             .unwrap_or_else(|err| panic!("batch-invariant matmul: {err}"));
         let (lhs, rhs, launch_shape) = canonical_matmul::<R, F, I, BT>(lhs, rhs, &out_shape);
         let (lhs, rhs) = tma_ready(lhs, rhs);
-        let output = empty_device_contiguous_dtype(
-            lhs.client.clone(),
-            lhs.device.clone(),
-            launch_shape.into(),
-            dtype,
-        );
+        let output = empty_like(&lhs, launch_shape.into(), dtype);
         let client = lhs.client.clone();
         let launched = match bias {
             None => launch_matmul(
@@ -196,14 +181,7 @@ where
         let shape = reduced_shape(&tensor, dim);
         let dtype: DType = tensor.dtype;
         let index_dtype: DType = index_dtype.into();
-        let alloc = |dtype: DType| {
-            empty_device_contiguous_dtype(
-                tensor.client.clone(),
-                tensor.device.clone(),
-                shape.clone(),
-                dtype,
-            )
-        };
+        let alloc = |dtype: DType| empty_like(&tensor, shape.clone(), dtype);
         let (values, indices) = (alloc(dtype), alloc(index_dtype));
         let client = tensor.client.clone();
         launch_extremum_dim(
@@ -228,12 +206,7 @@ where
         kind: NormKind,
     ) -> CubeTensor<R> {
         let dtype: DType = tensor.dtype;
-        let output = empty_device_contiguous_dtype(
-            tensor.client.clone(),
-            tensor.device.clone(),
-            tensor.shape(),
-            dtype,
-        );
+        let output = empty_like(&tensor, tensor.shape(), dtype);
         let client = tensor.client.clone();
         launch_norm(
             &client,
@@ -260,8 +233,7 @@ where
         let dtype: DType = query.dtype;
         let mut shape = query.shape();
         shape[3] = value.meta.shape()[3];
-        let output =
-            empty_device_contiguous_dtype(query.client.clone(), query.device.clone(), shape, dtype);
+        let output = empty_like(&query, shape, dtype);
         let client = query.client.clone();
         // The kernel reads plain row-major operands; a copy does not change any value. A
         // mask or bias that is a broadcast view (a padding mask `[b, 1, 1, k]` expanded) is
@@ -391,4 +363,10 @@ where
     let lhs = expand(lhs, m, k);
     let rhs = expand(rhs, k, n);
     (lhs, rhs, vec![batch, m, n])
+}
+
+/// A new contiguous tensor of `shape` and `dtype` on `like`'s client and device: a kernel's
+/// output.
+fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape, dtype: DType) -> CubeTensor<R> {
+    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), shape, dtype)
 }

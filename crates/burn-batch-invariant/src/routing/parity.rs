@@ -3,8 +3,9 @@
 //! itself, on untracked tensors.
 //!
 //! Burn 0.21's `Autodiff` never calls its inner backend's `softmax`, `log_softmax`,
-//! `layer_norm` or `attention`: it runs composites of primitives (`max_dim`, `exp`, `sum_dim`, `matmul`,
-//! ...), which reach our routed primitives. Running the inference op through the very same
+//! `layer_norm` or `attention` (nor does our `rms_norm` under it): it runs composites of
+//! primitives (`max_dim`, `exp`, `sum_dim`, `matmul`, ...), which reach our routed
+//! primitives. Running the inference op through the very same
 //! `Autodiff` method, rather than a copy of its composite, keeps the two forwards equal by
 //! construction, whatever Burn's composites are. The inputs are marked as requiring
 //! gradients, as a training forward's are: `Autodiff` runs some ops differently when it
