@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Step 1 of the GPU check (docs/gpu-testing.md): builds the test suite, the A/B example and
-# the benchmark here, release with CUDA, and gathers them, stripped and compressed, with
-# the reference script and the runner in .gpu/ (git-ignored, under the 64 MiB that travels).
+# Builds the test suite, the A/B examples and the benchmarks in release (CUDA and wgpu are
+# both compiled in; the runtime is chosen when they run) and gathers them, stripped and
+# gzipped, with the runner (scripts/gpu-run.sh as run.sh) and scripts/reference_torch.py in
+# .gpu/ (git-ignored). Copy .gpu/ to the CUDA machine (it needs no Rust toolchain) and run
+# `bash .gpu/run.sh` from the directory that holds it (docs/gpu-testing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,5 +27,5 @@ done
 strip .gpu/*
 gzip -9 .gpu/*
 cp scripts/gpu-run.sh .gpu/run.sh
-if [ -f ../shared/anchors/anchors_torch.py ]; then cp ../shared/anchors/anchors_torch.py .gpu/; fi
+cp scripts/reference_torch.py .gpu/
 du -sh .gpu

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Step 2 of the GPU check, run on the GPU machine from the repository root:
+# Runs what scripts/gpu-build.sh gathered in .gpu/, on the CUDA machine, from the directory
+# that holds .gpu/:
 #   bash .gpu/run.sh
-# Runs the suite on CUDA, the A/B example with the mode on and off, the benchmark and the
-# reference timings (anchors_torch.py), and writes everything plus report.md under $OUT
-# (eight files at most: what the device tool brings back). ab_generate exits non-zero when
-# BatchInvariant lets a prompt's tokens or logits change with its batch.
+# The suite on CUDA, ab_ops with the mode on and off, ab_generate, the benchmarks (plain and
+# fused backend, matmul, attention) and the reference timings (reference_torch.py). Results
+# go under $OUT (default ./gpu-out): report.md (a summary with every text output), tests.log,
+# ab_ops.txt, the benchmarks' JSON, plots.tar and reference.json. The script exits non-zero
+# when a test fails, when ab_ops finds a routed op that moves with its batch, or when
+# ab_generate finds a prompt whose tokens or logits change with its batch under BatchInvariant.
+# BI_GPU_PARTS selects a subset of: suite ab generate bench fused matmul attention reference
+# (e.g. BI_GPU_PARTS="matmul reference" for the matmul tables).
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}") # absolute: the script changes directory below
 mkdir -p "$OUT"
-PARTS=" ${BI_GPU_PARTS:-suite ab generate bench fused matmul attention anchors} " # a subset keeps a call short
+PARTS=" ${BI_GPU_PARTS:-suite ab generate bench fused matmul attention reference} " # a subset runs faster
 part() { [[ "$PARTS" == *" $1 "* ]]; }
-TMP=$(mktemp -d) # logs that only feed report.md: $OUT brings back 8 files at most
+TMP=$(mktemp -d) # logs whose content goes into report.md, so that $OUT holds one copy of each
 cd .gpu
 for f in *.gz; do gunzip -f "$f"; done
 chmod +x suite ab_* bench* 2>/dev/null
@@ -51,16 +56,17 @@ if part attention; then
     timeout 300 ./bench_attention --cuda --json "$OUT/attention.json" >"$TMP/bench_attention.txt" 2>&1
     attn_rc=$?
 fi
-anchors_rc=skipped
-if [ -f anchors_torch.py ] && part anchors; then
-    PYTHONUNBUFFERED=1 python3 anchors_torch.py >"$OUT/anchors.txt" 2>&1
-    anchors_rc=$?
+reference_rc=skipped
+if [ -f reference_torch.py ] && part reference; then
+    # Prints one JSON line per measurement (kept for report.md) and writes $OUT/reference.json.
+    OUT="$OUT" PYTHONUNBUFFERED=1 python3 reference_torch.py >"$TMP/reference.txt" 2>&1
+    reference_rc=$?
 fi
 
 {
     echo "# GPU run $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "device: $device"
-    echo "suite exit: $tests_rc; ab_ops exit: $ab_rc; bench exit: $bench_rc; fused exit: $fused_rc; bench_matmul exit: $matmul_rc; bench_attention exit: $attn_rc; ab_generate exit: $gen_rc; anchors exit: $anchors_rc"
+    echo "suite exit: $tests_rc; ab_ops exit: $ab_rc; bench exit: $bench_rc; fused exit: $fused_rc; bench_matmul exit: $matmul_rc; bench_attention exit: $attn_rc; ab_generate exit: $gen_rc; reference exit: $reference_rc"
     echo; echo "## tests"; grep -E '^test |test result|panicked|assert' "$OUT/tests.log" | head -80
     echo; echo "## ab_ops (mode on)"; cat "$OUT/ab_ops.txt" 2>/dev/null
     echo; echo "## ab_ops (BURN_BATCH_INVARIANT=0)"; cat "$TMP/ab_ops_mode_off.txt" 2>/dev/null
@@ -70,10 +76,9 @@ fi
     echo; echo "## ab_ops --fused"; cat "$TMP/ab_ops_fused.txt" 2>/dev/null
     echo; echo "## bench_matmul"; cat "$TMP/bench_matmul.txt" 2>/dev/null
     echo; echo "## bench_attention"; cat "$TMP/bench_attention.txt" 2>/dev/null
-    echo; echo "## anchors"; [ -f "$OUT/anchors.txt" ] && grep -v '^\s*$' "$OUT/anchors.txt" | tail -40
+    echo; echo "## reference_torch.py"; cat "$TMP/reference.txt" 2>/dev/null
 } >"$OUT/report.md"
-# The plots (attention.svg, bench_matmul.<dtype>.svg) travel as one file: $OUT brings back
-# eight files at most.
+# The plots (attention.svg, bench_matmul.<dtype>.svg) go into one archive, plots.tar.
 if ls "$OUT"/*.svg >/dev/null 2>&1; then
     (cd "$OUT" && tar -cf plots.tar ./*.svg && rm -f ./*.svg)
 fi

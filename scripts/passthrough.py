@@ -7,12 +7,13 @@ primitives, or, worse, a method the inner backend overrides with a faster kernel
 stops being used. This script reads every ops trait of burn-backend 0.21.0 and
 
   --check     fails (exit 1) when an impl file in crates/burn-batch-invariant/src/ops/
-              lacks a method of its trait, required or defaulted, that is not listed on a
-              `// default-body: a, b` line, or when burn-cubecl or burn-fusion overrides a method listed
-              there (then the mode switched off would not compute what `B` computes);
-              this is what CI runs;
-  --generate  prints a forwarding impl for one trait, the starting point of a new
-              ops file (`--generate FloatTensorOps`).
+              lacks a method of its trait, required or defaulted (routed in `route!`,
+              forwarded in `forward!` or written out), that is not listed on a
+              `// default-body: a, b` line, or when burn-cubecl or burn-fusion overrides a
+              method listed there (then the mode switched off would not compute what `B`
+              computes); the test command runs it;
+  --generate  prints a `forward!` block for one trait, the starting point of a new ops
+              file (`--generate FloatTensorOps`).
 
 It parses only what it needs: trait bodies, method names, parameter names, signatures.
 """
@@ -170,12 +171,13 @@ def check():
 
 def generate(trait):
     print("impl<B: KernelHost> %s<Self> for BatchInvariant<B> {" % trait)
+    print("    forward! {")
     for name, sig, names, _ in trait_methods(trait):
         sig = re.sub(r"\bB\b", "Self", sig)
         sig = re.sub(r"\s+", " ", sig).replace("( ", "(").replace(", )", ")")
-        args = ", ".join(n.lstrip("_") if n.startswith("_") else n for n in names)
         sig = re.sub(r"\b_(\w+):", r"\1:", sig)
-        print("    %s {\n        B::%s(%s)\n    }" % (sig, name, args))
+        print("        %s;" % sig)
+    print("    }")
     print("}")
 
 

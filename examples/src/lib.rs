@@ -114,9 +114,10 @@ pub fn bench_ms<X: Backend, T>(device: &X::Device, mut f: impl FnMut() -> T) -> 
 /// How [`device_ms`] evicts the timed call's data from L2 between two calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flush {
-    /// Write 64 MiB, as triton's `do_bench` (and so the torch anchors) does. The L2 is then
-    /// full of dirty lines, which the timed call pays to write back as it evicts them (Burn's
-    /// mean over 16384 x 4096 f32 on an H100: 0.102 ms against 0.094 with [`Flush::Clean`]).
+    /// Write 64 MiB, as triton's `do_bench` (and so `scripts/reference_torch.py`) does. The
+    /// L2 is then full of dirty lines, which the timed call pays to write back as it evicts
+    /// them (Burn's mean over 16384 x 4096 f32 on an H100: 0.102 ms against 0.094 with
+    /// [`Flush::Clean`]).
     Dirty,
     /// Read 64 MiB: the L2 holds clean lines of another tensor, so the timed call pays only
     /// for its own traffic.
@@ -125,7 +126,7 @@ pub enum Flush {
 
 /// f32 elements written (read, for [`Flush::Clean`]) between two timed calls: 64 MiB, more
 /// than the H100's 50 MiB of L2, so that every call starts from a cold cache as in triton's
-/// `do_bench`, which the torch anchors use.
+/// `do_bench`, which the torch reference timings (`scripts/reference_torch.py`) use.
 const FLUSH_LEN: usize = 16 << 20;
 /// f32 elements of the tensor one blocker pass rewrites: 128 MiB (about 0.09 ms on an H100;
 /// wgpu refuses buffers of 256 MiB).
@@ -137,7 +138,7 @@ const MAX_BLOCKER_PASSES: usize = 128;
 ///
 /// Why not wall clock: at small shapes a Burn call costs more host time (dispatch, launch
 /// arguments) than device time, so a wall-clock loop measures the host, while the torch
-/// anchors time device work with CUDA events. cubecl 0.10 profiles CUDA with the system
+/// reference timings time device work with CUDA events. cubecl 0.10 profiles CUDA with the system
 /// clock, so this uses a blocker instead: a chain of passes over a large tensor is queued
 /// first, and the timed calls are queued behind it while it runs. The device then runs them
 /// back to back, and `(T(blocker, n x (flush, f)) - T(blocker, n x flush)) / n` is their

@@ -172,6 +172,41 @@ pub fn bits<B: Backend, const D: usize, K: BasicOps<B>>(t: Tensor<B, D, K>) -> V
     t.into_data().as_bytes().to_vec()
 }
 
+/// The batch sizes every invariance test cuts a batch to: one row, small odd sizes, a power
+/// of two, sizes past the row counts at which kernels change their cube layout. Sizes above
+/// the tested batch are skipped.
+pub const BATCH_SIZES: [usize; 8] = [1, 2, 3, 7, 64, 257, 1024, 8200];
+
+/// The invariance check of every row-wise op: `op` applied to the first `m` entries of `x`
+/// along dim `batch` (for every `m` of [`BATCH_SIZES`] that fits), and to single entries
+/// (the first, the second, the middle and the last) taken alone, must give the bits of the
+/// same entries of `op(x)`; and `op(x)` twice must agree. `op` keeps dim `batch` and its
+/// length, as every row-wise op does.
+pub fn check_batches<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    batch: usize,
+    what: &str,
+    op: impl Fn(Tensor<B, D>) -> Tensor<B, D>,
+) {
+    let max = x.dims()[batch];
+    let full = op(x.clone());
+    for &m in BATCH_SIZES.iter().filter(|&&m| m <= max) {
+        assert!(
+            bits(op(x.clone().narrow(batch, 0, m))) == bits(full.clone().narrow(batch, 0, m)),
+            "{what}: the first {m} rows differ from the same rows in a batch of {max}"
+        );
+    }
+    let mut alone = vec![0, 1, max / 2, max - 1];
+    alone.dedup();
+    for r in alone.into_iter().filter(|&r| r < max) {
+        assert!(
+            bits(op(x.clone().narrow(batch, r, 1))) == bits(full.clone().narrow(batch, r, 1)),
+            "{what}: row {r} alone differs from row {r} in a batch of {max}"
+        );
+    }
+    assert!(bits(op(x)) == bits(full), "{what}: run to run");
+}
+
 /// Values widened to f64 (through f32, exact for f16/bf16).
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
     t.cast(FloatDType::F32)
@@ -204,6 +239,17 @@ pub fn panic_message<R>(f: impl FnOnce() -> R) -> String {
     } else {
         String::from("<non-string panic>")
     }
+}
+
+/// The plain CubeCL backend the kernel-level tests launch on (f32 by default; each test
+/// casts to the dtype it needs).
+pub type Plain<R> = burn_cubecl::CubeBackend<R, f32, i32, u32>;
+
+/// The `CubeTensor` behind a plain-backend tensor, as it is stored (Burn may pitch rows).
+pub fn primitive<R: burn_cubecl::CubeRuntime, const D: usize>(
+    t: Tensor<Plain<R>, D>,
+) -> burn_cubecl::tensor::CubeTensor<R> {
+    t.into_primitive().tensor()
 }
 
 /// A contiguous float tensor of `shape` filled with NaN, for poisoned-output tests. Built

@@ -15,7 +15,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, FloatDType, Tensor, TensorData};
 use burn_batch_invariant_tests::*;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::{tensor::CubeTensor, CubeBackend, CubeRuntime};
+use burn_cubecl::{tensor::CubeTensor, CubeRuntime};
 
 const HEADS: usize = 2;
 
@@ -376,11 +376,9 @@ fn accuracy_and_options<B: KernelHost>(device: &B::Device) {
     }
 }
 
-type Plain<R> = CubeBackend<R, f32, i32, u32>;
-
 /// The kernel takes plain row-major operands; Burn may pitch the rows of a new tensor.
-fn primitive<R: CubeRuntime>(t: Tensor<Plain<R>, 4>) -> CubeTensor<R> {
-    into_contiguous(t.into_primitive().tensor())
+fn contiguous<R: CubeRuntime>(t: Tensor<Plain<R>, 4>) -> CubeTensor<R> {
+    into_contiguous(primitive(t))
 }
 
 /// A contiguous f32 operand of `shape` with deterministic values, for direct launches.
@@ -390,7 +388,7 @@ fn random_primitive<R: CubeRuntime>(
     device: &R::Device,
 ) -> CubeTensor<R> {
     let n = shape.iter().product();
-    primitive(tensor::<Plain<R>, 4>(
+    contiguous(tensor::<Plain<R>, 4>(
         random_values(n, seed),
         shape,
         FloatDType::F32,
@@ -577,7 +575,7 @@ fn broadcast_views_match_copies<R: CubeRuntime>(device: &R::Device) {
             }
         })
         .collect();
-    let mask = primitive(Tensor::<Plain<R>, 4>::from_data(
+    let mask = contiguous(Tensor::<Plain<R>, 4>::from_data(
         TensorData::new(padding, [b, 1, 1, sk]),
         device,
     ));
@@ -622,7 +620,7 @@ fn broadcast_views_match_copies<R: CubeRuntime>(device: &R::Device) {
 }
 
 fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
-    let t = |shape: [usize; 4]| primitive(Tensor::<Plain<R>, 4>::zeros(shape, device));
+    let t = |shape: [usize; 4]| contiguous(Tensor::<Plain<R>, 4>::zeros(shape, device));
     let (q, k, v) = (t([1, 2, 3, 8]), t([1, 2, 5, 8]), t([1, 2, 5, 8]));
     let client = q.client.clone();
     let options = AttentionOptions {

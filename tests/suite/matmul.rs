@@ -14,7 +14,7 @@ use burn::nn::LinearConfig;
 use burn::tensor::ops::{FloatTensorOps, ModuleOps};
 use burn::tensor::{FloatDType, Shape, Tensor, TensorPrimitive};
 use burn_batch_invariant_tests::*;
-use burn_cubecl::{tensor::CubeTensor, CubeBackend, CubeRuntime};
+use burn_cubecl::CubeRuntime;
 
 const ROWS: [usize; 8] = [1, 2, 3, 7, 16, 64, 257, 1024];
 
@@ -350,12 +350,6 @@ fn empty_problems<B: KernelHost>(device: &B::Device) {
     let out = x.matmul(w);
     assert_eq!(out.dims(), [3, 4]);
     assert_eq!(values(out), vec![0.0; 12]);
-}
-
-type Plain<R> = CubeBackend<R, f32, i32, u32>;
-
-fn primitive<R: CubeRuntime, const D: usize>(t: Tensor<Plain<R>, D>) -> CubeTensor<R> {
-    t.into_primitive().tensor()
 }
 
 /// Direct launches into NaN-poisoned outputs, on every path the runtime has, without and

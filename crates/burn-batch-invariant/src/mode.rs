@@ -1,6 +1,6 @@
 //! The batch-invariant mode switch.
 //!
-//! One switch for the whole process, like the seed's `enable/disable_batch_invariant_mode`:
+//! One switch for the whole process, like vLLM's `enable/disable_batch_invariant_mode`:
 //! a model is served from many threads (request handlers, data loaders) and they must all
 //! agree on which kernels run. It is a single atomic, so reading and flipping it from any
 //! number of threads is safe; a routed op reads it once, when it is called.

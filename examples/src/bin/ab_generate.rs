@@ -9,9 +9,9 @@
 //!     cargo run --release -p burn-batch-invariant-examples --bin ab_generate -- --cuda  # full model
 //!
 //! Flags: `--tiny`/`--full` (model size; default tiny on wgpu, full on CUDA), `--dtype
-//! f32|f16|bf16` (default f32: on the H100, Burn's default changed 6 to 11 of 12 prompts'
-//! logits in f32 and none in one bf16 run; its kernel choices differ per dtype). With `BURN_BATCH_INVARIANT=0` the BatchInvariant rows run Burn's kernels
-//! (the A/B switch). Exit status 1 when BatchInvariant (mode on) lets any prompt change.
+//! f32|f16|bf16` (default f32: on an H100, Burn's default changed 6 to 11 of 12 prompts'
+//! logits in f32 and none in one bf16 run; its kernel choices differ per dtype). With
+//! `BURN_BATCH_INVARIANT=0` the BatchInvariant rows run Burn's kernels (the A/B switch). Exit status 1 when BatchInvariant (mode on) lets any prompt change.
 
 use burn::tensor::{backend::Backend, DType, FloatDType};
 use burn_batch_invariant::{mode, BatchInvariant, KernelHost};

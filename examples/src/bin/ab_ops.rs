@@ -195,7 +195,7 @@ fn report<B: KernelHost>(device: &B::Device) {
                 );
             }
             let note = if !op.routed && backend == "BatchInvariant" {
-                "  (not routed yet)"
+                "  (not routed)"
             } else {
                 ""
             };

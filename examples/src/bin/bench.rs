@@ -12,7 +12,8 @@
 //! samples after warm-up calls that also absorb Burn's autotuning); with `--fused`, wall
 //! clock per call including host overhead. Both columns are timed the same way. The
 //! bandwidth-bound sum and mean rows are timed once more with a clean L2 between calls
-//! (`Flush::Clean`): the dirty flush costs them a write-back the torch copy anchor hardly pays.
+//! (`Flush::Clean`): the dirty flush costs them a write-back that torch's copy (in
+//! `scripts/reference_torch.py`) hardly pays.
 
 use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};

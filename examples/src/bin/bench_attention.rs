@@ -6,10 +6,10 @@
 //!     cargo run --release -p burn-batch-invariant-examples --bin bench_attention -- --cuda --json attention.json
 //!
 //! `--quick` runs small shapes (for a CPU/lavapipe smoke run); `--phase prefill` or
-//! `--phase decode` runs one phase. Shapes follow
-//! ../shared/anchors: prefill is 32 heads x 2048 tokens x head dim 128, bf16, causal;
-//! decode is one query against 4096 cached keys. Timing as in `bench`
-//! (`burn_batch_invariant_examples::bench_ms`): device time per call from a cold L2.
+//! `--phase decode` runs one phase. The shapes match `scripts/reference_torch.py`: prefill
+//! is 32 heads x 2048 tokens x head dim 128, bf16, causal; decode is one query against 4096
+//! cached keys. Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device
+//! time per call from a cold L2.
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;

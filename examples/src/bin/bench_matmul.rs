@@ -254,9 +254,8 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
     };
     // A TMA box is at most 256 elements a side, so 16 K tiles per stage is the deepest.
     // Each candidate with the rows it is meant for and the loader/instruction forms to try.
-    // The 05:41 sweep (231 candidates) picked the router's tilings from a wider field;
-    // this is the neighbourhood of its winners (256x256 per cube, 3.5-51 ms at 05:58, is
-    // left out).
+    // The router's tilings were picked from a wider field (231 candidates); this is the
+    // neighbourhood of the winners (256x256 per cube, 3.5-51 ms on an H100, is left out).
     use Loader::{SpecializedTma as Spec, Tma};
     use TileKind::{MmaSync, Wmma};
     const DECODE: &[usize] = &[1, 16, 64];
@@ -269,12 +268,12 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
         &'static [usize],
         &'static [(Loader, TileKind)],
     );
-    // f32 (`--sweep-f32`): decode tilings in the one TF32 form. The 06:51 and 08:24 calls
-    // (2026-11-27) picked `NARROW_TF32` and `SKINNY_TF32` from half and all of the bf16
-    // stage depth, narrower and wider cubes; these are the winners and runners-up.
+    // f32 (`--sweep-f32`): decode tilings in the one TF32 form. `NARROW_TF32` and
+    // `SKINNY_TF32` were picked from half and all of the bf16 stage depth, narrower and
+    // wider cubes; these are the winners and runners-up.
     const F32_FORMS: &[(Loader, TileKind)] = &[(Spec, MmaSync), (Tma, MmaSync)];
-    // The 06:47 call (H200, 2026-12-02) swept 15 64-row cubes at M = 64; the last three
-    // are the runners-up (the two-warp 64x32 cube is the `SKINNY_TF32` of 2026-11-27).
+    // At M = 64, 15 64-row cubes were swept on an H200; the last three are the runners-up
+    // (the two-warp 64x32 cube is the one `SKINNY_TF32`'s docs compare it with).
     let f32_candidates: [Candidate; 9] = [
         (NARROW_TF32, DECODE, F32_FORMS),
         (NARROW, &[1, 16], F32_FORMS),
@@ -301,8 +300,8 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
         (tiling("128x256k4", (4, 4, 4), (2, 4)), LARGE, SPEC_MMA),
         (tiling("256x128w16", (2, 4, 4), (8, 2)), LARGE, SPEC_MMA),
         // Wave shaping: 1024 x 14336 outputs are 448 cubes of 256x128 (3.39 waves on 132
-        // multiprocessors) but 512 of 256x112 (3.88). At 17:05 (2026-11-27) 128x224, the
-        // other 512-cube shape, lost everywhere (0.429 ms at 1024 x 4096 x 14336).
+        // multiprocessors) but 512 of 256x112 (3.88). On an H100 128x224, the other
+        // 512-cube shape, lost everywhere (0.429 ms at 1024 x 4096 x 14336).
         (WIDE_N112, LARGE, SPEC_MMA),
     ];
     let (dtype, listed, forms): (FloatDType, &[Candidate], _) = if flag("--sweep-f32") {

@@ -33,8 +33,9 @@
 //! `mma.sync`: the score's dot product is one instruction chain over 16 dims at a time, the
 //! block's row maximum and sum are taken per lane and then folded across the four lanes of
 //! a row in a fixed butterfly, and `p_0 v_0 + p_1 v_1 + ...` is one instruction chain per 8
-//! columns, with the weights rounded to the input dtype, added to `acc * alpha`. Which arithmetic runs depends on the device, the
-//! dtype and the head dims, never on the batch or the sequence lengths.
+//! columns, with the weights rounded to the input dtype, added to `acc * alpha`. Which
+//! arithmetic runs depends on the device, the dtype and the head dims, never on the batch or
+//! the sequence lengths.
 //!
 //! A key that does not take part changes nothing, bit for bit, and an empty chunk is
 //! skipped, so a decode step (one query against a cache of `n` keys) performs exactly the
@@ -54,12 +55,11 @@
 //! same order through the same helpers (`finish_score`, `chunk_end`); the suite compares a
 //! decode step with the prefill bitwise. The tensor-core kernel gives a cube 4 warps of 16
 //! queries each for a prefill and one warp (its query in row 0 of the tile) for a decode
-//! step. Queries and chunks that the causal rule rules out
-//! entirely are not launched work (their state is written empty). The options that select
-//! arithmetic (mask, bias, causal, softcap) are runtime flags, not compile-time ones, so
-//! that every option set runs the same compiled code. Large
-//! problems are launched in slabs of queries so that the scratch stays under
-//! [`launch::SCRATCH_BYTES`]; a slab changes which cube computes a row, not how.
+//! step. Queries and chunks that the causal rule rules out entirely are not launched work
+//! (their state is written empty). The options that select arithmetic (mask, bias, causal,
+//! softcap) are runtime flags, not compile-time ones, so that every option set runs the
+//! same compiled code. Large problems are launched in slabs of queries so that the scratch
+//! stays under [`launch::SCRATCH_BYTES`]; a slab changes which cube computes a row, not how.
 
 pub mod cpu_reference;
 pub mod kernel;
@@ -71,15 +71,15 @@ pub use launch::{
     AttentionOptions, MAX_HEAD_DIM,
 };
 
-/// Queries per cube (the seed's `BLOCK_M`).
+/// Queries per cube (vLLM's `BLOCK_M`).
 pub const BLOCK_Q: usize = 16;
-/// Keys per block of the online softmax (the seed's `BLOCK_N`).
+/// Keys per block of the online softmax (vLLM's `BLOCK_N`).
 pub const BLOCK_K: usize = 16;
 /// Keys per chunk: the unit of the key split, aligned to absolute key positions.
 pub const KEY_SPLIT: usize = 512;
 
 /// The fixed block size of the invariant attention's portable kernels, `(queries, keys)`,
-/// as the seed's `get_batch_invariant_attention_block_size()` exposes it.
+/// as vLLM's `get_batch_invariant_attention_block_size()` exposes it.
 pub const fn attention_block_size() -> (usize, usize) {
     (BLOCK_Q, BLOCK_K)
 }

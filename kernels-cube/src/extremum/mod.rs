@@ -20,9 +20,8 @@
 //! lanes per candidate where candidates are few and long: lane `t` scans vectors
 //! `t, t + P, ...` of the row (vectors of 4 entries where the row is contiguous and
 //! aligned, of one entry otherwise) and the `P` candidates are folded pairwise in shared
-//! memory. Rows of
-//! `LONG_ROW_MIN_LEN` (8192) entries or more are cut into chunks of [`CHUNK_LEN`], one group
-//! of lanes per chunk, and a second kernel folds each row's chunk winners in chunk order: a
+//! memory. Rows of `LONG_ROW_MIN_LEN` (8192) entries or more are cut into chunks of
+//! [`CHUNK_LEN`], one group of lanes per chunk, and a second kernel folds each row's chunk winners in chunk order: a
 //! 128256-entry argmax then runs on 32 cubes instead of one.
 
 pub mod cpu_reference;

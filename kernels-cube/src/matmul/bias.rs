@@ -1,18 +1,19 @@
 //! The `linear` bias added in the tensor-core matmul's epilogue.
 //!
 //! For f16 and bf16, `x @ W + b` computed as a matmul and then an add rounds twice: the
-//! f32 accumulator to the output dtype, then the sum with the bias. The seed's
-//! `addmm_batch_invariant` adds the bias to the f32 accumulator and rounds once; so does
-//! this module. The tensor-core kernel stays cubek's, with its own tiles, loaders and K
-//! walk; what changes is only its output. cubek hands every finished output vector to the
-//! output *view* of its `MatmulArgs` as `f32` (the output is declared f32, so the value is
-//! the accumulator itself, never rounded). The view here is [`BiasedStore`]: its write adds
-//! the bias of the vector's columns in f32 and stores the sum rounded to the output dtype.
+//! f32 accumulator to the output dtype, then the sum with the bias. vLLM's batch-invariant
+//! `addmm_batch_invariant` (a Triton kernel) adds the bias to the f32 accumulator and
+//! rounds once; so does this module. The tensor-core kernel stays cubek's, with its own
+//! tiles, loaders and K walk; what changes is only its output. cubek hands every finished
+//! output vector to the output *view* of its `MatmulArgs` as `f32` (the output is declared
+//! f32, so the value is the accumulator itself, never rounded). The view here is
+//! [`BiasedStore`]: its write adds the bias of the vector's columns in f32 and stores the sum
+//! rounded to the output dtype.
 //!
-//! Nothing is loaded into the accumulators before the K loop (cubek's accumulator input,
-//! which session 13 measured wrong on the warp-specialized routine), and nothing is staged
-//! beyond the f32 output tiles cubek stages anyway: the bias is read per output vector from
-//! global memory, where one row of it serves every row of the output.
+//! Nothing is loaded into the accumulators before the K loop (cubek's accumulator input
+//! gives wrong results with the warp-specialized routine), and nothing is staged beyond the
+//! f32 output tiles cubek stages anyway: the bias is read per output vector from global
+//! memory, where one row of it serves every row of the output.
 
 use core::marker::PhantomData;
 

@@ -3,7 +3,7 @@
 //!
 //! A fixed grid of cubes walks the output tiles in grouped order (a group of
 //! [`GROUP_M`] tile rows is finished column by column before the next, so neighbouring
-//! cubes share operand tiles in cache, the seed's `GROUP_SIZE_M` swizzle). For each tile,
+//! cubes share operand tiles in cache, as vLLM's `GROUP_SIZE_M` swizzle does). For each tile,
 //! K is consumed in steps of [`STEP_K`] staged through shared memory, and each thread adds
 //! `a[m][k] * b[k][n]` into its f32 accumulators for k = 0, 1, 2, ... in order. The tile
 //! walk and the grid size only decide *who* computes an element; the sum is always the same

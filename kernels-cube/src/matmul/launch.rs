@@ -34,8 +34,8 @@ impl MatmulPath {
     }
 }
 
-/// What one launch did, the numbers a profiler user wants next to its time: the seed's
-/// `_matmul_launch_metadata` (name, M/N/K, flops, bytes).
+/// What one launch did, the numbers a profiler user wants next to its time: what vLLM's
+/// `_matmul_launch_metadata` reports (name, M/N/K, flops, bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MatmulLaunch {
     pub name: &'static str,
@@ -145,10 +145,10 @@ pub fn matmul_output_shape(lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>, M
 
 /// The path [`launch_matmul`] takes on this runtime for this problem. It depends on the
 /// runtime, the dtype, K = 0, the output's size and the multiprocessor count (the tiling,
-/// [`tiling_for`]) and (for the loader) the operand strides; every choice gives the same bits
-/// per element, see the module docs, except the loader in f32
-/// ([`tensor_core::loaders_agree`]), which is therefore chosen by what does not change with
-/// M: TMA for aligned strides and an lhs stored by rows, plain loads otherwise.
+/// [`tiling_for`]) and, for the loader, on how the operands are stored ([`tma_reads_both`]).
+/// Every choice gives the same bits per element (see the module docs) except the loader in
+/// f32 ([`tensor_core::loaders_agree`]), where the launch brings every problem it can to TMA
+/// so that the loader does not follow M.
 pub fn choose_path<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: &TensorBinding<R>,
@@ -170,7 +170,7 @@ pub fn choose_path<R: Runtime>(
         return MatmulPath::Portable;
     };
     let tiling = TensorCoreTiling { kind, ..tiling };
-    let loader = if tma_takes(lhs, rhs, dtype) == [true, true] {
+    let loader = if tma_reads_both(lhs, rhs, dtype) {
         Loader::SpecializedTma
     } else {
         Loader::Cyclic
@@ -178,36 +178,70 @@ pub fn choose_path<R: Runtime>(
     MatmulPath::TensorCore { tiling, loader }
 }
 
-/// Whether the router gives `lhs` and `rhs` to TMA, each as it is stored (both must be).
-/// TMA descriptors need every stride but the contiguous dim's 16-byte aligned. In f16 and
-/// bf16 the loaders agree, so that is all. In f32 they do not
-/// ([`tensor_core::loaders_agree`]), and the choice must not follow M: an lhs read down its
-/// columns has a K stride that is usually M (the transposed view of an `[K, M]` buffer), so
-/// it is refused, while a row-major lhs's strides are its row width and multiples of it.
-/// Batches stored out of order are accepted: the launch copies them into aligned rows
-/// itself ([`aligned_rows`]). Batches broadcast on one side only are refused in f32, where
-/// TMA cannot take them. (The Burn layer copies refused f32 operands into aligned rows
-/// first, so that every f32 problem it routes reaches TMA.)
-pub fn tma_takes<R: Runtime>(
+/// Whether TMA reads both operands once [`prepare_operands`] has copied what it copies.
+///
+/// TMA descriptors need every stride but the contiguous dim's 16-byte aligned, and batches
+/// in order; batches out of order are always copied into [`aligned_rows`]. In f16 and bf16
+/// the loaders agree, so an operand with other unaligned strides simply takes plain loads.
+/// In f32 they do not, and the choice must not follow M: an lhs read down its columns has a
+/// K stride that is usually M (the transposed view of an `[K, M]` buffer), so TMA would take
+/// it at some M and not at others. There every operand TMA cannot read as stored is copied
+/// into aligned rows, and every f32 problem reaches TMA, except batches broadcast on one
+/// side only (TMA cannot pair them; such a problem takes plain loads whatever its M).
+fn tma_reads_both<R: Runtime>(
     lhs: &TensorBinding<R>,
     rhs: &TensorBinding<R>,
     dtype: StorageType,
-) -> [bool; 2] {
+) -> bool {
     let lhs = unit_strides_normalized(lhs.clone(), dtype);
     let rhs = unit_strides_normalized(rhs.clone(), dtype);
-    let agree = tensor_core::loaders_agree(dtype);
+    if !tensor_core::loaders_agree(dtype) {
+        return batches_paired(&lhs, &rhs);
+    }
+    [&lhs, &rhs]
+        .iter()
+        .all(|b| !tensor_core::batches_in_order(&b.strides) || tma_aligned(&b.strides, dtype))
+}
+
+/// Whether TMA can pair the operands' batches: as many on each side, or one side unbatched.
+fn batches_paired<R: Runtime>(lhs: &TensorBinding<R>, rhs: &TensorBinding<R>) -> bool {
     let batches = |b: &TensorBinding<R>| -> usize { b.shape[..b.shape.len() - 2].iter().product() };
-    let (lhs_batches, rhs_batches) = (batches(&lhs), batches(&rhs));
-    let paired = agree || lhs_batches == rhs_batches || lhs_batches == 1 || rhs_batches == 1;
-    // Operands with batches out of order are copied into aligned rows by the launch.
-    let takes = |b: &TensorBinding<R>, by_rows: bool| {
-        !tensor_core::batches_in_order(&b.strides)
-            || (tma_aligned(&b.strides, dtype) && (agree || by_rows))
+    let (lhs_batches, rhs_batches) = (batches(lhs), batches(rhs));
+    lhs_batches == rhs_batches || lhs_batches == 1 || rhs_batches == 1
+}
+
+/// The operands as the kernel of `path` reads them: strides of extent-1 dims normalised
+/// ([`unit_strides_normalized`]) and, on the tensor cores, a copy into [`aligned_rows`] of
+/// every operand whose batches are out of order, and in f32 under TMA of every operand TMA
+/// cannot read as stored ([`tma_reads_both`] says why). Copies change no value; the one
+/// decision they serve is which loader reads the operands.
+fn prepare_operands<R: Runtime>(
+    client: &ComputeClient<R>,
+    lhs: TensorBinding<R>,
+    rhs: TensorBinding<R>,
+    dtype: StorageType,
+    path: MatmulPath,
+) -> (TensorBinding<R>, TensorBinding<R>) {
+    let lhs = unit_strides_normalized(lhs, dtype);
+    let rhs = unit_strides_normalized(rhs, dtype);
+    let MatmulPath::TensorCore { loader, .. } = path else {
+        return (lhs, rhs);
     };
-    [
-        takes(&lhs, lhs.strides[lhs.strides.len() - 1] == 1) && paired,
-        takes(&rhs, true) && paired,
-    ]
+    let tma_f32 = loader != Loader::Cyclic && !tensor_core::loaders_agree(dtype);
+    let prepare = |b: TensorBinding<R>, by_rows: bool| {
+        let copy = !tensor_core::batches_in_order(&b.strides)
+            || (tma_f32 && !(by_rows && tma_aligned(&b.strides, dtype)));
+        if copy {
+            unit_strides_normalized(aligned_rows(client, b, dtype).binding(), dtype)
+        } else {
+            b
+        }
+    };
+    // cubek's own copy of operands with batches out of order would come after the forced
+    // blueprint was fitted to their original layout (TMA boxes overrunning the stages);
+    // copied here, the blueprint sees what the kernel reads.
+    let lhs_by_rows = lhs.strides[lhs.strides.len() - 1] == 1;
+    (prepare(lhs, lhs_by_rows), prepare(rhs, true))
 }
 
 /// A copy of `b` stored by rows, each row starting on a 16-byte boundary, batches in order:
@@ -312,9 +346,9 @@ pub fn launch_matmul<R: Runtime>(
 }
 
 /// `out = lhs @ rhs + bias` as [`launch_matmul`], `bias` a contiguous `[N]` of `dtype` added
-/// to every row: the seed's `addmm`. The bias joins each element's f32 accumulator after the
-/// last K step, and the sum is rounded to `dtype` once (a matmul followed by an add rounds
-/// twice in f16 and bf16).
+/// to every row, as vLLM's batch-invariant `addmm`. The bias joins each element's f32
+/// accumulator after the last K step, and the sum is rounded to `dtype` once (a matmul
+/// followed by an add rounds twice in f16 and bf16).
 pub fn launch_matmul_bias<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: TensorBinding<R>,
@@ -397,27 +431,7 @@ pub fn launch_matmul_on<R: Runtime>(
     if batches * m * n == 0 {
         return Ok(launch);
     }
-    let (lhs, rhs) = (
-        unit_strides_normalized(lhs, dtype),
-        unit_strides_normalized(rhs, dtype),
-    );
-    // cubek copies operands whose batches are out of order itself, after the forced
-    // blueprint was fitted to their original layout: the TMA boxes then overran the stages
-    // (an out-of-range shared address on the H100, 2026-11-28 01:50 UTC). Copied here
-    // instead, the blueprint sees what the kernel reads.
-    let (lhs, rhs) = match path {
-        MatmulPath::TensorCore { .. } => {
-            let ordered = |b: TensorBinding<R>| {
-                if tensor_core::batches_in_order(&b.strides) {
-                    b
-                } else {
-                    aligned_rows(client, b, dtype).binding()
-                }
-            };
-            (ordered(lhs), ordered(rhs))
-        }
-        MatmulPath::Portable => (lhs, rhs),
-    };
+    let (lhs, rhs) = prepare_operands(client, lhs, rhs, dtype, path);
     match path {
         MatmulPath::Portable => launch_portable(client, lhs, rhs, bias, out, dtype, &expected),
         MatmulPath::TensorCore { tiling, loader } => {
@@ -443,9 +457,8 @@ pub fn launch_matmul_on<R: Runtime>(
                 // than the TMA launches of the same rows, so the refusal is reported instead.
                 Err(e) if loader != Loader::Cyclic && !tensor_core::loaders_agree(dtype) => {
                     return Err(MatmulError::Setup(format!(
-                        "TMA refused this f32 problem, and plain loads would round its \
-                         operands differently (copy them into aligned rows first, as \
-                         `tma_takes` and `aligned_rows` describe): {e:?}"
+                        "TMA refused this f32 problem in aligned rows, and plain loads \
+                         would round its operands differently: {e:?}"
                     )));
                 }
                 Err(_) if loader != Loader::Cyclic => {

@@ -25,11 +25,9 @@
 //! (decode), 32x64 up to [`SKINNY_MAX_M`] (16x32 and 64x32 in f32, whose stages hold twice
 //! the bytes, or 64x128 where such cubes fill half the device), 128x64 up to
 //! [`MEDIUM_MAX_M`], 256x128 above, or 256x112 in f16 and bf16 where that leaves a less
-//! empty last wave of cubes ([`tiling_for`]); the smaller ones
-//! spread a small problem over more cubes, the deep-K ones keep the weight's loads in
-//! flight. They
-//! differ only in which cube and which warp computes a fragment and how tiles are staged
-//! through shared memory; the instruction, the K steps and the accumulation order are the
+//! empty last wave of cubes ([`tiling_for`]); the smaller ones spread a small problem over
+//! more cubes, the deep-K ones keep the weight's loads in flight. They differ only in which
+//! cube and which warp computes a fragment and how tiles are staged through shared memory; the instruction, the K steps and the accumulation order are the
 //! same, and the tests compare them all bitwise. The same holds for the loader in f16 and
 //! bf16 (TMA, with or without load-only warps, or plain loads: cubek refuses TMA for some
 //! strides) and for the form the instruction is issued in ([`TileKind`]: WMMA fragments or

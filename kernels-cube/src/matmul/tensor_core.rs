@@ -48,8 +48,8 @@ pub enum Loader {
 /// The form in which cubek issues the tensor-core instruction. For f16 and bf16 both run the
 /// same hardware MMA per 16-deep K step (a WMMA 16x16 fragment is two 16x8 `mma.sync` side
 /// by side), so only speed depends on the choice; the suite compares the two bitwise. For
-/// TF32 they do not agree (the suite saw different bits on the H100, 2026-11-27), so f32
-/// keeps one form for every tiling ([`form_for`]).
+/// TF32 they do not agree (the tests see different bits on an H100), so f32 keeps one form
+/// for every tiling ([`form_for`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TileKind {
     /// `nvcuda::wmma` fragments of 16x16 (cubek's `Cmma`), unswizzled shared memory.
@@ -69,10 +69,11 @@ pub struct TensorCoreTiling {
     pub kind: TileKind,
 }
 
-// The four tilings come from two H100 sweeps of 2026-11-27 (the 05:41 and 05:58 UTC calls,
-// `bench_matmul --tilings-only`, bf16, 381 candidates, every one with the router's bits; see
-// docs/performance.md, session 8). Times are for the warp-specialized TMA loader with
-// `mma.sync`, against the session-5 tilings (TMA double buffering, WMMA) on the same card.
+// The f16/bf16 size classes (`WIDE`, `MEDIUM`, `SKINNY`, `NARROW`) were picked by H100
+// sweeps (`bench_matmul --tilings-only`, bf16, 381 candidates, every one giving the router's
+// bits; see docs/performance.md). Their times are for the warp-specialized TMA loader with
+// `mma.sync`, against the double-buffered TMA loader with WMMA fragments and its own
+// tilings on the same card.
 
 /// 256x128 outputs per cube, eight warps of 64x64, four K tiles per stage: M > 256.
 /// 4096^3: 0.379 ms against 0.727.
@@ -104,10 +105,10 @@ pub const SKINNY: TensorCoreTiling = TensorCoreTiling {
 };
 
 /// 64x32 outputs per cube, four warps of 32x16, sixteen 8-deep K tiles per stage: 16 < M <=
-/// 64 in f32, unless [`SKINNY_TF32_WIDE`] fills the device. On an H200 (06:47 call,
-/// 2026-12-02, direct launch) at M = 64 and (K, N) = (4096, 4096), (4096, 14336), (14336,
-/// 4096): 0.059, 0.187, 0.174 ms, against 0.067, 0.206, 0.205 for the two-warp 64x32 cube
-/// that held this place from 2026-11-27 (whose 64 x 4096 x 14336 took 1.05x Burn's time).
+/// 64 in f32, unless [`SKINNY_TF32_WIDE`] fills the device. On an H200 (direct launch,
+/// `bench_matmul --sweep-f32`) at M = 64 and (K, N) = (4096, 4096), (4096, 14336), (14336,
+/// 4096): 0.059, 0.187, 0.174 ms, against 0.067, 0.206, 0.205 for a two-warp 64x32 cube
+/// (whose 64 x 4096 x 14336 takes 1.05x Burn's time).
 pub const SKINNY_TF32: TensorCoreTiling = TensorCoreTiling {
     name: "skinny-tf32",
     partition: (2, 1, 16),
@@ -117,9 +118,9 @@ pub const SKINNY_TF32: TensorCoreTiling = TensorCoreTiling {
 
 /// 64x128 outputs per cube, four warps of 64x32, eight 8-deep K tiles per stage: 16 < M <=
 /// 64 in f32 where these cubes alone fill half the multiprocessors ([`tiling_for`]). Each
-/// cube reads the rows of the lhs once per 128 columns instead of per 32. Same call: 64 x
-/// 4096 x 14336 (112 cubes on 132 multiprocessors) in 0.124 ms against 0.187; 64 x 4096 x
-/// 4096 (32 cubes) in 0.085 against 0.059.
+/// cube reads the rows of the lhs once per 128 columns instead of per 32. On the same H200
+/// against [`SKINNY_TF32`]: 64 x 4096 x 14336 (112 cubes on 132 multiprocessors) in 0.124
+/// ms against 0.187; 64 x 4096 x 4096 (32 cubes) in 0.085 against 0.059.
 pub const SKINNY_TF32_WIDE: TensorCoreTiling = TensorCoreTiling {
     name: "skinny-tf32-wide",
     partition: (4, 2, 8),
@@ -128,8 +129,9 @@ pub const SKINNY_TF32_WIDE: TensorCoreTiling = TensorCoreTiling {
 };
 
 /// 16x32 outputs per cube, two warps of 16x16, sixteen 8-deep K tiles per stage: M <= 16 in
-/// f32. Twice the cubes of [`NARROW`] over the weight: M = 16 and the three (K, N) above:
-/// 0.045, 0.105, 0.116 ms against 0.054, 0.123, 0.158 (08:24 call).
+/// f32. Twice the cubes of [`NARROW`] over the weight: on an H100 (`bench_matmul
+/// --sweep-f32`) at M = 16 and the three (K, N) above, 0.045, 0.105, 0.116 ms against
+/// 0.054, 0.123, 0.158 for [`NARROW`]'s 16x64 cubes.
 pub const NARROW_TF32: TensorCoreTiling = TensorCoreTiling {
     name: "narrow-tf32",
     partition: (1, 1, 16),
@@ -151,7 +153,7 @@ pub const NARROW: TensorCoreTiling = TensorCoreTiling {
 /// alternative in f16 and bf16 where it fills the last wave of cubes better
 /// ([`tiling_for`]). 1024 x 14336 outputs are 448 cubes of 256x128, 3.39 waves on 132
 /// multiprocessors (the last one 39% full), but 512 cubes of 256x112, 3.88 waves. M = 1024,
-/// K = 4096, N = 14336 in bf16: 0.329 ms against 0.368 (the 17:05 call, 2026-11-27).
+/// K = 4096, N = 14336 in bf16 on an H100: 0.329 ms against 0.368 for [`WIDE`].
 pub const WIDE_N112: TensorCoreTiling = TensorCoreTiling {
     name: "wide-n112",
     partition: (2, 7, 4),
@@ -189,8 +191,9 @@ pub fn cube_outputs(tiling: TensorCoreTiling) -> (usize, usize) {
     (16 * (pm * sm) as usize, 16 * (pn * sn) as usize)
 }
 
-/// What one cube of [`WIDE_N112`] costs relative to [`WIDE`] per output column: 1.03, from
-/// the 17:05 sweep (0.329 ms for 4 waves of 112 columns against 0.368 for 4 waves of 128).
+/// What one cube of [`WIDE_N112`] costs relative to [`WIDE`] per output column: 1.03,
+/// measured on an H100 (0.329 ms for 4 waves of 112 columns against 0.368 for 4 waves of
+/// 128).
 const N112_COST: f64 = 1.03;
 
 /// The tiling for `batches` products of `m x n` outputs of `dtype` on a device with
@@ -199,11 +202,10 @@ const N112_COST: f64 = 1.03;
 ///
 /// M picks the size class (decode, skinny, medium, wide). Skinny f32 problems take
 /// [`SKINNY_TF32_WIDE`] where its cubes number at least half the multiprocessors: a rule
-/// from two points of the 06:47 call (H200, 2026-12-02), 112 cubes a win and 32 a loss. For
-/// wide problems in f16 and bf16,
-/// the cubes run in waves of one per multiprocessor, and a last wave that is mostly empty
-/// costs a full one: [`WIDE_N112`] is taken where its waves times its width cost less than
-/// [`WIDE`]'s.
+/// from two points measured on an H200, 112 cubes a win and 32 a loss. For wide problems in
+/// f16 and bf16, the cubes run in waves of one per multiprocessor, and a last wave that is
+/// mostly empty costs a full one: [`WIDE_N112`] is taken where its waves times its width
+/// cost less than [`WIDE`]'s.
 pub fn tiling_for(
     m: usize,
     n: usize,
@@ -247,11 +249,11 @@ pub fn tiling_for(
 /// The order in which cubes take output tiles. Only speed depends on it (which tiles run at
 /// the same time, so which operand panels L2 holds for them). 256-row cubes in f16 and bf16
 /// go down columns of tiles four at a time, so the cubes in flight share the weight's
-/// columns; the rest go along rows four at a time. bf16 on the H100, the 20:05 call of
-/// 2026-11-27 (milliseconds, rows first / columns first): 1024 x 4096 x 4096 0.117 / 0.098,
-/// 1024 x 14336 x 4096 0.330 / 0.297, 1024 x 4096 x 14336 0.332 / 0.331, 4096^3 0.388 /
-/// 0.393; at M <= 256 columns first lost as often as it won (M = 16, N = 4096: 0.025 /
-/// 0.029). f32 was not measured and keeps rows first.
+/// columns; the rest go along rows four at a time. bf16 on an H100 (milliseconds, rows
+/// first / columns first): 1024 x 4096 x 4096 0.117 / 0.098, 1024 x 14336 x 4096 0.330 /
+/// 0.297, 1024 x 4096 x 14336 0.332 / 0.331, 4096^3 0.388 / 0.393; at M <= 256 columns
+/// first lost as often as it won (M = 16, N = 4096: 0.025 / 0.029). f32 was not measured
+/// and keeps rows first.
 fn global_order(tiling: TensorCoreTiling, dtype: StorageType) -> GlobalOrder {
     if cube_outputs(tiling).0 >= 256 && dtype != F32 {
         GlobalOrder::SwizzleCol(4)
@@ -293,8 +295,8 @@ pub fn batches_in_order(strides: &cubecl::zspace::Strides) -> bool {
 
 /// Whether TMA and plain loads give the same bits for `dtype` (f16, bf16). In f32 they do
 /// not: the tensor cores read TF32, and the operands reach them by different conversions
-/// (the H100, 2026-11-27 22:23 UTC: every output of a 13 x 7 x 131 product differed, all of
-/// them within the TF32 bound). The router therefore keeps M out of the loader choice in
+/// (on an H100 every output of a 13 x 7 x 131 product differed, all of them within the
+/// TF32 bound). The router therefore keeps M out of the loader choice in
 /// f32 ([`super::launch::choose_path`]).
 pub fn loaders_agree(dtype: StorageType) -> bool {
     forms_agree(dtype)
@@ -376,7 +378,7 @@ pub fn launch<R: Runtime>(
         .expect("tensor_core::launch called for an unsupported dtype");
     // The blueprint below is fitted to the operands as given. cubek copies batches stored
     // out of order into another layout before it loads them, which the blueprint then no
-    // longer fits (TMA boxes overran the stages on the H100). The router
+    // longer fits (TMA boxes overrun the stages). The router
     // (`launch_matmul_on`) copies such operands into aligned rows first.
     if !batches_in_order(&lhs.strides) || !batches_in_order(&rhs.strides) {
         return Err(MatmulSetupError::InvalidConfig(Box::new(
@@ -394,7 +396,7 @@ pub fn launch<R: Runtime>(
         out: if bias.is_some() { F32 } else { dtype },
     };
     // 32-bit offsets where every buffer allows them, as cubek's `launch_ref` decides (the
-    // seed's A_LARGE/B_LARGE/C_LARGE); counted in the stored dtypes.
+    // vLLM's `A_LARGE`/`B_LARGE`/`C_LARGE`); counted in the stored dtypes.
     let address_type = [&lhs, &rhs, &out]
         .into_iter()
         .chain(bias.as_ref())
@@ -692,8 +694,8 @@ mod tests {
         assert_eq!(tiling_for(257, 4096, 1, F32, sms), WIDE);
     }
 
-    /// The 20:01 and 20:05 calls: columns first helped 256-row cubes in bf16 and was a coin
-    /// toss for the smaller ones; f32 was not measured.
+    /// On an H100, columns first helped 256-row cubes in bf16 and was a coin toss for the
+    /// smaller ones; f32 was not measured.
     #[test]
     fn only_256_row_half_cubes_go_down_columns() {
         for dtype in HALF {
@@ -706,8 +708,8 @@ mod tests {
         assert_eq!(global_order(WIDE, F32), GlobalOrder::SwizzleRow(4));
     }
 
-    /// The shapes of the 17:05 sweep (H100, 132 multiprocessors): 112-wide cubes only where
-    /// they save a wave.
+    /// The shapes of the [`WIDE_N112`] measurements (H100, 132 multiprocessors): 112-wide
+    /// cubes only where they save a wave.
     #[test]
     fn wide_problems_take_112_columns_only_where_that_saves_a_wave() {
         let bf16 = HALF[1];

@@ -133,9 +133,8 @@ mod tests {
         ones[299] = 3.0;
         assert_eq!(reduce_in_order(&ones, ReduceOp::Prod), 3.0);
         // The order is observable: 1e8 and -1e8 share chunk 0 and cancel before the 1 of
-        // chunk 1 meets them, so the 1 survives. Elementwise partials (`j % 32`, the order
-        // before session 12) would put the three in partials 0, 1 and 4 and lose the 1 in
-        // `1e8 + 1`.
+        // chunk 1 meets them, so the 1 survives. Elementwise partials (`j % 32`) would put
+        // the three in partials 0, 1 and 4 and lose the 1 in `1e8 + 1`.
         assert_eq!(
             reduce_in_order(&[1e8, -1e8, 0.0, 0.0, 1.0], ReduceOp::Sum),
             1.0

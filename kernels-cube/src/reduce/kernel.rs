@@ -68,8 +68,8 @@ pub fn reduce_lanes_kernel<F: Float>(
         let base = row_offset(row, &out_shape, &row_strides);
         let segment = comptime!(lanes * CHUNK);
         // `SCAN_UNROLL` loads (`GROUP_SEGMENTS` chunks) are issued before the first of their
-        // adds waits: a plain loop has one load in flight per thread, so a few rows were
-        // latency-bound (64 rows of 4096: 18 us where Burn took 6). The adds stay in
+        // adds waits: a plain loop has one load in flight per thread, so a few rows are
+        // latency-bound (64 rows of 4096: 18 us where Burn takes 6). The adds stay in
         // increasing `j`.
         let mut j = lane * comptime!(CHUNK);
         let span = comptime!((GROUP_SEGMENTS - 1) * lanes * CHUNK + CHUNK);
@@ -117,10 +117,10 @@ pub fn reduce_lanes_kernel<F: Float>(
 /// a warp reads a 32-partial segment (512 bytes in f32) in one instruction and the adds
 /// need nothing but the loaded registers. `SCAN_UNROLL` vectors are in flight per thread.
 ///
-/// Why: session 10's version of this kernel kept the elementwise order (`j % 32`) and so
-/// had to transpose each segment through shared memory, with two cube barriers per group:
-/// it read 16384 rows of 4096 at 2.3-2.7 TB/s depending on the run, where Burn's
-/// register-only reduction held 2.86. The chunked order (see the module docs) makes the
+/// Why: a version of this kernel that keeps the elementwise order (`j % 32`) has to
+/// transpose each segment through shared memory, with two cube barriers per group: it
+/// reads 16384 rows of 4096 at 2.3-2.7 TB/s depending on the run, where Burn's
+/// register-only reduction holds 2.86. The chunked order (see the module docs) makes the
 /// vector load the unit of the order.
 ///
 /// The fold is shuffles where a row's threads are exactly one plane (CUDA, 32 partials),

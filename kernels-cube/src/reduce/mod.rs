@@ -1,4 +1,4 @@
-//! Sum and mean along one dimension, in a batch-invariant order.
+//! Sum, mean and product along one dimension, in a batch-invariant order.
 //!
 //! # The fixed order
 //!
@@ -14,8 +14,8 @@
 //!
 //! Why chunks: a chunk is one 16-byte vector load of an f32 row, so a warp reads 32
 //! partials' worth of a row (512 bytes) in one instruction and adds straight from
-//! registers. Until session 12 the order was element `j` into partial `j % P`, and the
-//! vector kernel had to transpose every segment through shared memory to keep it.
+//! registers. With an elementwise order (element `j` into partial `j % P`) the vector
+//! kernel would have to transpose every segment through shared memory to keep it.
 //! [`cpu_reference::reduce_in_order`] spells the order out on the CPU; the suite compares it
 //! with the kernels bitwise.
 //!
@@ -63,7 +63,7 @@ pub const fn lanes_for_len(len: usize) -> usize {
     }
 }
 
-/// Which reduction to run. Both accumulate in f32.
+/// Which reduction to run. All accumulate in f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
     /// Sum of the elements.

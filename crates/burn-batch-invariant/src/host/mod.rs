@@ -8,10 +8,8 @@ mod fusion;
 use batch_invariant_kernels::attention::{is_broadcast_layout, launch_attention, AttentionOptions};
 use batch_invariant_kernels::extremum::{launch_extremum_dim, ExtremumOp};
 use batch_invariant_kernels::matmul::launch::{
-    aligned_rows, choose_path, launch_matmul, launch_matmul_bias, matmul_output_shape, tma_takes,
-    MatmulPath,
+    launch_matmul, launch_matmul_bias, matmul_output_shape,
 };
-use batch_invariant_kernels::matmul::tensor_core;
 use batch_invariant_kernels::norm::{launch_norm, NormKind};
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
 use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
@@ -23,7 +21,6 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use cubecl::ir::StorageType;
 
 /// A backend that can run the batch-invariant kernels on its own tensors.
 ///
@@ -33,9 +30,9 @@ use cubecl::ir::StorageType;
 /// "give me a `CubeTensor`") is what lets a backend such as `Fusion<CubeBackend>` implement
 /// it by registering the op in its stream.
 pub trait KernelHost: Backend {
-    /// Sum or mean of `tensor` along `dim`, keeping `dim` with length 1, through
-    /// `batch_invariant_kernels::reduce`. Inputs: f32, f16 or bf16; `dim` in range and of
-    /// non-zero length.
+    /// Sum, mean or product (`op`) of `tensor` along `dim`, keeping `dim` with length 1,
+    /// through `batch_invariant_kernels::reduce`. Inputs: f32, f16 or bf16; `dim` in range
+    /// and of non-zero length.
     fn invariant_reduce_dim(
         tensor: FloatTensor<Self>,
         dim: usize,
@@ -148,7 +145,6 @@ where
         let out_shape = matmul_output_shape(lhs.meta.shape(), rhs.meta.shape())
             .unwrap_or_else(|err| panic!("batch-invariant matmul: {err}"));
         let (lhs, rhs, launch_shape) = canonical_matmul::<R, F, I, BT>(lhs, rhs, &out_shape);
-        let (lhs, rhs) = tma_ready(lhs, rhs);
         let output = empty_like(&lhs, launch_shape.into(), dtype);
         let client = lhs.client.clone();
         let launched = match bias {
@@ -267,51 +263,6 @@ fn reduced_shape(tensor: &impl TensorMetadata, dim: usize) -> Shape {
     let mut shape = tensor.shape();
     shape[dim] = 1;
     shape
-}
-
-/// Where the tensor-core loaders give different bits (f32, TF32 operands converted two ways),
-/// the kernel takes TMA only for operands [`tma_takes`] accepts and plain loads otherwise,
-/// which keeps M out of the choice but lets the storage of equal values pick the bits. A
-/// copy with aligned rows ([`aligned_rows`]) of an operand that is not so stored brings
-/// every such problem to TMA. It copies only unusual layouts: an lhs read down its
-/// columns, a row length that is not a multiple of 16 bytes in an unpitched buffer (a
-/// single column among them). Where the loaders agree, or no tensor core runs, nothing is
-/// copied.
-fn tma_ready<R: CubeRuntime>(
-    lhs: CubeTensor<R>,
-    rhs: CubeTensor<R>,
-) -> (CubeTensor<R>, CubeTensor<R>) {
-    let client = lhs.client.clone();
-    let dtype: StorageType = lhs.dtype.into();
-    if tensor_core::loaders_agree(dtype) {
-        return (lhs, rhs);
-    }
-    let (lhs_binding, rhs_binding) = (lhs.clone().binding(), rhs.clone().binding());
-    if !matches!(
-        choose_path(&client, &lhs_binding, &rhs_binding, dtype),
-        MatmulPath::TensorCore { .. }
-    ) {
-        return (lhs, rhs);
-    }
-    let [lhs_ready, rhs_ready] = tma_takes(&lhs_binding, &rhs_binding, dtype);
-    let lhs = if lhs_ready {
-        lhs
-    } else {
-        with_aligned_rows(lhs)
-    };
-    let rhs = if rhs_ready {
-        rhs
-    } else {
-        with_aligned_rows(rhs)
-    };
-    (lhs, rhs)
-}
-
-/// [`aligned_rows`] on a Burn tensor.
-fn with_aligned_rows<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    let (client, device, dtype) = (t.client.clone(), t.device.clone(), t.dtype);
-    let out = aligned_rows(&client, t.binding(), dtype.into());
-    CubeTensor::new(client, out.handle, *out.metadata, device, dtype)
 }
 
 /// Brings a batched matmul to one of two shapes the tensor-core kernel is launched with,

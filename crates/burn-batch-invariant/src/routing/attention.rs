@@ -26,9 +26,6 @@ pub(crate) fn attention<B: KernelHost>(
     attn_bias: Option<FloatTensor<B>>,
     options: AttentionModuleOptions,
 ) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::attention(query, key, value, mask, attn_bias, options);
-    }
     if mode::parity::is_enabled() {
         return parity::attention::<B>(query, key, value, mask, attn_bias, options);
     }

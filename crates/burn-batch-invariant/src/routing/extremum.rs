@@ -10,22 +10,16 @@ use burn_backend::tensor::{FloatTensor, IntTensor};
 use burn_backend::{IntDType, TensorMetadata};
 
 use super::checks::{check_dim, check_float_dtype, check_non_empty_dim};
-use crate::{mode, KernelHost};
+use crate::KernelHost;
 
 /// The index type of the indices nobody asked for (`max_dim` computes them anyway).
 const UNUSED_INDEX: IntDType = IntDType::I32;
 
 pub(crate) fn float_max_dim<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_max_dim(tensor, dim);
-    }
     run::<B>("float_max_dim", tensor, dim, ExtremumOp::Max, UNUSED_INDEX).0
 }
 
 pub(crate) fn float_min_dim<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_min_dim(tensor, dim);
-    }
     run::<B>("float_min_dim", tensor, dim, ExtremumOp::Min, UNUSED_INDEX).0
 }
 
@@ -33,9 +27,6 @@ pub(crate) fn float_max_abs_dim<B: KernelHost>(
     tensor: FloatTensor<B>,
     dim: usize,
 ) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_max_abs_dim(tensor, dim);
-    }
     run::<B>(
         "float_max_abs_dim",
         tensor,
@@ -51,9 +42,6 @@ pub(crate) fn float_max_dim_with_indices<B: KernelHost>(
     dim: usize,
     indices_dtype: IntDType,
 ) -> (FloatTensor<B>, IntTensor<B>) {
-    if !mode::is_enabled() {
-        return B::float_max_dim_with_indices(tensor, dim, indices_dtype);
-    }
     let op = "float_max_dim_with_indices";
     run::<B>(op, tensor, dim, ExtremumOp::Max, indices_dtype)
 }
@@ -63,9 +51,6 @@ pub(crate) fn float_min_dim_with_indices<B: KernelHost>(
     dim: usize,
     indices_dtype: IntDType,
 ) -> (FloatTensor<B>, IntTensor<B>) {
-    if !mode::is_enabled() {
-        return B::float_min_dim_with_indices(tensor, dim, indices_dtype);
-    }
     let op = "float_min_dim_with_indices";
     run::<B>(op, tensor, dim, ExtremumOp::Min, indices_dtype)
 }
@@ -75,9 +60,6 @@ pub(crate) fn float_argmax<B: KernelHost>(
     dim: usize,
     out_dtype: IntDType,
 ) -> IntTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_argmax(tensor, dim, out_dtype);
-    }
     run::<B>("float_argmax", tensor, dim, ExtremumOp::Max, out_dtype).1
 }
 
@@ -86,9 +68,6 @@ pub(crate) fn float_argmin<B: KernelHost>(
     dim: usize,
     out_dtype: IntDType,
 ) -> IntTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_argmin(tensor, dim, out_dtype);
-    }
     run::<B>("float_argmin", tensor, dim, ExtremumOp::Min, out_dtype).1
 }
 

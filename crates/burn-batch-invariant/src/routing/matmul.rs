@@ -11,15 +11,12 @@ use burn_backend::tensor::FloatTensor;
 use burn_backend::{Shape, TensorMetadata};
 
 use super::checks::check_float_dtype;
-use crate::{mode, KernelHost};
+use crate::KernelHost;
 
 pub(crate) fn float_matmul<B: KernelHost>(
     lhs: FloatTensor<B>,
     rhs: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_matmul(lhs, rhs);
-    }
     check_product::<B>("float_matmul", &lhs, &rhs);
     B::invariant_matmul(lhs, rhs, None)
 }
@@ -43,19 +40,16 @@ fn check_product<B: KernelHost>(op: &str, lhs: &FloatTensor<B>, rhs: &FloatTenso
 }
 
 /// `ModuleOps::linear`: `x @ weight + bias` in one invariant matmul, the bias added to the
-/// f32 accumulator and the sum rounded once (the seed's `addmm`). Burn's composite, a matmul
-/// and then an add, rounds twice in f16 and bf16; in f32 the two agree bit for bit. The
-/// composite also checks nothing, and its `float_add` broadcasts a bias of length 1 over any
-/// output width: a silent wrong answer this refuses, like any other bias or weight shape
-/// that does not fit.
+/// f32 accumulator and the sum rounded once (as vLLM's batch-invariant `addmm`). Burn's
+/// composite, a matmul and then an add, rounds twice in f16 and bf16; in f32 the two agree
+/// bit for bit. The composite also checks nothing, and its `float_add` broadcasts a bias of
+/// length 1 over any output width: a silent wrong answer this refuses, like any other bias
+/// or weight shape that does not fit.
 pub(crate) fn linear<B: KernelHost>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     bias: Option<FloatTensor<B>>,
 ) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::linear(x, weight, bias);
-    }
     let op = "linear";
     let (x_shape, w_shape) = (x.shape(), weight.shape());
     let dtype = x.dtype();

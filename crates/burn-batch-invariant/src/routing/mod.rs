@@ -1,6 +1,8 @@
-//! Where routed ops decide between the invariant kernel and the inner backend, and check
-//! their input. One module per kernel family; the functions are named after the Burn method
-//! they implement.
+//! The bodies of the routed ops: input checks, then the invariant kernel (or, with parity
+//! on, `Autodiff`'s composite: see `parity`). The mode switch is read before they are
+//! reached, by the `route!` blocks of `crate::ops`; `rms_norm`, which has no ops-trait
+//! method, reads it itself. One module per kernel family; the functions are named after the
+//! Burn method they implement.
 
 pub(crate) mod attention;
 pub(crate) mod checks;

@@ -2,7 +2,7 @@
 //! `batch_invariant_kernels::norm`.
 //!
 //! Burn's `layer_norm` default body is seven kernels over the tensor (two routed means, then
-//! elementwise ops); it was invariant through our `float_mean_dim` but read 16384 rows of
+//! elementwise ops); it is invariant through our `float_mean_dim` but reads 16384 rows of
 //! 4096 at a quarter of the copy bandwidth. burn-nn's RMS norm is the same kind of chain.
 //! One kernel with a fixed order replaces each. With parity on, the op runs the composite
 //! `Autodiff` runs, so inference and training forwards agree bitwise (see
@@ -24,9 +24,6 @@ pub(crate) fn layer_norm<B: KernelHost>(
     beta: Option<FloatTensor<B>>,
     epsilon: f64,
 ) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::layer_norm(tensor, gamma, beta, epsilon);
-    }
     if mode::parity::is_enabled() {
         return parity::layer_norm::<B>(tensor, gamma, beta, epsilon);
     }

@@ -1,4 +1,5 @@
-//! Routing of `float_sum_dim` and `float_mean_dim` to `batch_invariant_kernels::reduce`.
+//! Routing of `float_sum_dim`, `float_mean_dim` and `float_prod_dim`, and of the full
+//! `float_sum`, `float_mean` and `float_prod`, to `batch_invariant_kernels::reduce`.
 //!
 //! Burn's own kernels autotune among unit, plane and cube reductions keyed on the number
 //! of rows, so one row's sum changes with the batch size; the invariant kernel fixes the
@@ -10,54 +11,36 @@ use burn_backend::tensor::FloatTensor;
 use burn_backend::{Shape, TensorMetadata};
 
 use super::checks::{check_dim, check_float_dtype, check_non_empty_dim};
-use crate::{mode, KernelHost};
+use crate::KernelHost;
 
 pub(crate) fn float_sum_dim<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_sum_dim(tensor, dim);
-    }
     reduce_dim::<B>("float_sum_dim", tensor, dim, ReduceOp::Sum)
 }
 
 pub(crate) fn float_mean_dim<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_mean_dim(tensor, dim);
-    }
     reduce_dim::<B>("float_mean_dim", tensor, dim, ReduceOp::Mean)
+}
+
+pub(crate) fn float_prod_dim<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
+    reduce_dim::<B>("float_prod_dim", tensor, dim, ReduceOp::Prod)
+}
+
+pub(crate) fn float_prod<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<B> {
+    full_reduce::<B>("float_prod", tensor, ReduceOp::Prod)
+}
+
+pub(crate) fn float_sum<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<B> {
+    full_reduce::<B>("float_sum", tensor, ReduceOp::Sum)
+}
+
+pub(crate) fn float_mean<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<B> {
+    full_reduce::<B>("float_mean", tensor, ReduceOp::Mean)
 }
 
 /// Burn's full sum may combine partial sums with float atomics, so even the same call twice
 /// can differ. Here the tensor is flattened and reduced as one row: the order depends on the
 /// element count alone. (One row is one cube: slower than a grid-wide reduction on tensors
 /// of many millions of elements, the price of a fixed order without a second pass.)
-pub(crate) fn float_prod_dim<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_prod_dim(tensor, dim);
-    }
-    reduce_dim::<B>("float_prod_dim", tensor, dim, ReduceOp::Prod)
-}
-
-pub(crate) fn float_prod<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_prod(tensor);
-    }
-    full_reduce::<B>("float_prod", tensor, ReduceOp::Prod)
-}
-
-pub(crate) fn float_sum<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_sum(tensor);
-    }
-    full_reduce::<B>("float_sum", tensor, ReduceOp::Sum)
-}
-
-pub(crate) fn float_mean<B: KernelHost>(tensor: FloatTensor<B>) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::float_mean(tensor);
-    }
-    full_reduce::<B>("float_mean", tensor, ReduceOp::Mean)
-}
-
 fn full_reduce<B: KernelHost>(op: &str, tensor: FloatTensor<B>, kind: ReduceOp) -> FloatTensor<B> {
     let (shape, dtype) = (tensor.shape(), tensor.dtype());
     check_float_dtype(op, &shape, dtype);

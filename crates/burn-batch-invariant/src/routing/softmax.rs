@@ -1,7 +1,8 @@
-//! Routing of `softmax` and `log_softmax` to `batch_invariant_kernels::softmax`.
+//! Routing of `softmax` and `log_softmax` to `batch_invariant_kernels::softmax` (`softmin`,
+//! `softmax(-x)`, reaches `softmax` through its default body).
 //!
 //! Burn's default bodies compose `max_dim`, `sub`, `exp`, `sum_dim` (and `log`/`div`); on
-//! Burn's fused CUDA backend they took 0.3-0.7 s a call, and their `sum_dim` is autotuned per
+//! Burn's fused CUDA backend they take 0.3-0.7 s a call, and their `sum_dim` is autotuned per
 //! row count. One kernel with a fixed order replaces the whole composite.
 
 use batch_invariant_kernels::softmax::SoftmaxKind;
@@ -13,9 +14,6 @@ use super::parity;
 use crate::{mode, KernelHost};
 
 pub(crate) fn softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::softmax(tensor, dim);
-    }
     if mode::parity::is_enabled() {
         return parity::softmax::<B>(tensor, dim);
     }
@@ -23,9 +21,6 @@ pub(crate) fn softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> Floa
 }
 
 pub(crate) fn log_softmax<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
-    if !mode::is_enabled() {
-        return B::log_softmax(tensor, dim);
-    }
     if mode::parity::is_enabled() {
         return parity::log_softmax::<B>(tensor, dim);
     }

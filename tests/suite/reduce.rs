@@ -1,14 +1,17 @@
-//! `float_mean_dim` / `float_sum_dim` through `BatchInvariant<B>`: bitwise invariance to the
-//! batch, along the last, first and a middle dim, accuracy against the f64 reference, and
-//! agreement of the two thread mappings.
+//! The reductions: `float_sum_dim`, `float_mean_dim` and `float_prod_dim` through
+//! `BatchInvariant<B>` (bitwise invariance to the batch along the last, first and a middle
+//! dim, accuracy against the f64 reference, agreement of the two thread mappings, the full
+//! reductions), and `batch_invariant_kernels::reduce` called directly (outputs poisoned with
+//! NaN must come back fully written; bad arguments are refused).
 
 use batch_invariant_kernels::reduce::launch::FULL_CUBES_FROM_ROWS;
-use batch_invariant_kernels::reduce::{cpu_reference, ReduceOp};
-use burn::tensor::{FloatDType, Tensor};
+use batch_invariant_kernels::reduce::{cpu_reference, launch_reduce_dim, ReduceDimError, ReduceOp};
+use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
+use burn_batch_invariant::BatchInvariant;
 use burn_batch_invariant_tests::*;
+use burn_cubecl::CubeRuntime;
 
 const LENGTHS: [usize; 5] = [1, 5, 1000, 4096, 4097];
-const BATCHES: [usize; 7] = [1, 2, 3, 7, 64, 257, 1024];
 const MAX_BATCH: usize = 1024;
 
 fn apply<B: burn::tensor::backend::Backend, const D: usize>(
@@ -23,33 +26,18 @@ fn apply<B: burn::tensor::backend::Backend, const D: usize>(
     }
 }
 
-/// Checks that reducing `x` along `reduce` gives, for every batch prefix along `batch` and
-/// for single rows taken alone, the same bytes as the full batch.
-fn check_batches<B: burn::tensor::backend::Backend, const D: usize>(
+/// [`check_batches`] for the sum and the mean of `x` along `reduce`, batches cut along
+/// `batch`.
+fn check_reductions<B: burn::tensor::backend::Backend, const D: usize>(
     x: Tensor<B, D>,
     reduce: usize,
     batch: usize,
     what: &str,
 ) {
-    let max = x.dims()[batch];
     for op in [ReduceOp::Mean, ReduceOp::Sum] {
-        let full = apply(x.clone(), reduce, op);
-        for &m in BATCHES.iter().filter(|&&m| m <= max) {
-            let part = apply(x.clone().narrow(batch, 0, m), reduce, op);
-            let expect = full.clone().narrow(batch, 0, m);
-            assert!(
-                bits(part) == bits(expect),
-                "{what} {op:?}: the first {m} rows differ from the same rows inside a batch of {max}"
-            );
-        }
-        for r in [0, 1, max / 2, max - 1] {
-            let alone = apply(x.clone().narrow(batch, r, 1), reduce, op);
-            let inside = full.clone().narrow(batch, r, 1);
-            assert!(
-                bits(alone) == bits(inside),
-                "{what} {op:?}: row {r} alone differs from row {r} inside a batch of {max}"
-            );
-        }
+        check_batches(x.clone(), batch, &format!("{what} {op:?}"), |t| {
+            apply(t, reduce, op)
+        });
     }
 }
 
@@ -64,7 +52,7 @@ fn last_dim_invariance<B: KernelHost>(device: &B::Device) {
                 dtype,
                 device,
             );
-            check_batches(x, 1, 0, &format!("last dim, len {len}, {dtype:?}"));
+            check_reductions(x, 1, 0, &format!("last dim, len {len}, {dtype:?}"));
         }
     }
 }
@@ -90,7 +78,7 @@ fn packed_rows_invariance<B: KernelHost>(device: &B::Device) {
                 dtype,
                 device,
             );
-            check_batches(x, 1, 0, &format!("{rows} packed rows of {len}, {dtype:?}"));
+            check_reductions(x, 1, 0, &format!("{rows} packed rows of {len}, {dtype:?}"));
         }
     }
 }
@@ -108,7 +96,7 @@ fn long_row_invariance<B: KernelHost>(device: &B::Device) {
                 dtype,
                 device,
             );
-            check_batches(x, 1, 0, &format!("long rows, len {len}, {dtype:?}"));
+            check_reductions(x, 1, 0, &format!("long rows, len {len}, {dtype:?}"));
         }
     }
 }
@@ -125,7 +113,7 @@ fn first_dim_invariance<B: KernelHost>(device: &B::Device) {
                 dtype,
                 device,
             );
-            check_batches(x, 0, 1, &format!("first dim, len {len}, {dtype:?}"));
+            check_reductions(x, 0, 1, &format!("first dim, len {len}, {dtype:?}"));
         }
     }
 }
@@ -142,7 +130,7 @@ fn middle_dim_invariance<B: KernelHost>(device: &B::Device) {
                 dtype,
                 device,
             );
-            check_batches(x, 1, 2, &format!("middle dim, len {len}, {dtype:?}"));
+            check_reductions(x, 1, 2, &format!("middle dim, len {len}, {dtype:?}"));
         }
     }
 }
@@ -270,42 +258,42 @@ fn several_dims<B: KernelHost>(device: &B::Device) {
 }
 
 #[test]
-fn reduce_dim_last_dim_is_batch_invariant() {
+fn reduce_last_dim_is_batch_invariant() {
     on_test_backend!(last_dim_invariance);
 }
 
 #[test]
-fn reduce_dim_packed_rows_are_batch_invariant() {
+fn reduce_packed_rows_are_batch_invariant() {
     on_test_backend!(packed_rows_invariance);
 }
 
 #[test]
-fn reduce_dim_long_rows_are_batch_invariant() {
+fn reduce_long_rows_are_batch_invariant() {
     on_test_backend!(long_row_invariance);
 }
 
 #[test]
-fn reduce_dim_first_dim_is_batch_invariant() {
+fn reduce_first_dim_is_batch_invariant() {
     on_test_backend!(first_dim_invariance);
 }
 
 #[test]
-fn reduce_dim_middle_dim_is_batch_invariant() {
+fn reduce_middle_dim_is_batch_invariant() {
     on_test_backend!(middle_dim_invariance);
 }
 
 #[test]
-fn reduce_dim_thread_mappings_agree_bitwise() {
+fn reduce_thread_mappings_agree_bitwise() {
     on_test_backend!(mappings_agree);
 }
 
 #[test]
-fn reduce_dim_matches_f64_reference() {
+fn reduce_matches_f64_reference() {
     on_test_backend!(accuracy);
 }
 
 #[test]
-fn reduce_dim_several_dims() {
+fn reduce_several_dims() {
     on_test_backend!(several_dims);
 }
 
@@ -429,4 +417,125 @@ fn products_are_invariant<B: KernelHost>(device: &B::Device) {
 #[test]
 fn reduce_prod_dim_is_batch_invariant() {
     on_test_backend!(products_are_invariant);
+}
+
+fn poisoned_outputs<R: CubeRuntime>(device: &R::Device) {
+    let _mode = mode_shared();
+    // (rows, len, reduce the stored-transposed layout?): covers the lanes mapping with a
+    // ragged last cube (13 rows), the unit mapping with a ragged last cube (131 rows) and
+    // short rows, which take the unit mapping even when contiguous; then long rows (256
+    // partials) in both mappings.
+    let cases = [
+        (13usize, 4097usize, false),
+        (131, 1000, true),
+        (300, 5, false),
+        (1, 1, false),
+    ];
+    for dtype in float_dtypes::<Plain<R>>(device) {
+        for (rows, len, strided) in cases {
+            let data = random_values(rows * len, 6000 + len as u64);
+            let x: Tensor<Plain<R>, 2> = if strided {
+                let t = transposed_values(&data, rows, len);
+                tensor::<Plain<R>, 2>(t, [len, rows], dtype, device).transpose()
+            } else {
+                tensor::<Plain<R>, 2>(data, [rows, len], dtype, device)
+            };
+            for op in [ReduceOp::Mean, ReduceOp::Sum, ReduceOp::Prod] {
+                let input = primitive(x.clone());
+                let out = nan_poison(&input.client, device, vec![rows, 1], input.dtype);
+                let client = input.client.clone();
+                let storage = input.dtype.into();
+                launch_reduce_dim(
+                    &client,
+                    input.binding(),
+                    out.clone().binding(),
+                    1,
+                    op,
+                    storage,
+                )
+                .expect("valid launch");
+                let got = Tensor::<Plain<R>, 2>::from_primitive(TensorPrimitive::Float(out));
+                let got_values = values(got.clone());
+                assert!(
+                    got_values.iter().all(|v| v.is_finite()),
+                    "{rows}x{len} strided={strided} {dtype:?} {op:?}: unwritten (NaN) outputs: {:?}",
+                    got_values.iter().enumerate().filter(|(_, v)| !v.is_finite()).map(|(i, _)| i).collect::<Vec<_>>()
+                );
+                // The launch through the decorator must give the same bits.
+                // `from_data` stores in the backend's default float type; cast back (exact).
+                let through_burn = to_backend::<Plain<R>, BatchInvariant<Plain<R>>, 2>(x.clone());
+                let through_burn = if dtype == FloatDType::F32 {
+                    through_burn
+                } else {
+                    through_burn.cast(dtype)
+                };
+                let through_burn = match op {
+                    ReduceOp::Mean => through_burn.mean_dim(1),
+                    ReduceOp::Sum => through_burn.sum_dim(1),
+                    ReduceOp::Prod => through_burn.prod_dim(1),
+                };
+                let (direct, routed) = (values(got.clone()), values(through_burn.clone()));
+                assert!(
+                    bits(got) == bits(through_burn),
+                    "{rows}x{len} strided={strided} {dtype:?} {op:?}: direct launch and decorator differ: {:?} vs {:?}",
+                    &direct[..direct.len().min(4)],
+                    &routed[..routed.len().min(4)]
+                );
+            }
+        }
+    }
+}
+
+fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
+    let x = primitive(tensor::<Plain<R>, 2>(
+        random_values(12, 1),
+        [3, 4],
+        FloatDType::F32,
+        device,
+    ));
+    let client = x.client.clone();
+    let storage = x.dtype.into();
+    let out_ok = primitive(Tensor::<Plain<R>, 2>::zeros([3, 1], device));
+    let err = launch_reduce_dim(
+        &client,
+        x.clone().binding(),
+        out_ok.clone().binding(),
+        2,
+        ReduceOp::Sum,
+        storage,
+    );
+    assert_eq!(err, Err(ReduceDimError::DimOutOfRange { dim: 2, rank: 2 }));
+    let out_wrong = primitive(Tensor::<Plain<R>, 2>::zeros([4, 1], device));
+    let err = launch_reduce_dim(
+        &client,
+        x.clone().binding(),
+        out_wrong.binding(),
+        1,
+        ReduceOp::Sum,
+        storage,
+    );
+    assert!(
+        matches!(err, Err(ReduceDimError::BadOutput { .. })),
+        "{err:?}"
+    );
+    let empty = primitive(Tensor::<Plain<R>, 2>::zeros([3, 0], device));
+    let err = launch_reduce_dim(
+        &client,
+        empty.binding(),
+        out_ok.binding(),
+        1,
+        ReduceOp::Mean,
+        storage,
+    );
+    assert_eq!(err, Err(ReduceDimError::EmptyReduction { dim: 1 }));
+}
+
+#[test]
+fn kernel_reduce_writes_every_output() {
+    on_test_runtime!(poisoned_outputs);
+}
+
+#[test]
+fn kernel_reduce_refuses_bad_arguments() {
+    on_test_runtime!(launch_refuses_bad_arguments);
 }
