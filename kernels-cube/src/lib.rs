@@ -9,12 +9,15 @@
 //!
 //! Each op lives in its own module with the same three parts, named alike:
 //! `kernel` (the `#[cube]` code), `launch` (host-side checks, grid and dispatch) and
-//! `cpu_reference` (an f64 reference the tests measure accuracy against).
+//! `cpu_reference` (an f64 reference the tests measure accuracy against). What several families
+//! share about where elements sit (strides, offsets, the grid, loads in flight) is in
+//! [`layout`].
 //!
 //! This crate depends on cubecl only; the Burn side lives in `burn-batch-invariant`.
 
 pub mod attention;
 pub mod extremum;
+pub mod layout;
 pub mod matmul;
 pub mod norm;
 pub mod reduce;

@@ -3,7 +3,7 @@
 //! to the smallest index, NaN first), and the `Tensor` API entry points.
 
 use batch_invariant_kernels::extremum::{cpu_reference, ExtremumOp, CHUNK_LEN};
-use batch_invariant_kernels::reduce::launch::FULL_CUBES_FROM_ROWS;
+use batch_invariant_kernels::layout::FULL_CUBES_FROM_ROWS;
 use burn::tensor::{FloatDType, Int, Tensor};
 use burn_batch_invariant_tests::*;
 

@@ -4,7 +4,7 @@
 //! reductions), and `batch_invariant_kernels::reduce` called directly (outputs poisoned with
 //! NaN must come back fully written; bad arguments are refused).
 
-use batch_invariant_kernels::reduce::launch::FULL_CUBES_FROM_ROWS;
+use batch_invariant_kernels::layout::FULL_CUBES_FROM_ROWS;
 use batch_invariant_kernels::reduce::{cpu_reference, launch_reduce_dim, ReduceDimError, ReduceOp};
 use burn::tensor::{FloatDType, Tensor, TensorPrimitive};
 use burn_batch_invariant::BatchInvariant;

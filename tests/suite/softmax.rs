@@ -23,7 +23,12 @@ fn apply<X: Backend, const D: usize>(
 
 /// [`check_batches`] for softmax and log-softmax of `x` along `dim`, batches cut along
 /// `batch`.
-fn check_softmaxes<X: Backend, const D: usize>(x: Tensor<X, D>, dim: usize, batch: usize, what: &str) {
+fn check_softmaxes<X: Backend, const D: usize>(
+    x: Tensor<X, D>,
+    dim: usize,
+    batch: usize,
+    what: &str,
+) {
     for kind in [SoftmaxKind::Softmax, SoftmaxKind::LogSoftmax] {
         check_batches(x.clone(), batch, &format!("{what} {kind:?}"), |t| {
             apply(t, dim, kind)

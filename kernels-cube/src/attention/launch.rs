@@ -4,14 +4,17 @@ use core::fmt;
 
 use cubecl::prelude::*;
 
+use super::combine::{attention_combine_kernel, combine_cols};
+use super::decode::{
+    attention_decode_partials_kernel, decode_shared_words, decode_value_rows, DECODE_STAGE_WORDS,
+};
 use super::kernel::{
-    attention_combine_kernel, attention_decode_partials_kernel, attention_partials_kernel,
-    combine_cols, decode_shared_words, decode_value_rows, ExtentsLaunch, COMBINE_UNITS, CUBE_UNITS,
-    DECODE_STAGE_WORDS, FLAG_BIAS, FLAG_CAUSAL, FLAG_MASK, FLAG_SOFTCAP, PIECE,
+    attention_partials_kernel, ExtentsLaunch, COMBINE_UNITS, CUBE_UNITS, FLAG_BIAS, FLAG_CAUSAL,
+    FLAG_MASK, FLAG_SOFTCAP, PIECE,
 };
 use super::tensor_core::{self, attention_mma_partials_kernel, Staging, TILE_Q};
 use super::{BLOCK_K, BLOCK_Q, KEY_SPLIT};
-use crate::reduce::launch::{contiguous_strides, cube_count};
+use crate::layout::{contiguous_strides, cube_count};
 
 /// The launch signature both partials kernels share (prefill and decode mappings).
 type PartialsLaunch<R> = unsafe fn(

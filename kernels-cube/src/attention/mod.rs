@@ -61,7 +61,9 @@
 //! same compiled code. Large problems are launched in slabs of queries so that the scratch
 //! stays under [`launch::SCRATCH_BYTES`]; a slab changes which cube computes a row, not how.
 
+pub mod combine;
 pub mod cpu_reference;
+pub mod decode;
 pub mod kernel;
 pub mod launch;
 pub mod tensor_core;

@@ -6,7 +6,7 @@ use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
 use cubecl::std::FastDivmod;
 
 // The lanes kernel shares the reduce kernel's cube size and rows per cube
-// (`reduce::launch::rows_per_cube`).
+// (`layout::rows_per_cube`).
 pub(crate) use crate::reduce::kernel::CUBE_UNITS;
 
 /// Whether candidate `(bv, bi)` beats `(av, ai)` in the module's total order. `ai == len`

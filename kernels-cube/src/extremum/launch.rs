@@ -5,11 +5,9 @@ use cubecl::prelude::*;
 use super::kernel::{extremum_combine_kernel, extremum_lanes_kernel, CUBE_UNITS};
 use super::ExtremumOp;
 use super::CHUNK_LEN;
+use crate::layout::{cube_count, max_offset, row_args, rows_per_cube, FULL_CUBES_FROM_ROWS};
 use crate::reduce::kernel::SCAN_UNROLL;
-use crate::reduce::launch::{
-    check_reduction, cube_count, max_offset, row_args, rows_per_cube, vector_aligned,
-    ReduceDimError, FULL_CUBES_FROM_ROWS,
-};
+use crate::reduce::launch::{check_reduction, vector_aligned, ReduceDimError};
 use crate::reduce::{lanes_for_len, CHUNK, LONG_ROW_LANES, LONG_ROW_MIN_LEN};
 
 /// Candidate length from which few candidates get a whole cube each (one vector per thread

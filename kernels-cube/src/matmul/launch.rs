@@ -8,7 +8,7 @@ use cubecl::std::FastDivmod;
 
 use super::kernel::{matmul_portable_kernel, CUBE_SIDE, TILE};
 use super::tensor_core::{self, tiling_for, Loader, TensorCoreTiling};
-use crate::reduce::launch::{contiguous_strides, max_offset};
+use crate::layout::{contiguous_strides, max_offset};
 
 /// Which kernel computed a matmul. Recorded in [`MatmulLaunch`] and in the tracing span.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

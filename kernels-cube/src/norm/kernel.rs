@@ -4,9 +4,9 @@ use cubecl::prelude::*;
 use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
 use cubecl::std::FastDivmod;
 
-// The reductions' cube size: `reduce::launch::rows_per_cube` packs rows against it.
+// The reductions' cube size: `layout::rows_per_cube` packs rows against it.
+use crate::layout::{load_group, LOADS_IN_FLIGHT};
 use crate::reduce::kernel::{fold_shared, CUBE_UNITS};
-use crate::softmax::kernel::{load_group, LOADS_IN_FLIGHT};
 
 /// `sum_j (x_j - shift)^2` (`squares`) or `sum_j x_j` over `j = lane, lane + lanes, ... <
 /// end`, as this thread's partial in increasing `j`, then the fold over the row's threads.

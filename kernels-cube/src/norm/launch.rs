@@ -7,8 +7,8 @@ use cubecl::std::FastDivmod;
 
 use super::kernel::norm_kernel;
 use super::{lanes_for_len, NormKind};
+use crate::layout::{contiguous_strides, cube_count, max_offset, rows_per_cube};
 use crate::reduce::kernel::CUBE_UNITS;
-use crate::reduce::launch::{contiguous_strides, cube_count, max_offset, rows_per_cube};
 
 /// Why [`launch_norm`] refused its arguments (programming errors: the Burn layer validates
 /// user input first).

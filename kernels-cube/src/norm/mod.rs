@@ -37,7 +37,7 @@
 //!
 //! `P` threads per row, thread `t` owning partial `t`; folds through shared memory. With 32
 //! partials a cube holds one row while rows are few (so that 64 rows spread over 64
-//! multiprocessors) and 8 rows from `reduce::launch::FULL_CUBES_FROM_ROWS` rows on: which
+//! multiprocessors) and 8 rows from `layout::FULL_CUBES_FROM_ROWS` rows on: which
 //! cube computes a row, never how. Rows are read in place through their strides.
 
 pub mod cpu_reference;

@@ -9,7 +9,7 @@ use cubecl::std::FastDivmod;
 pub use super::CHUNK;
 
 /// Most threads in one cube of [`reduce_lanes_kernel`]: `lanes` per row, at most
-/// `CUBE_UNITS / lanes` rows per cube (`launch::rows_per_cube`). A launch parameter only: it
+/// `CUBE_UNITS / lanes` rows per cube (`crate::layout::rows_per_cube`). A launch parameter only: it
 /// changes which cube computes a row, not how.
 pub const CUBE_UNITS: u32 = 256;
 

@@ -10,8 +10,8 @@ use super::kernel::{
     CHUNK_LEN, CUBE_UNITS,
 };
 use super::SoftmaxKind;
+use crate::layout::{contiguous_strides, cube_count, max_offset};
 use crate::reduce::lanes_for_len;
-use crate::reduce::launch::{contiguous_strides, cube_count, max_offset};
 
 /// Why [`launch_softmax_dim`] refused its arguments (programming errors: the Burn layer
 /// validates user input first).

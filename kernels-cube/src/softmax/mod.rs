@@ -31,7 +31,7 @@
 //! threads per (row, chunk), a statistics kernel then a write kernel, so that one
 //! 128k-entry row occupies 16 cubes instead of one. Rows along any dim are read and written
 //! in place through their strides (coalesced when the dim is the innermost one). Each pass
-//! over a row has a thread issue [`kernel::LOADS_IN_FLIGHT`] loads before it combines them,
+//! over a row has a thread issue [`crate::layout::LOADS_IN_FLIGHT`] loads before it combines them,
 //! still one by one in increasing `j`: that changes the speed, not the bits.
 
 pub mod cpu_reference;

@@ -18,12 +18,12 @@ impl<B: KernelHost> FloatTensorOps<Self> for BatchInvariant<B> {
             lhs: FloatTensor<Self>,
             rhs: FloatTensor<Self>,
         ) -> FloatTensor<Self> => matmul;
-        fn float_sum(tensor: FloatTensor<Self>) -> FloatTensor<Self> => reduce_dim;
-        fn float_sum_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> => reduce_dim;
-        fn float_prod(tensor: FloatTensor<Self>) -> FloatTensor<Self> => reduce_dim;
-        fn float_prod_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> => reduce_dim;
-        fn float_mean(tensor: FloatTensor<Self>) -> FloatTensor<Self> => reduce_dim;
-        fn float_mean_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> => reduce_dim;
+        fn float_sum(tensor: FloatTensor<Self>) -> FloatTensor<Self> => reduce;
+        fn float_sum_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> => reduce;
+        fn float_prod(tensor: FloatTensor<Self>) -> FloatTensor<Self> => reduce;
+        fn float_prod_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> => reduce;
+        fn float_mean(tensor: FloatTensor<Self>) -> FloatTensor<Self> => reduce;
+        fn float_mean_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> => reduce;
         fn float_argmax(
             tensor: FloatTensor<Self>,
             dim: usize,

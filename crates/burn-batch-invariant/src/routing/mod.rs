@@ -10,5 +10,5 @@ pub(crate) mod extremum;
 pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod parity;
-pub(crate) mod reduce_dim;
+pub(crate) mod reduce;
 pub(crate) mod softmax;
