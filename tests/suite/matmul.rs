@@ -576,7 +576,7 @@ fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
     }
 }
 
-/// `linear` rounds once: the bias meets the f32 accumulator, as the seed's `addmm` does.
+/// `linear` rounds once: the bias meets the f32 accumulator, as vLLM's batch-invariant `addmm` does.
 /// With `W` all ones and a bias of 1, `x = [h, h^2]` (h half an ulp of 1 in the dtype)
 /// sums to `h + h^2` exactly in f32, just above half an ulp: `1 + sum` rounds up to the next
 /// value after 1. A matmul rounded to the dtype first gives `h` (`h + h^2` is a tie there,
