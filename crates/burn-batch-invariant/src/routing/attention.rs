@@ -12,7 +12,8 @@ use burn_backend::ops::AttentionModuleOptions;
 use burn_backend::tensor::{BoolTensor, FloatTensor};
 use burn_backend::{DType, FloatDType, Shape, TensorMetadata};
 
-use super::checks::check_float_dtype;
+use super::checks::{check_devices, check_float_dtype};
+use super::empty;
 use super::parity;
 use crate::{mode, KernelHost};
 
@@ -89,13 +90,10 @@ pub(crate) fn attention<B: KernelHost>(
         );
     }
     let scores = Shape::new([batch, heads, seq_q, seq_k]);
-    let mask = mask.map(|mask| {
+    if let Some(mask) = &mask {
         check_broadcast(OP, "mask", &mask.shape(), &scores);
-        // Convert at the mask's own size, then broadcast as a view (no copy).
-        let mask = B::bool_into_float(mask, float_dtype(dtype));
-        B::float_expand(mask, scores.clone())
-    });
-    let bias = attn_bias.map(|bias| {
+    }
+    if let Some(bias) = &attn_bias {
         check_broadcast(OP, "attn_bias", &bias.shape(), &scores);
         if bias.dtype() != dtype {
             panic!(
@@ -104,8 +102,30 @@ pub(crate) fn attention<B: KernelHost>(
                 shapes()
             );
         }
-        B::float_expand(bias, scores.clone())
-    });
+    }
+    let device = B::float_device(&query);
+    let mut devices = vec![
+        ("query", device.clone()),
+        ("key", B::float_device(&key)),
+        ("value", B::float_device(&value)),
+    ];
+    devices.extend(mask.as_ref().map(|mask| ("mask", B::bool_device(mask))));
+    devices.extend(
+        attn_bias
+            .as_ref()
+            .map(|bias| ("attn_bias", B::float_device(bias))),
+    );
+    check_devices(OP, &devices);
+    // Nothing to compute: an empty output, or no key, where every query row has no weight
+    // to share out and gets 0, as a fully masked row does.
+    let out_shape = Shape::new([batch, heads, seq_q, dim_v]);
+    if out_shape.num_elements() == 0 || seq_k == 0 {
+        return empty::filled::<B>(out_shape, 0.0, &device, dtype);
+    }
+    // Convert the mask at its own size, then broadcast as a view (no copy).
+    let mask = mask
+        .map(|mask| B::float_expand(B::bool_into_float(mask, float_dtype(dtype)), scores.clone()));
+    let bias = attn_bias.map(|bias| B::float_expand(bias, scores.clone()));
     let options = AttentionOptions {
         scale: scale as f32,
         softcap,

@@ -15,6 +15,23 @@ pub(crate) fn check_float_dtype(op: &str, shape: &Shape, dtype: DType) {
     }
 }
 
+/// Every operand of a routed op must live on one device. Burn checks this for its own matmul
+/// only; elsewhere a kernel would read another device's buffer as if it were its own
+/// (wrong values, and a runtime thread that panics later). `operands` pairs each operand's
+/// name with its device; the first is the reference.
+pub(crate) fn check_devices<D: PartialEq + core::fmt::Debug>(op: &str, operands: &[(&str, D)]) {
+    let Some(((first, device), rest)) = operands.split_first() else {
+        return;
+    };
+    for (name, other) in rest {
+        if other != device {
+            panic!(
+                "BatchInvariant::{op}: {first} is on device {device:?} but {name} is on                  device {other:?}; move them to one device first"
+            );
+        }
+    }
+}
+
 /// `dim` must index the shape.
 pub(crate) fn check_dim(op: &str, shape: &Shape, dtype: DType, dim: usize) {
     let rank = shape.num_dims();
@@ -58,6 +75,18 @@ mod tests {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             check_float_dtype("float_mean_dim", &Shape::new([2, 3]), dtype);
         }
+    }
+
+    #[test]
+    fn device_checks_name_op_and_both_devices() {
+        check_devices("linear", &[("x", 0), ("weight", 0), ("bias", 0)]);
+        let msg = message(|| check_devices("linear", &[("x", 0), ("weight", 0), ("bias", 1)]));
+        assert!(
+            msg.contains("BatchInvariant::linear")
+                && msg.contains("x is on device 0")
+                && msg.contains("bias is on device 1"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use burn_backend::tensor::{FloatTensor, IntTensor};
 use burn_backend::{IntDType, TensorMetadata};
 
 use super::checks::{check_dim, check_float_dtype, check_non_empty_dim};
+use super::empty;
 use crate::KernelHost;
 
 /// The index type of the indices nobody asked for (`max_dim` computes them anyway).
@@ -82,5 +83,13 @@ fn run<B: KernelHost>(
     check_float_dtype(op, &shape, dtype);
     check_dim(op, &shape, dtype, dim);
     check_non_empty_dim(op, &shape, dtype, dim);
+    if shape.num_elements() == 0 {
+        // Empty kept dims: no winner to find, nothing to launch.
+        let mut reduced = shape.clone();
+        reduced[dim] = 1;
+        let device = B::float_device(&tensor);
+        let indices = B::int_empty(reduced.clone(), &device, index_dtype);
+        return (empty::empty::<B>(reduced, &device, dtype), indices);
+    }
     B::invariant_extremum(tensor, dim, kind, index_dtype)
 }

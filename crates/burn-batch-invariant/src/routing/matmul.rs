@@ -10,20 +10,49 @@ use batch_invariant_kernels::matmul::launch::matmul_output_shape;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::{Shape, TensorMetadata};
 
-use super::checks::check_float_dtype;
+use super::checks::{check_devices, check_float_dtype};
+use super::empty;
 use crate::KernelHost;
 
 pub(crate) fn float_matmul<B: KernelHost>(
     lhs: FloatTensor<B>,
     rhs: FloatTensor<B>,
 ) -> FloatTensor<B> {
-    check_product::<B>("float_matmul", &lhs, &rhs);
+    let out_shape = check_product::<B>("float_matmul", &lhs, &rhs);
+    let k = lhs.shape()[out_shape.num_dims() - 1];
+    if let Some(out) = without_kernel::<B>(out_shape, k, None, &lhs) {
+        return out;
+    }
     B::invariant_matmul(lhs, rhs, None)
 }
 
+/// The product where no kernel is needed: an empty output, or K = 0, where every element is
+/// the empty sum, 0 (plus the bias, added once). Neither operand is touched (module docs of
+/// `routing::empty`).
+fn without_kernel<B: KernelHost>(
+    out_shape: Shape,
+    k: usize,
+    bias: Option<&FloatTensor<B>>,
+    like: &FloatTensor<B>,
+) -> Option<FloatTensor<B>> {
+    if out_shape.num_elements() != 0 && k != 0 {
+        return None;
+    }
+    let (device, dtype) = (B::float_device(like), like.dtype());
+    let rank = out_shape.num_dims();
+    let zeros = empty::filled::<B>(out_shape.clone(), 0.0, &device, dtype);
+    Some(match bias {
+        Some(bias) if out_shape.num_elements() != 0 => {
+            let row = leading_ones(&[out_shape[rank - 1]], rank);
+            B::float_add(zeros, B::float_reshape(bias.clone(), row))
+        }
+        _ => zeros,
+    })
+}
+
 /// What every routed product checks before it reaches the kernel: float operands of one
-/// dtype whose shapes multiply.
-fn check_product<B: KernelHost>(op: &str, lhs: &FloatTensor<B>, rhs: &FloatTensor<B>) {
+/// dtype, on one device, whose shapes multiply. Returns the output shape.
+fn check_product<B: KernelHost>(op: &str, lhs: &FloatTensor<B>, rhs: &FloatTensor<B>) -> Shape {
     let (lhs_shape, rhs_shape) = (lhs.shape(), rhs.shape());
     let (lhs_dtype, rhs_dtype) = (lhs.dtype(), rhs.dtype());
     check_float_dtype(op, &lhs_shape, lhs_dtype);
@@ -34,9 +63,13 @@ fn check_product<B: KernelHost>(op: &str, lhs: &FloatTensor<B>, rhs: &FloatTenso
              (shape {lhs_shape:?}) and rhs {rhs_dtype:?} (shape {rhs_shape:?}); cast one first"
         );
     }
-    if let Err(reason) = matmul_output_shape(lhs_shape.as_slice(), rhs_shape.as_slice()) {
-        panic!("BatchInvariant::{op}: {reason} (dtype {lhs_dtype:?})");
-    }
+    let out_shape = matmul_output_shape(lhs_shape.as_slice(), rhs_shape.as_slice())
+        .unwrap_or_else(|reason| panic!("BatchInvariant::{op}: {reason} (dtype {lhs_dtype:?})"));
+    check_devices(
+        op,
+        &[("lhs", B::float_device(lhs)), ("rhs", B::float_device(rhs))],
+    );
+    Shape::from(out_shape)
 }
 
 /// `ModuleOps::linear`: `x @ weight + bias` in one invariant matmul, the bias added to the
@@ -85,6 +118,17 @@ pub(crate) fn linear<B: KernelHost>(
                 bias.dtype()
             );
         }
+    }
+    let mut devices = vec![
+        ("x", B::float_device(&x)),
+        ("weight", B::float_device(&weight)),
+    ];
+    devices.extend(bias.as_ref().map(|bias| ("bias", B::float_device(bias))));
+    check_devices(op, &devices);
+    let mut out_shape = x_shape.clone();
+    out_shape[rank - 1] = w[1];
+    if let Some(out) = without_kernel::<B>(out_shape, w[0], bias.as_ref(), &x) {
+        return out;
     }
     let weight = B::float_reshape(weight, leading_ones(w, rank.max(2)));
     check_product::<B>(op, &x, &weight);

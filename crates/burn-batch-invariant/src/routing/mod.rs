@@ -6,6 +6,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod checks;
+pub(crate) mod empty;
 pub(crate) mod extremum;
 pub(crate) mod matmul;
 pub(crate) mod norm;

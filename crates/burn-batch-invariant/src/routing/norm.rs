@@ -13,7 +13,8 @@ use burn_backend::tensor::FloatTensor;
 use burn_backend::TensorMetadata;
 use burn_tensor::{Tensor, TensorPrimitive};
 
-use super::checks::check_float_dtype;
+use super::checks::{check_devices, check_float_dtype};
+use super::empty;
 use super::parity;
 use crate::rms_norm::burn_nn_rms_norm;
 use crate::{mode, BatchInvariant, KernelHost};
@@ -28,7 +29,9 @@ pub(crate) fn layer_norm<B: KernelHost>(
         return parity::layer_norm::<B>(tensor, gamma, beta, epsilon);
     }
     check_norm::<B>("layer_norm", &tensor, &gamma, beta.as_ref(), epsilon);
-    // An empty input has nothing to normalise: the kernel launches nothing.
+    if let Some(out) = nothing_to_normalize::<B>(&tensor) {
+        return out;
+    }
     B::invariant_norm(tensor, gamma, beta, epsilon, NormKind::Layer)
 }
 
@@ -45,12 +48,23 @@ pub(crate) fn rms_norm<B: KernelHost, const D: usize>(
     }
     let (tensor, gamma) = (x.into_primitive().tensor(), gamma.into_primitive().tensor());
     check_norm::<B>("rms_norm", &tensor, &gamma, None, epsilon);
-    let out = B::invariant_norm(tensor, gamma, None, epsilon, NormKind::Rms);
+    let out = match nothing_to_normalize::<B>(&tensor) {
+        Some(out) => out,
+        None => B::invariant_norm(tensor, gamma, None, epsilon, NormKind::Rms),
+    };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// An empty input has nothing to normalise: its (empty) output, without a launch.
+fn nothing_to_normalize<B: KernelHost>(tensor: &FloatTensor<B>) -> Option<FloatTensor<B>> {
+    let shape = tensor.shape();
+    (shape.num_elements() == 0)
+        .then(|| empty::empty::<B>(shape, &B::float_device(tensor), tensor.dtype()))
+}
+
 /// The checks both norms make, with Burn-style messages naming `op`: a float dtype, `gamma`
-/// and `beta` of shape `[last dim]` in the input's dtype, a finite non-negative epsilon.
+/// and `beta` of shape `[last dim]` in the input's dtype, on the input's device, a finite
+/// non-negative epsilon.
 fn check_norm<B: KernelHost>(
     op: &str,
     tensor: &FloatTensor<B>,
@@ -80,6 +94,12 @@ fn check_norm<B: KernelHost>(
             );
         }
     }
+    let mut devices = vec![
+        ("input", B::float_device(tensor)),
+        ("gamma", B::float_device(gamma)),
+    ];
+    devices.extend(beta.map(|beta| ("beta", B::float_device(beta))));
+    check_devices(op, &devices);
     if !epsilon.is_finite() || epsilon < 0.0 {
         panic!("BatchInvariant::{op}: epsilon must be finite and non-negative, got {epsilon}");
     }

@@ -10,7 +10,8 @@ use batch_invariant_kernels::reduce::ReduceOp;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::{Shape, TensorMetadata};
 
-use super::checks::{check_dim, check_float_dtype, check_non_empty_dim};
+use super::checks::{check_dim, check_float_dtype};
+use super::empty;
 use crate::KernelHost;
 
 pub(crate) fn float_sum_dim<B: KernelHost>(tensor: FloatTensor<B>, dim: usize) -> FloatTensor<B> {
@@ -46,12 +47,8 @@ fn full_reduce<B: KernelHost>(op: &str, tensor: FloatTensor<B>, kind: ReduceOp) 
     check_float_dtype(op, &shape, dtype);
     let count = shape.num_elements();
     if count == 0 {
-        // Nothing to order: the inner backend's empty sum (0) or mean (NaN).
-        return match kind {
-            ReduceOp::Sum => B::float_sum(tensor),
-            ReduceOp::Mean => B::float_mean(tensor),
-            ReduceOp::Prod => B::float_prod(tensor),
-        };
+        let device = B::float_device(&tensor);
+        return empty::filled::<B>(Shape::new([1]), of_nothing(kind), &device, dtype);
     }
     let flat = B::float_reshape(tensor, Shape::new([count]));
     B::invariant_reduce_dim(flat, 0, kind)
@@ -66,6 +63,20 @@ fn reduce_dim<B: KernelHost>(
     let (shape, dtype) = (tensor.shape(), tensor.dtype());
     check_float_dtype(op, &shape, dtype);
     check_dim(op, &shape, dtype, dim);
-    check_non_empty_dim(op, &shape, dtype, dim);
+    if shape.num_elements() == 0 {
+        let mut reduced = shape.clone();
+        reduced[dim] = 1;
+        let device = B::float_device(&tensor);
+        return empty::filled::<B>(reduced, of_nothing(kind), &device, dtype);
+    }
     B::invariant_reduce_dim(tensor, dim, kind)
+}
+
+/// A reduction over no element: the identity of the sum or the product, 0 / 0 for a mean.
+fn of_nothing(kind: ReduceOp) -> f64 {
+    match kind {
+        ReduceOp::Sum => 0.0,
+        ReduceOp::Mean => f64::NAN,
+        ReduceOp::Prod => 1.0,
+    }
 }

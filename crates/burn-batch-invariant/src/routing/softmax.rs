@@ -10,6 +10,7 @@ use burn_backend::tensor::FloatTensor;
 use burn_backend::TensorMetadata;
 
 use super::checks::{check_dim, check_float_dtype};
+use super::empty;
 use super::parity;
 use crate::{mode, KernelHost};
 
@@ -36,7 +37,9 @@ fn run<B: KernelHost>(
     let (shape, dtype) = (tensor.shape(), tensor.dtype());
     check_float_dtype(op, &shape, dtype);
     check_dim(op, &shape, dtype, dim);
-    // An empty dim (or any empty tensor) has nothing to normalise: the kernel launches
-    // nothing and returns an empty tensor of the same shape.
+    if shape.num_elements() == 0 {
+        // An empty dim (or any empty tensor) has nothing to normalise.
+        return empty::empty::<B>(shape, &B::float_device(&tensor), dtype);
+    }
     B::invariant_softmax(tensor, dim, kind)
 }
