@@ -116,6 +116,16 @@ pub fn mantissa_bits(dtype: FloatDType) -> u32 {
     }
 }
 
+/// Mantissa bits the products are formed in: TF32 for f32 on CUDA's tensor cores, the
+/// operands' own (exact products) everywhere else.
+pub fn product_bits(dtype: FloatDType) -> u32 {
+    if runtime() == TestRuntime::Cuda && dtype == FloatDType::F32 {
+        10
+    } else {
+        23
+    }
+}
+
 /// Largest finite value of a float dtype.
 pub fn max_finite(dtype: FloatDType) -> f64 {
     match dtype {

@@ -10,6 +10,7 @@ mod mode_switch;
 mod norm;
 mod passthrough;
 mod problem;
+mod property;
 mod reduce;
 mod softmax;
 mod transformer;

@@ -21,16 +21,6 @@ const ROWS: [usize; 8] = [1, 2, 3, 7, 16, 64, 257, 1024];
 /// (K, N) pairs: odd K and N, one of each equal to 1, K past a 4096 boundary.
 const SHAPES: [(usize, usize); 4] = [(1, 7), (7, 129), (129, 1), (4097, 129)];
 
-/// Mantissa bits the products are formed in: TF32 for f32 on CUDA's tensor cores, the
-/// operands' own (exact products) everywhere else.
-fn product_bits(dtype: FloatDType) -> u32 {
-    if runtime() == TestRuntime::Cuda && dtype == FloatDType::F32 {
-        10
-    } else {
-        23
-    }
-}
-
 fn rows_are_invariant<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     let _serial = serial();
