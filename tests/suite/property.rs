@@ -336,6 +336,11 @@ fn run_case<B: KernelHost, const D: usize>(seed: u64, device: &B::Device) {
                 return;
             }
             let out = check_invariance(&mut rng, &case, &x, &[dim], |t| t.max_dim(dim));
+            if shape.contains(&0) {
+                // Nothing to compare, and nothing to read: Burn's read of an empty integer
+                // tensor launches an empty copy, an invalid launch on CUDA.
+                return;
+            }
             let idx: Tensor<X<B>, D, Int> = x.clone().argmax(dim);
             let got_idx = idx.into_data().convert::<i64>().to_vec::<i64>().unwrap();
             let want = extremum_ref::extremum_dim(&read(x), &shape, dim, ExtremumOp::Max);

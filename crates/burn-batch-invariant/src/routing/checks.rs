@@ -26,7 +26,8 @@ pub(crate) fn check_devices<D: PartialEq + core::fmt::Debug>(op: &str, operands:
     for (name, other) in rest {
         if other != device {
             panic!(
-                "BatchInvariant::{op}: {first} is on device {device:?} but {name} is on                  device {other:?}; move them to one device first"
+                "BatchInvariant::{op}: {first} is on device {device:?} but {name} is on \
+                 device {other:?}; move them to one device first"
             );
         }
     }
