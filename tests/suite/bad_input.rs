@@ -51,6 +51,15 @@ fn empty_dim<B: KernelHost>(device: &B::Device) {
 
 type X<B> = BatchInvariant<B>;
 
+/// Attention without scale, softcap or causal mask.
+fn plain_attention() -> AttentionModuleOptions {
+    AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: false,
+    }
+}
+
 /// An empty tensor as Burn makes one: its slices to an empty range return a new empty
 /// tensor (in the default dtype, so the dtype is set here). Nothing is launched to make it.
 fn empty_view<B: KernelHost, const D: usize>(
@@ -203,11 +212,7 @@ fn empty_inputs<B: KernelHost>(device: &B::Device) {
                 full([b * 2 * s, 8], seed).reshape([b, 2, s, 8])
             }
         };
-        let opts = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: false,
-        };
+        let opts = plain_attention();
         let out = attention(qkv(1, 0, 5), qkv(1, 3, 6), qkv(1, 3, 7), None, None, opts);
         assert_eq!(out.dims(), [1, 2, 0, 8]);
         let out = attention(qkv(1, 3, 5), qkv(1, 0, 6), qkv(1, 0, 7), None, None, opts);
@@ -286,18 +291,7 @@ fn refusals_leave_the_runtime_sound<B: KernelHost>(device: &B::Device) {
             "attention with a head dim past the kernel's",
             Box::new(|| {
                 let q = t([1, 2048], 1).reshape([1, 1, 1, 2048]);
-                let _ = attention(
-                    q.clone(),
-                    q.clone(),
-                    q,
-                    None,
-                    None,
-                    AttentionModuleOptions {
-                        scale: None,
-                        softcap: None,
-                        is_causal: false,
-                    },
-                );
+                let _ = attention(q.clone(), q.clone(), q, None, None, plain_attention());
             }),
         ),
     ];
@@ -365,18 +359,7 @@ fn devices_must_agree<B: KernelHost>(device: &B::Device, other: &B::Device) {
                 let q = on(device, [4, 8], 1).reshape([1, 1, 4, 8]);
                 let k = on(device, [4, 8], 2).reshape([1, 1, 4, 8]);
                 let v = on(other, [4, 8], 3).reshape([1, 1, 4, 8]);
-                let _ = attention(
-                    q,
-                    k,
-                    v,
-                    None,
-                    None,
-                    AttentionModuleOptions {
-                        scale: None,
-                        softcap: None,
-                        is_causal: false,
-                    },
-                );
+                let _ = attention(q, k, v, None, None, plain_attention());
             }),
         ),
         (
@@ -387,18 +370,7 @@ fn devices_must_agree<B: KernelHost>(device: &B::Device, other: &B::Device) {
                     burn::tensor::TensorData::new(vec![false; 16], [1, 1, 4, 4]),
                     other,
                 );
-                let _ = attention(
-                    q.clone(),
-                    q.clone(),
-                    q,
-                    Some(mask),
-                    None,
-                    AttentionModuleOptions {
-                        scale: None,
-                        softcap: None,
-                        is_causal: false,
-                    },
-                );
+                let _ = attention(q.clone(), q.clone(), q, Some(mask), None, plain_attention());
             }),
         ),
     ];
