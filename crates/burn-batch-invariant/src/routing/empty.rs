@@ -21,7 +21,7 @@ pub(crate) fn filled<B: KernelHost>(
     dtype: DType,
 ) -> FloatTensor<B> {
     if shape.num_elements() == 0 {
-        B::float_empty(shape, device, dtype.into())
+        empty::<B>(shape, device, dtype)
     } else {
         B::float_full(shape, Scalar::Float(value), device, dtype.into())
     }
