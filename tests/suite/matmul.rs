@@ -6,13 +6,14 @@
 
 use batch_invariant_kernels::matmul::launch::{choose_path, launch_matmul_on, MatmulPath};
 use batch_invariant_kernels::matmul::{
-    cpu_reference, launch_matmul, tensor_core, tilings_for, Loader, MatmulError, TensorCoreTiling,
-    TileKind,
+    cpu_reference, launch_matmul, tensor_core, tilings_for, F32Precision, Loader, MatmulError,
+    TensorCoreTiling, TileKind, PORTABLE_NARROW, PORTABLE_WIDE,
 };
 use burn::module::Param;
 use burn::nn::LinearConfig;
 use burn::tensor::ops::{FloatTensorOps, ModuleOps};
 use burn::tensor::{FloatDType, Shape, Tensor, TensorPrimitive};
+use burn_batch_invariant::mode;
 use burn_batch_invariant_tests::*;
 use burn_cubecl::CubeRuntime;
 
@@ -352,7 +353,13 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
     let _serial = serial();
     let mut failures = Vec::new();
     for dtype in float_dtypes::<Plain<R>>(device) {
-        for (batch, m, k, n) in [(1, 13, 7, 131), (3, 70, 33, 17), (2, 1, 4097, 65)] {
+        // (257 x 130: whole and partial tiles of the wide portable tiling.)
+        for (batch, m, k, n) in [
+            (1, 13, 7, 131),
+            (3, 70, 33, 17),
+            (2, 1, 4097, 65),
+            (1, 257, 19, 130),
+        ] {
             let lhs = tensor::<Plain<R>, 3>(
                 random_values(batch * m * k, 50),
                 [batch, m, k],
@@ -430,12 +437,29 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 }
                 Ok(bits(got))
             };
-            let routed_path = choose_path(
-                &client,
-                &lhs.clone().binding(),
-                &rhs.clone().binding(),
-                storage,
-            );
+            let path_for = |precision| {
+                choose_path(
+                    &client,
+                    &lhs.clone().binding(),
+                    &rhs.clone().binding(),
+                    storage,
+                    precision,
+                )
+            };
+            let routed_path = path_for(F32Precision::Tf32);
+            let ieee_path = path_for(F32Precision::Ieee);
+            if dtype == FloatDType::F32 {
+                assert!(
+                    matches!(ieee_path, MatmulPath::Portable { .. }),
+                    "{case}: IEEE f32 must take the portable kernel, took {}",
+                    ieee_path.label()
+                );
+            } else {
+                assert_eq!(
+                    ieee_path, routed_path,
+                    "{case}: the f32 switch moved {dtype:?}"
+                );
+            }
             let mut others = Vec::new();
             if let MatmulPath::TensorCore {
                 tiling: routed_tiling,
@@ -476,6 +500,28 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                         continue;
                     }
                 };
+                // Both portable tilings give one set of bits: the routed path's where it is
+                // portable (and IEEE f32's on every runtime).
+                let portable = [PORTABLE_NARROW, PORTABLE_WIDE].map(|tiling| {
+                    let path = MatmulPath::Portable { tiling };
+                    (path, run(path, with_bias))
+                });
+                let reference_bits = match routed_path {
+                    MatmulPath::Portable { .. } => Some(routed_bits.clone()),
+                    _ => portable[0].1.clone().ok(),
+                };
+                for (path, result) in portable {
+                    match result {
+                        Err(failure) => failures.push(failure),
+                        Ok(bits) if Some(&bits) != reference_bits.as_ref() => {
+                            failures.push(format!(
+                                "{case} (bias: {with_bias}): {} differs from the portable bits",
+                                path.label()
+                            ))
+                        }
+                        Ok(_) => {}
+                    }
+                }
                 for &(tiling, loader) in &others {
                     let path = MatmulPath::TensorCore { tiling, loader };
                     match run(path, with_bias) {
@@ -501,6 +547,58 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The IEEE f32 switch (`mode::ieee_f32`): f32 products with exact products and f32 sums
+/// (the bound with no operand rounding), invariant to the rows beside them, the precision
+/// fixed when the op is called (the fused form runs it later), and f16/bf16 untouched.
+fn ieee_f32_switch<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_exclusive();
+    let _serial = serial();
+    type X<B> = BatchInvariant<B>;
+    let (rows, k, n) = (257, 300, 131);
+    for dtype in float_dtypes::<X<B>>(device) {
+        let x = tensor::<X<B>, 2>(random_values(rows * k, 61), [rows, k], dtype, device);
+        let w = tensor::<X<B>, 2>(random_values(k * n, 62), [k, n], dtype, device);
+        let plain = bits(x.clone().matmul(w.clone()));
+        let guard = mode::ieee_f32::scoped(true);
+        let ieee = x.clone().matmul(w.clone());
+        let ieee_bits = bits(ieee.clone());
+        if dtype != FloatDType::F32 {
+            assert!(
+                ieee_bits == plain,
+                "{dtype:?}: the f32 switch changed the product"
+            );
+            drop(guard);
+            continue;
+        }
+        check_batches(x.clone(), 0, "IEEE f32 matmul", |t| t.matmul(w.clone()));
+        let linear = LinearConfig::new(k, n).init::<X<B>>(device);
+        check_batches(x.clone(), 0, "IEEE f32 linear", |t| linear.forward(t));
+        let (reference, scale) =
+            cpu_reference::matmul(&values(x.clone()), &[rows, k], &values(w.clone()), &[k, n]);
+        for (i, got) in values(ieee).iter().enumerate() {
+            let bound = cpu_reference::tolerance(k, scale[i], reference[i], 23, 23);
+            assert!(
+                (got - reference[i]).abs() <= bound,
+                "IEEE f32 [{}, {}]: got {got}, f64 reference {}, bound {bound}",
+                i / n,
+                i % n,
+                reference[i]
+            );
+        }
+        // Called with the switch on, read after it is off: still IEEE.
+        let lazy = x.clone().matmul(w.clone());
+        drop(guard);
+        assert!(
+            bits(lazy) == ieee_bits,
+            "IEEE f32: a product called under the switch changed once it was off"
+        );
+        assert!(
+            bits(x.clone().matmul(w.clone())) == plain,
+            "IEEE f32: the switch did not restore TF32"
+        );
+    }
+}
+
 fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
     let lhs = primitive(tensor::<Plain<R>, 2>(
         random_values(12, 1),
@@ -523,6 +621,7 @@ fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
         rhs.binding(),
         out.clone().binding(),
         storage,
+        F32Precision::Tf32,
     );
     assert!(matches!(err, Err(MatmulError::InnerDims { .. })), "{err:?}");
     let rhs = primitive(tensor::<Plain<R>, 2>(
@@ -538,6 +637,7 @@ fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
         rhs.clone().binding(),
         bad_out.binding(),
         storage,
+        F32Precision::Tf32,
     );
     assert!(matches!(err, Err(MatmulError::BadOutput { .. })), "{err:?}");
     // A bias must be a contiguous [N]: the epilogue indexes it by output column.
@@ -557,7 +657,9 @@ fn launch_refuses_bad_arguments<R: CubeRuntime>(device: &R::Device) {
             Some(bias.binding()),
             out.clone().binding(),
             storage,
-            MatmulPath::Portable,
+            MatmulPath::Portable {
+                tiling: PORTABLE_NARROW,
+            },
         );
         assert!(
             matches!(&err, Err(MatmulError::BadBias { n: 2, shape, .. }) if *shape == bias_shape),
@@ -745,6 +847,11 @@ fn matmul_batched_matrix_vector_is_invariant() {
 #[test]
 fn matmul_accuracy_and_views() {
     on_test_backend!(accuracy_and_views);
+}
+
+#[test]
+fn matmul_ieee_f32_switch() {
+    on_test_backend!(ieee_f32_switch);
 }
 
 #[test]

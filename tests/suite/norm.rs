@@ -21,17 +21,18 @@ fn layer_norm<X: Backend, const D: usize>(
     x: Tensor<X, D>,
     gamma: Tensor<X, 1>,
     beta: Option<Tensor<X, 1>>,
+    epsilon: f64,
 ) -> Tensor<X, D> {
     Tensor::from_primitive(TensorPrimitive::Float(X::layer_norm(
         x.into_primitive().tensor(),
         gamma.into_primitive().tensor(),
         beta.map(|b| b.into_primitive().tensor()),
-        EPS,
+        epsilon,
     )))
 }
 
 /// The two normalizations of the kernel, run through their public entry points.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Norm {
     /// `ModuleOps::layer_norm`.
     Layer,
@@ -48,11 +49,21 @@ impl Norm {
         gamma: Tensor<X, 1>,
         beta: Option<Tensor<X, 1>>,
     ) -> Tensor<X, D> {
+        self.run_with(x, gamma, beta, EPS)
+    }
+
+    fn run_with<X: RmsNormBackend, const D: usize>(
+        self,
+        x: Tensor<X, D>,
+        gamma: Tensor<X, 1>,
+        beta: Option<Tensor<X, 1>>,
+        epsilon: f64,
+    ) -> Tensor<X, D> {
         match self {
-            Norm::Layer => layer_norm(x, gamma, beta),
+            Norm::Layer => layer_norm(x, gamma, beta, epsilon),
             Norm::Rms => {
                 assert!(beta.is_none(), "RMS norm takes no beta");
-                rms_norm(x, gamma, EPS)
+                rms_norm(x, gamma, epsilon)
             }
         }
     }
@@ -80,9 +91,21 @@ impl Norm {
         beta: Option<&[f64]>,
         bits: u32,
     ) -> (Vec<f64>, Vec<f64>) {
+        self.reference_with(input, len, gamma, beta, EPS, bits)
+    }
+
+    fn reference_with(
+        self,
+        input: &[f64],
+        len: usize,
+        gamma: &[f64],
+        beta: Option<&[f64]>,
+        epsilon: f64,
+        bits: u32,
+    ) -> (Vec<f64>, Vec<f64>) {
         match self {
-            Norm::Layer => cpu_reference::layer_norm(input, len, gamma, beta, EPS, bits),
-            Norm::Rms => cpu_reference::rms_norm(input, len, gamma, EPS, bits),
+            Norm::Layer => cpu_reference::layer_norm(input, len, gamma, beta, epsilon, bits),
+            Norm::Rms => cpu_reference::rms_norm(input, len, gamma, epsilon, bits),
         }
     }
 }
@@ -252,6 +275,92 @@ fn special_values<B: KernelHost>(device: &B::Device) {
     }
 }
 
+/// Row `r` of the extreme-magnitude tests: ordinary rows between rows whose f32 sums
+/// overflow (entries near 1e30, a spread of 1e27, entries up to 3.3e38, a constant 3e38 row,
+/// one 3e38 entry among ordinary ones) and, with `epsilon` 0, rows whose squares underflow.
+fn extreme_row(r: usize, len: usize, epsilon: f64) -> Vec<f32> {
+    // Seeds that are multiples of 7 have no offset: entries in [-1, 1).
+    let unit = random_values(len, 7 * (r as u64 + 1));
+    let scaled = |k: f32, shift: f32| unit.iter().map(|v| v * k + shift).collect();
+    match (r % 7, epsilon == 0.0) {
+        (0, _) => unit,
+        (1, _) => scaled(1e30, 0.0),
+        (2, _) => scaled(1e27, 4e27),
+        (3, _) => scaled(3.3e38, 0.0),
+        // With epsilon 0 a constant row is 0 / 0 in the f64 reference: a tiny row instead.
+        (4, false) => vec![3e38; len],
+        (4, true) => scaled(1e-25, 0.0),
+        (5, _) => {
+            let mut row = unit;
+            row[len / 2] = -3e38;
+            row
+        }
+        (_, false) => scaled(1e-25, 0.0),
+        (_, true) => scaled(1e-15, 3e-15),
+    }
+}
+
+fn extreme_magnitudes<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    type X<B> = BatchInvariant<B>;
+    // f16 entries cannot take an f32 sum out of range.
+    let dtypes = float_dtypes::<B>(device)
+        .into_iter()
+        .filter(|d| *d != FloatDType::F16);
+    for dtype in dtypes {
+        // (8200 rows of 33: cubes of 8 rows, ordinary rows sharing cubes with extreme ones.)
+        for (rows, len, epsilon) in [(8200, 33, EPS), (21, 4096, EPS), (21, 1000, 0.0)] {
+            let data: Vec<f32> = (0..rows)
+                .flat_map(|r| extreme_row(r, len, epsilon))
+                .collect();
+            let x = tensor::<X<B>, 2>(data, [rows, len], dtype, device);
+            let [gamma, beta] = affine::<X<B>>(len, dtype, device);
+            let (input, g, b) = (
+                values(x.clone()),
+                values(gamma.clone()),
+                values(beta.clone()),
+            );
+            for norm in NORMS {
+                for &with_beta in norm.betas() {
+                    let beta = with_beta.then(|| beta.clone());
+                    let what = format!(
+                        "{} {rows}x{len} {dtype:?} eps {epsilon} beta {with_beta}",
+                        norm.name()
+                    );
+                    let got =
+                        values(norm.run_with(x.clone(), gamma.clone(), beta.clone(), epsilon));
+                    let b = with_beta.then_some(&b[..]);
+                    let bits_out = mantissa_bits(dtype);
+                    let (want, bounds) = norm.reference_with(&input, len, &g, b, epsilon, bits_out);
+                    for i in 0..got.len() {
+                        assert!(
+                            got[i].is_finite() && (got[i] - want[i]).abs() <= bounds[i],
+                            "{what} [{}, {}] (row kind {}): got {}, f64 reference {}, bound {}",
+                            i / len,
+                            i % len,
+                            (i / len) % 7,
+                            got[i],
+                            want[i],
+                            bounds[i]
+                        );
+                    }
+                    if norm == Norm::Layer && epsilon != 0.0 && len == 33 {
+                        // The constant 3e38 row, whose mean is exact at this length: no
+                        // spread, so its beta (0 without one).
+                        let constant = &got[4 * len..5 * len];
+                        let expect = b.map_or(vec![0.0; len], <[f64]>::to_vec);
+                        assert_eq!(constant, &expect[..], "{what}: the constant 3e38 row");
+                    }
+                    check_batches(x.clone(), 0, &what, |t| {
+                        norm.run_with(t, gamma.clone(), beta.clone(), epsilon)
+                    });
+                }
+            }
+        }
+    }
+}
+
 fn bad_input<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     type X<B> = BatchInvariant<B>;
@@ -260,7 +369,7 @@ fn bad_input<B: KernelHost>(device: &B::Device) {
     let [gamma, beta] = affine::<X<B>>(4, f32, device);
     let [short, _] = affine::<X<B>>(5, f32, device);
     let (x2, b2) = (x.clone(), beta.clone());
-    let msg = panic_message(move || layer_norm(x2, short, Some(b2)));
+    let msg = panic_message(move || layer_norm(x2, short, Some(b2), EPS));
     assert!(
         msg.contains("layer_norm")
             && msg.contains("gamma")
@@ -270,7 +379,7 @@ fn bad_input<B: KernelHost>(device: &B::Device) {
     );
     if float_dtypes::<B>(device).contains(&FloatDType::F16) {
         let (x2, g2) = (x.clone(), gamma.clone());
-        let msg = panic_message(move || layer_norm(x2, g2, Some(beta.cast(FloatDType::F16))));
+        let msg = panic_message(move || layer_norm(x2, g2, Some(beta.cast(FloatDType::F16)), EPS));
         assert!(
             msg.contains("layer_norm") && msg.contains("beta") && msg.contains("F16"),
             "{msg}"
@@ -302,7 +411,7 @@ fn bad_input<B: KernelHost>(device: &B::Device) {
     // An empty input has nothing to normalise: an empty result, no launch.
     let empty = Tensor::<X<B>, 2>::zeros([0, 4], device);
     assert_eq!(
-        layer_norm(empty.clone(), gamma.clone(), None).dims(),
+        layer_norm(empty.clone(), gamma.clone(), None, EPS).dims(),
         [0, 4]
     );
     assert_eq!(rms_norm(empty, gamma, EPS).dims(), [0, 4]);
@@ -518,6 +627,11 @@ fn norm_layer_norm_and_rms_norm_match_f64_reference() {
 #[test]
 fn norm_special_values() {
     on_test_backend!(special_values);
+}
+
+#[test]
+fn norm_extreme_magnitudes_stay_finite_and_within_bounds() {
+    on_test_backend!(extreme_magnitudes);
 }
 
 #[test]

@@ -27,6 +27,10 @@ pub const ENV_VAR: &str = "BURN_BATCH_INVARIANT";
 /// off). Same values as [`ENV_VAR`].
 pub const PARITY_ENV_VAR: &str = "BURN_BATCH_INVARIANT_PARITY";
 
+/// Name of the environment variable read when the [`ieee_f32`] switch is first used (unset:
+/// off, TF32). Same values as [`ENV_VAR`].
+pub const IEEE_F32_ENV_VAR: &str = "BURN_BATCH_INVARIANT_IEEE_F32";
+
 const UNSET: u8 = 0;
 const OFF: u8 = 1;
 const ON: u8 = 2;
@@ -42,6 +46,7 @@ struct Switch {
 
 static ROUTING: Switch = Switch::new(ENV_VAR, true, "batch-invariant routing");
 static PARITY: Switch = Switch::new(PARITY_ENV_VAR, false, "train/inference parity");
+static IEEE_F32: Switch = Switch::new(IEEE_F32_ENV_VAR, false, "IEEE f32 matmuls");
 
 impl Switch {
     const fn new(var: &'static str, default: bool, what: &'static str) -> Self {
@@ -149,7 +154,8 @@ pub fn scoped(enabled: bool) -> ModeGuard {
     }
 }
 
-/// Restores the value its switch had before [`scoped`] (or [`parity::scoped`]) when dropped.
+/// Restores the value its switch had before [`scoped`] (or [`parity::scoped`],
+/// [`ieee_f32::scoped`]) when dropped.
 #[derive(Debug)]
 pub struct ModeGuard {
     switch: &'static Switch,
@@ -195,6 +201,39 @@ pub mod parity {
     pub fn scoped(enabled: bool) -> ModeGuard {
         ModeGuard {
             switch: &PARITY,
+            previous: set_enabled(enabled),
+        }
+    }
+}
+
+/// The f32 matmul precision switch (off, TF32, unless [`IEEE_F32_ENV_VAR`] says otherwise).
+///
+/// An f32 `matmul` or `linear` runs on the tensor cores in TF32 by default: the precision
+/// class of Burn's own f32 matmul on the same GPU and of vLLM's Triton matmul, with operands
+/// rounded to 10 mantissa bits. With this switch on, f32 products run the portable kernel
+/// instead: one IEEE f32 multiply-add per k on the operands as stored (the class of torch's
+/// `mm` with TF32 off), on the CUDA cores, several times slower. Both are batch invariant;
+/// their bits differ, and the bounds are in docs/contract.md. An op reads the switch when it
+/// is called; f16 and bf16, and runtimes without tensor cores (where f32 is IEEE already),
+/// are unaffected.
+pub mod ieee_f32 {
+    use super::{ModeGuard, IEEE_F32};
+
+    /// Whether f32 matmuls run in IEEE f32 rather than TF32.
+    pub fn is_enabled() -> bool {
+        IEEE_F32.is_on()
+    }
+
+    /// Sets the IEEE f32 switch and returns its previous value.
+    pub fn set_enabled(enabled: bool) -> bool {
+        IEEE_F32.set(enabled)
+    }
+
+    /// Sets the IEEE f32 switch until the returned guard is dropped (see [`super::scoped`]).
+    #[must_use = "the IEEE f32 switch is restored when the guard is dropped"]
+    pub fn scoped(enabled: bool) -> ModeGuard {
+        ModeGuard {
+            switch: &IEEE_F32,
             previous: set_enabled(enabled),
         }
     }

@@ -72,8 +72,8 @@ fn decode_score_piece<F: Float>(
 
 /// The partials kernel for one query per (batch, head), a decode step: one cube of
 /// [`CUBE_UNITS`] threads per (batch x head of this slab, chunk). It performs, for its one
-/// query, exactly the operations of [`attention_partials_kernel`] in the same order (each
-/// score a sequential dot product over `d`, [`finish_score`], then per block of
+/// query, exactly the operations of [`attention_partials_kernel()`] in the same order (each
+/// score a sequential dot product over `d`, `finish_score`, then per block of
 /// [`BLOCK_K`] keys the same statistics, weights and accumulator updates), so a decode step
 /// gives the bits of the same position in a prefill; the suite checks it. What changes is
 /// who computes what, so that every load is coalesced and none waits on a branch:

@@ -46,10 +46,10 @@
 //! # Mapping
 //!
 //! Two kernels per launch: a partials kernel writes each query's chunk state to a scratch
-//! buffer, [`kernel::attention_combine_kernel`] merges them and writes the output. The
-//! partials kernel is [`kernel::attention_partials_kernel`], one cube of 16 x 16 threads per
+//! buffer, [`combine::attention_combine_kernel()`] merges them and writes the output. The
+//! partials kernel is [`kernel::attention_partials_kernel()`], one cube of 16 x 16 threads per
 //! (batch x head, block of [`BLOCK_Q`] queries, chunk), or, when there is one query per
-//! (batch, head) (a decode step), [`kernel::attention_decode_partials_kernel`], one cube of
+//! (batch, head) (a decode step), [`decode::attention_decode_partials_kernel()`], one cube of
 //! 256 threads per (batch x head, chunk) that computes the chunk's scores one key per thread
 //! and then carries one output column per thread. Both perform the operations above in the
 //! same order through the same helpers (`finish_score`, `chunk_end`); the suite compares a

@@ -1,5 +1,5 @@
 //! The portable persistent matmul: the path for runtimes without tensor cores (lavapipe in
-//! CI) and for K = 0.
+//! CI), for K = 0 and for IEEE f32 (`F32Precision::Ieee`).
 //!
 //! A fixed grid of cubes walks the output tiles in grouped order (a group of
 //! [`GROUP_M`] tile rows is finished column by column before the next, so neighbouring
@@ -13,19 +13,46 @@ use cubecl::prelude::*;
 use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
 use cubecl::std::FastDivmod;
 
-/// Output rows and columns of one tile.
-pub const TILE: usize = 32;
-/// Threads per cube along each side; each thread owns a 2x2 block of the tile.
+/// Threads per cube along each side.
 pub const CUBE_SIDE: u32 = 16;
 /// K entries staged through shared memory per step.
 pub const STEP_K: usize = 16;
 /// Tile rows per group of the grouped walk.
 pub const GROUP_M: usize = 8;
 
+/// How the portable kernel blocks its tile: each thread owns `per_thread x per_thread`
+/// outputs, rows `ty + 16 i` and columns `tx + 16 j`, so a tile is `16 per_thread` square.
+/// It decides which thread computes an output, never how: every tiling gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortableTiling {
+    pub name: &'static str,
+    pub per_thread: usize,
+}
+
+impl PortableTiling {
+    /// Output rows and columns of one tile.
+    pub const fn tile(&self) -> usize {
+        self.per_thread * CUBE_SIDE as usize
+    }
+}
+
+/// 32x32 tiles, 2x2 outputs a thread: small problems spread over many cubes.
+pub const PORTABLE_NARROW: PortableTiling = PortableTiling {
+    name: "narrow",
+    per_thread: 2,
+};
+/// 128x128 tiles, 8x8 outputs a thread: 64 multiply-adds for 16 shared-memory reads per K
+/// entry, the register blocking large problems need to approach the arithmetic peak.
+pub const PORTABLE_WIDE: PortableTiling = PortableTiling {
+    name: "wide",
+    per_thread: 8,
+};
+
 /// `lhs: [batch.., M, K]`, `rhs: [batch.., K, N]` with any strides; `out` contiguous
-/// `[batch.., M, N]`; with `has_bias`, `bias` contiguous `[N]` added to every row. `batch_shape` is the output's batch shape (at least one entry) and
+/// `[batch.., M, N]`; with `has_bias`, `bias` contiguous `[N]` added to every row.
+/// `batch_shape` is the output's batch shape (at least one entry) and
 /// `lhs_batch_strides`/`rhs_batch_strides` the operands' batch strides with broadcast dims
-/// set to 0.
+/// set to 0. `per_thread` is [`PortableTiling::per_thread`].
 #[cube(launch_unchecked, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_portable_kernel<F: Float>(
@@ -40,26 +67,32 @@ pub fn matmul_portable_kernel<F: Float>(
     n: usize,
     k: usize,
     num_batches: usize,
+    #[comptime] per_thread: usize,
     #[comptime] has_bias: bool,
     #[define(F)] _dtype: StorageType,
 ) {
+    let side = comptime!(CUBE_SIDE as usize);
+    let tile_len = comptime!(per_thread * CUBE_SIDE as usize);
     let rank = lhs.rank();
     let lhs_sm = lhs.stride(rank - 2);
     let lhs_sk = lhs.stride(rank - 1);
     let rhs_sk = rhs.stride(rank - 2);
     let rhs_sn = rhs.stride(rank - 1);
 
-    let tiles_m = m.div_ceil(TILE);
-    let tiles_n = n.div_ceil(TILE);
+    let tiles_m = m.div_ceil(tile_len);
+    let tiles_n = n.div_ceil(tile_len);
     let tiles_per_batch = tiles_m * tiles_n;
     let num_tiles = tiles_per_batch * num_batches;
 
     let tx = UNIT_POS_X as usize;
     let ty = UNIT_POS_Y as usize;
-    let flat = ty * CUBE_SIDE as usize + tx;
+    let flat = ty * side + tx;
 
-    let mut lhs_tile = SharedMemory::<f32>::new(comptime!(TILE * STEP_K));
-    let mut rhs_tile = SharedMemory::<f32>::new(comptime!(STEP_K * TILE));
+    let mut lhs_tile = SharedMemory::<f32>::new(comptime!(tile_len * STEP_K));
+    let mut rhs_tile = SharedMemory::<f32>::new(comptime!(STEP_K * tile_len));
+    let mut acc = Array::<f32>::new(comptime!(per_thread * per_thread));
+    let mut a = Array::<f32>::new(per_thread);
+    let mut b = Array::<f32>::new(per_thread);
 
     let mut tile = CUBE_POS;
     while tile < num_tiles {
@@ -77,95 +110,88 @@ pub fn matmul_portable_kernel<F: Float>(
             index_offset_contiguous_fastdivmod(batch, &batch_shape, &lhs_batch_strides, 1usize);
         let rhs_base =
             index_offset_contiguous_fastdivmod(batch, &batch_shape, &rhs_batch_strides, 1usize);
-        let row0 = tile_m * TILE + ty * 2;
-        let col0 = tile_n * TILE + tx * 2;
+        let row0 = tile_m * tile_len + ty;
+        let col0 = tile_n * tile_len + tx;
 
-        let mut acc00 = 0.0f32;
-        let mut acc01 = 0.0f32;
-        let mut acc10 = 0.0f32;
-        let mut acc11 = 0.0f32;
+        #[unroll]
+        for i in 0..per_thread * per_thread {
+            acc[i] = 0.0f32;
+        }
 
         let mut k0 = 0;
         while k0 < k {
-            // 256 threads stage a 32x16 lhs block and a 16x32 rhs block, two entries each;
-            // entries past M, N or K are zeros and only ever meet zeros or unwritten outputs.
+            // The cube stages a `tile x STEP_K` lhs block and a `STEP_K x tile` rhs block,
+            // `per_thread` entries of each per thread; entries past M, N or K are zeros and
+            // only ever meet zeros or unwritten outputs.
             #[unroll]
-            for part in 0..2usize {
-                let e = flat + part * 256;
+            for part in 0..per_thread {
+                let e = flat + part * comptime!(CUBE_SIDE as usize * CUBE_SIDE as usize);
                 let r = e / STEP_K;
                 let c = e % STEP_K;
-                let gm = tile_m * TILE + r;
+                let gm = tile_m * tile_len + r;
                 let gk = k0 + c;
-                let mut a = 0.0f32;
+                let mut x = 0.0f32;
                 if gm < m && gk < k {
-                    a = f32::cast_from(lhs[lhs_base + gm * lhs_sm + gk * lhs_sk]);
+                    x = f32::cast_from(lhs[lhs_base + gm * lhs_sm + gk * lhs_sk]);
                 }
-                lhs_tile[e] = a;
+                lhs_tile[e] = x;
 
-                let rk = e / TILE;
-                let rc = e % TILE;
+                let rk = e / tile_len;
+                let rc = e % tile_len;
                 let bk = k0 + rk;
-                let bn = tile_n * TILE + rc;
-                let mut b = 0.0f32;
+                let bn = tile_n * tile_len + rc;
+                let mut y = 0.0f32;
                 if bk < k && bn < n {
-                    b = f32::cast_from(rhs[rhs_base + bk * rhs_sk + bn * rhs_sn]);
+                    y = f32::cast_from(rhs[rhs_base + bk * rhs_sk + bn * rhs_sn]);
                 }
-                rhs_tile[e] = b;
+                rhs_tile[e] = y;
             }
             sync_cube();
 
+            // One multiply-add per output and k, in increasing k.
             #[unroll]
             for kk in 0..STEP_K {
-                let a0 = lhs_tile[(ty * 2) * STEP_K + kk];
-                let a1 = lhs_tile[(ty * 2 + 1) * STEP_K + kk];
-                let b0 = rhs_tile[kk * TILE + tx * 2];
-                let b1 = rhs_tile[kk * TILE + tx * 2 + 1];
-                acc00 += a0 * b0;
-                acc01 += a0 * b1;
-                acc10 += a1 * b0;
-                acc11 += a1 * b1;
+                #[unroll]
+                for i in 0..per_thread {
+                    a[i] = lhs_tile[(ty + i * side) * STEP_K + kk];
+                }
+                #[unroll]
+                for j in 0..per_thread {
+                    b[j] = rhs_tile[kk * tile_len + tx + j * side];
+                }
+                #[unroll]
+                for i in 0..per_thread {
+                    #[unroll]
+                    for j in 0..per_thread {
+                        acc[i * per_thread + j] += a[i] * b[j];
+                    }
+                }
             }
             sync_cube();
             k0 += STEP_K;
         }
 
         // The bias joins the f32 sums after the last K step; one rounding to F follows.
-        if has_bias {
-            let mut b0 = 0.0f32;
-            let mut b1 = 0.0f32;
-            if col0 < n {
-                b0 = f32::cast_from(bias[col0]);
-            }
-            if col0 + 1 < n {
-                b1 = f32::cast_from(bias[col0 + 1]);
-            }
-            acc00 += b0;
-            acc01 += b1;
-            acc10 += b0;
-            acc11 += b1;
-        }
-
         let out_base = batch * m * n;
-        if row0 < m {
-            if col0 < n {
-                out[out_base + row0 * n + col0] = F::cast_from(acc00);
+        #[unroll]
+        for j in 0..per_thread {
+            let col = col0 + j * side;
+            let mut beta = 0.0f32;
+            if has_bias && col < n {
+                beta = f32::cast_from(bias[col]);
             }
-            if col0 + 1 < n {
-                out[out_base + row0 * n + col0 + 1] = F::cast_from(acc01);
-            }
-        }
-        if row0 + 1 < m {
-            if col0 < n {
-                out[out_base + (row0 + 1) * n + col0] = F::cast_from(acc10);
-            }
-            if col0 + 1 < n {
-                out[out_base + (row0 + 1) * n + col0 + 1] = F::cast_from(acc11);
+            #[unroll]
+            for i in 0..per_thread {
+                let row = row0 + i * side;
+                let mut v = acc[i * per_thread + j];
+                if has_bias {
+                    v += beta;
+                }
+                if row < m && col < n {
+                    out[out_base + row * n + col] = F::cast_from(v);
+                }
             }
         }
         tile += CUBE_COUNT;
     }
 }
-
-// The staging loop above hands two entries of each block to each of the 256 threads.
-const _: () = assert!(TILE * STEP_K == 2 * (CUBE_SIDE * CUBE_SIDE) as usize);
-const _: () = assert!(TILE == 2 * CUBE_SIDE as usize);

@@ -6,8 +6,11 @@ use cubecl::prelude::*;
 use cubecl::std::tensor::{copy_into, TensorHandle};
 use cubecl::std::FastDivmod;
 
-use super::kernel::{matmul_portable_kernel, CUBE_SIDE, TILE};
+use super::kernel::{
+    matmul_portable_kernel, PortableTiling, CUBE_SIDE, PORTABLE_NARROW, PORTABLE_WIDE,
+};
 use super::tensor_core::{self, tiling_for, Loader, TensorCoreTiling};
+use super::F32Precision;
 use crate::layout::{contiguous_strides, max_offset};
 
 /// Which kernel computed a matmul. Recorded in [`MatmulLaunch`] and in the tracing span.
@@ -18,8 +21,8 @@ pub enum MatmulPath {
         tiling: TensorCoreTiling,
         loader: Loader,
     },
-    /// [`super::kernel::matmul_portable_kernel`].
-    Portable,
+    /// [`super::kernel::matmul_portable_kernel()`], one multiply-add per k in f32.
+    Portable { tiling: PortableTiling },
 }
 
 impl MatmulPath {
@@ -29,7 +32,7 @@ impl MatmulPath {
             Self::TensorCore { tiling, loader } => {
                 format!("tensor-core/{}/{:?}/{loader:?}", tiling.name, tiling.kind)
             }
-            Self::Portable => "portable".to_string(),
+            Self::Portable { tiling } => format!("portable/{}", tiling.name),
         }
     }
 }
@@ -144,30 +147,36 @@ pub fn matmul_output_shape(lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>, M
 }
 
 /// The path [`launch_matmul`] takes on this runtime for this problem. It depends on the
-/// runtime, the dtype, K = 0, the output's size and the multiprocessor count (the tiling,
-/// [`tiling_for`]) and, for the loader, on how the operands are stored (the strides TMA can
-/// read once the launch has made its copies). Every choice gives the same bits per element
-/// (see the module docs) except the loader in f32 ([`tensor_core::loaders_agree`]), where the
-/// launch brings every problem it can to TMA so that the loader does not follow M.
+/// runtime, the dtype and, in f32, `precision`, K = 0, the output's size and the
+/// multiprocessor count (the tilings, [`tiling_for`] and [`portable_tiling_for`]) and, for
+/// the loader, on how the operands are stored (the strides TMA can read once the launch has
+/// made its copies). Every choice gives the same bits per element (see the module docs)
+/// except the loader in f32 TF32 ([`tensor_core::loaders_agree`]), where the launch brings
+/// every problem it can to TMA so that the loader does not follow M.
 pub fn choose_path<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: &TensorBinding<R>,
     rhs: &TensorBinding<R>,
     dtype: StorageType,
+    precision: F32Precision,
 ) -> MatmulPath {
     let rank = lhs.shape.len();
     let (m, k) = (lhs.shape[rank - 2], lhs.shape[rank - 1]);
-    if k == 0 {
-        return MatmulPath::Portable;
-    }
     let n = rhs.shape[rank - 1];
     let batches = matmul_output_shape(&lhs.shape, &rhs.shape)
         .map(|shape| shape[..rank - 2].iter().product())
         .unwrap_or(1);
+    let portable = MatmulPath::Portable {
+        tiling: portable_tiling_for(client, m, n, batches),
+    };
+    let ieee = precision == F32Precision::Ieee && dtype == tensor_core::F32;
+    if k == 0 || ieee {
+        return portable;
+    }
     let sms = client.properties().hardware.num_streaming_multiprocessors;
     let tiling = tiling_for(m, n, batches, dtype, sms);
     let Some(kind) = tensor_core::form_for(client, dtype, tiling) else {
-        return MatmulPath::Portable;
+        return portable;
     };
     let tiling = TensorCoreTiling { kind, ..tiling };
     let loader = if tma_reads_both(lhs, rhs, dtype) {
@@ -176,6 +185,33 @@ pub fn choose_path<R: Runtime>(
         Loader::Cyclic
     };
     MatmulPath::TensorCore { tiling, loader }
+}
+
+/// The portable kernel's tiling: [`PORTABLE_WIDE`] where its 128x128 tiles are at least
+/// as many as the device's multiprocessors (or CPU cores), [`PORTABLE_NARROW`] otherwise.
+/// Either gives the same bits.
+pub fn portable_tiling_for<R: Runtime>(
+    client: &ComputeClient<R>,
+    m: usize,
+    n: usize,
+    batches: usize,
+) -> PortableTiling {
+    let tile = PORTABLE_WIDE.tile();
+    let wide_tiles = batches * m.div_ceil(tile) * n.div_ceil(tile);
+    if m >= tile && n >= tile && wide_tiles >= compute_units(client) {
+        PORTABLE_WIDE
+    } else {
+        PORTABLE_NARROW
+    }
+}
+
+/// Multiprocessors, or CPU cores on a CPU runtime.
+fn compute_units<R: Runtime>(client: &ComputeClient<R>) -> usize {
+    let hardware = &client.properties().hardware;
+    hardware
+        .num_streaming_multiprocessors
+        .or(hardware.num_cpu_cores)
+        .unwrap_or(16) as usize
 }
 
 /// Whether TMA reads both operands once [`prepare_operands`] has copied what it copies.
@@ -334,14 +370,16 @@ fn normalize_unit_strides(shape: &[usize], strides: &mut [usize], align: usize) 
 
 /// `out = lhs @ rhs` for `lhs: [batch.., M, K]` and `rhs: [batch.., K, N]` of element type
 /// `dtype`, any strides, batch dims broadcast; `out` contiguous with the broadcast shape.
+/// `precision` matters for f32 only.
 pub fn launch_matmul<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: TensorBinding<R>,
     rhs: TensorBinding<R>,
     out: TensorBinding<R>,
     dtype: StorageType,
+    precision: F32Precision,
 ) -> Result<MatmulLaunch, MatmulError> {
-    let path = choose_path(client, &lhs, &rhs, dtype);
+    let path = choose_path(client, &lhs, &rhs, dtype, precision);
     launch_matmul_on(client, lhs, rhs, None, out, dtype, path)
 }
 
@@ -356,8 +394,9 @@ pub fn launch_matmul_bias<R: Runtime>(
     bias: TensorBinding<R>,
     out: TensorBinding<R>,
     dtype: StorageType,
+    precision: F32Precision,
 ) -> Result<MatmulLaunch, MatmulError> {
-    let path = choose_path(client, &lhs, &rhs, dtype);
+    let path = choose_path(client, &lhs, &rhs, dtype, precision);
     launch_matmul_on(client, lhs, rhs, Some(bias), out, dtype, path)
 }
 
@@ -433,7 +472,9 @@ pub fn launch_matmul_on<R: Runtime>(
     }
     let (lhs, rhs) = prepare_operands(client, lhs, rhs, dtype, path);
     match path {
-        MatmulPath::Portable => launch_portable(client, lhs, rhs, bias, out, dtype, &expected),
+        MatmulPath::Portable { tiling } => {
+            launch_portable(client, lhs, rhs, bias, out, dtype, &expected, tiling)
+        }
         MatmulPath::TensorCore { tiling, loader } => {
             if k == 0 || !tensor_core::is_supported(client, dtype, tiling.kind) {
                 return Err(MatmulError::Setup(format!(
@@ -479,6 +520,7 @@ pub fn launch_matmul_on<R: Runtime>(
     Ok(launch)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch_portable<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: TensorBinding<R>,
@@ -487,6 +529,7 @@ fn launch_portable<R: Runtime>(
     out: TensorBinding<R>,
     dtype: StorageType,
     out_shape: &[usize],
+    tiling: PortableTiling,
 ) {
     let rank = out_shape.len();
     let (m, n, k) = (
@@ -519,13 +562,9 @@ fn launch_portable<R: Runtime>(
     };
     let address_type = AddressType::from_len(extent(&lhs).max(extent(&rhs)).max(batches * m * n));
 
-    let tiles = batches * m.div_ceil(TILE) * n.div_ceil(TILE);
-    let hardware = &client.properties().hardware;
-    let units = hardware
-        .num_streaming_multiprocessors
-        .or(hardware.num_cpu_cores)
-        .unwrap_or(16) as usize;
-    let cubes = tiles.min(4 * units).max(1);
+    let tile = tiling.tile();
+    let tiles = batches * m.div_ceil(tile) * n.div_ceil(tile);
+    let cubes = tiles.min(4 * compute_units(client)).max(1);
     // An absent bias binds the lhs: the kernel never reads it (comptime flag).
     let has_bias = bias.is_some();
     let bias = bias.unwrap_or_else(|| lhs.clone());
@@ -546,6 +585,7 @@ fn launch_portable<R: Runtime>(
             n,
             k,
             batches,
+            tiling.per_thread,
             has_bias,
             dtype,
         );

@@ -14,9 +14,10 @@
 //!   identical for every row and column of the fragment. The kernel is cubek's tiled matmul
 //!   driven by a *forced* blueprint ([`tensor_core`]), so no heuristic and no autotuner
 //!   picks anything: the tile instruction, the dtypes and the K walk are constants here.
-//! * **Portable** ([`MatmulPath::Portable`], everything else, e.g. lavapipe; and K = 0
-//!   everywhere): our own persistent kernel ([`kernel::matmul_portable_kernel`]), one
-//!   multiply-add per k, in increasing k.
+//! * **Portable** ([`MatmulPath::Portable`], everything else, e.g. lavapipe; K = 0
+//!   everywhere; f32 with [`F32Precision::Ieee`]): our own persistent kernel
+//!   ([`kernel::matmul_portable_kernel()`]), one f32 multiply-add per k, in increasing k, on
+//!   the operands as stored: IEEE f32 products and sums, no TF32 rounding of the operands.
 //!
 //! # What may change with the shape, and why it is harmless
 //!
@@ -41,11 +42,26 @@ pub mod kernel;
 pub mod launch;
 pub mod tensor_core;
 
-pub use launch::{launch_matmul, MatmulError, MatmulLaunch, MatmulPath};
+pub use kernel::{PortableTiling, PORTABLE_NARROW, PORTABLE_WIDE};
+pub use launch::{launch_matmul, portable_tiling_for, MatmulError, MatmulLaunch, MatmulPath};
 pub use tensor_core::{
     tiling_for, tilings_for, Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32,
     SKINNY, SKINNY_TF32, SKINNY_TF32_WIDE, TILINGS, WIDE, WIDE_N112,
 };
+
+/// How an f32 matmul multiplies on a runtime with tensor cores.
+///
+/// TF32 is the default: Burn's own f32 matmul and vLLM's Triton matmul (`tl.dot`'s default)
+/// are in that class, and it runs on the tensor cores. `Ieee` runs the portable kernel: the
+/// operands as stored, one IEEE f32 multiply-add per k (what torch's `mm` gives with TF32
+/// off), at the speed of the CUDA cores. Both are batch invariant; their bits differ from
+/// each other. Other dtypes, and runtimes without tensor cores, ignore the choice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum F32Precision {
+    #[default]
+    Tf32,
+    Ieee,
+}
 
 /// Problems with at most this many rows (M, per batch) use the [`NARROW`] tiling
 /// ([`NARROW_TF32`] in f32).

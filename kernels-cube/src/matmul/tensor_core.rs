@@ -32,7 +32,7 @@ use cubek::std::cube_count::{GlobalOrder, HypercubeBlueprint};
 use cubek::std::stage::SwizzleMode;
 use cubek::std::{InputBinding, MatrixLayout, PartitionSize, StageSize, SwizzleModes, TileSize};
 
-const F32: StorageType = StorageType::Scalar(ElemType::Float(FloatKind::F32));
+pub(crate) const F32: StorageType = StorageType::Scalar(ElemType::Float(FloatKind::F32));
 
 /// How operand tiles reach shared memory. Only speed depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -13,6 +13,8 @@ use super::{lanes_for_len, NormKind};
 /// mean's error carried into the centred value and the variance, the square root and the
 /// division (half the variance's relative error, plus roundoffs), the affine step, then the
 /// cast to the output dtype (relative, plus half a subnormal step). Twice that, for slack.
+/// Rows out of f32's range, which the kernel sums again scaled, add the scaling's loss to the
+/// entries (half a subnormal step of the scaled entry, `2^-150 max|x|`).
 pub fn layer_norm(
     data: &[f64],
     len: usize,
@@ -81,12 +83,15 @@ fn normalize(
     let mut out = Vec::with_capacity(data.len());
     let mut bounds = Vec::with_capacity(data.len());
     for row in data.chunks(len) {
+        // A row summed again scaled by `s <= 1 / max|x|` (out of f32's range) loses up to half a
+        // subnormal step of `s x` per entry: `2^-150 max|x|` in `x`'s units, nothing otherwise.
+        let d_x = (2.0f64).powi(-150) * row.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         let (mean, d_mean) = if centered {
             let mean = row.iter().sum::<f64>() / n;
             let mean_abs = row.iter().map(|x| x.abs()).sum::<f64>() / n;
-            (mean, levels * u * mean_abs + u * mean.abs())
+            (mean, levels * u * mean_abs + u * mean.abs() + 2.0 * d_x)
         } else {
-            (0.0, 0.0)
+            (0.0, 2.0 * d_x)
         };
         let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
         let denom = (var + epsilon).sqrt();

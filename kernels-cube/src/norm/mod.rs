@@ -28,6 +28,25 @@
 //! composite's order (whose first mean reads chunks of four, see `reduce`), so the bits
 //! differ from `mean_dim`-based layer norms; the error bound is in [`cpu_reference`].
 //!
+//! # Rows out of f32's range
+//!
+//! The sums are f32, so a row of finite entries can overflow them (an RMS row of entries
+//! near 1e30, a layer-norm row with a spread of 1e27, entries near f32's maximum), and with
+//! a tiny `eps` a row of tiny entries can lose them to subnormals. Burn's composite and
+//! torch then return 0 or beta. Here a row whose `mean((x - mean)^2) + eps` is not finite or
+//! is below `2^-64` is summed again (steps 1 and 2, same order) over `s x_j`, where `s` is
+//! the power of two that brings `max_j |x_j|` into `[1, 2)` (clamped to `[2^-126, 2^63]`),
+//! with `eps s^2` in place of `eps`, and step 3 uses `s x_j`. Scaling by a power of two is
+//! exact, so the result is the formula's, not an approximation of it; only entries that `s`
+//! pushes below f32's normal range lose bits, which the bound of [`cpu_reference`] carries.
+//! Whether a row is summed again depends on that row alone: the rows of its cube that are
+//! not take part in the passes with an empty range and keep their bits. Scaled down, `eps
+//! s^2` can underflow to 0; a row whose scaled spread is then exactly 0 too (a constant row
+//! whose mean comes out exact, or a row of zeros with `eps` 0, which the formula makes
+//! 0 / 0) is given the denominator `2^-63`, so it normalizes to beta. What stays outside the bound:
+//! rows whose largest entry is below `2^-63` when `eps` is below `2^-64` (finite, but `s`
+//! stops at `2^63`).
+//!
 //! Special values follow the formulas, as the f64 reference does: a layer-norm row holding
 //! a NaN or an infinity gives NaN everywhere; an RMS-norm row holding a NaN gives NaN
 //! everywhere, one holding an infinity gives 0 at its finite entries and NaN at the

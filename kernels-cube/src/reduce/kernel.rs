@@ -8,7 +8,7 @@ use cubecl::std::FastDivmod;
 
 pub use super::CHUNK;
 
-/// Most threads in one cube of [`reduce_lanes_kernel`]: `lanes` per row, at most
+/// Most threads in one cube of [`reduce_lanes_kernel()`]: `lanes` per row, at most
 /// `CUBE_UNITS / lanes` rows per cube (`crate::layout::rows_per_cube`). A launch parameter only: it
 /// changes which cube computes a row, not how.
 pub const CUBE_UNITS: u32 = 256;
@@ -16,10 +16,10 @@ pub const CUBE_UNITS: u32 = 256;
 /// Loads one thread of a lanes kernel issues before it folds them in (in index order).
 pub const SCAN_UNROLL: usize = 16;
 
-/// Segments whose chunks one thread of [`reduce_lanes_kernel`] loads per group.
+/// Segments whose chunks one thread of [`reduce_lanes_kernel()`] loads per group.
 const GROUP_SEGMENTS: usize = SCAN_UNROLL / CHUNK;
 
-/// Outputs handled by one cube of [`reduce_unit_kernel`].
+/// Outputs handled by one cube of [`reduce_unit_kernel()`].
 pub const UNITS_PER_CUBE: u32 = 128;
 
 /// Offset of the first element of output row `row` in the input.
@@ -112,7 +112,7 @@ pub fn reduce_lanes_kernel<F: Float>(
     }
 }
 
-/// The order of [`reduce_lanes_kernel`] for contiguous rows whose starts and length are
+/// The order of [`reduce_lanes_kernel()`] for contiguous rows whose starts and length are
 /// multiples of [`CHUNK`] elements: thread `t`'s chunk of a segment is one vector load, so
 /// a warp reads a 32-partial segment (512 bytes in f32) in one instruction and the adds
 /// need nothing but the loaded registers. `SCAN_UNROLL` vectors are in flight per thread.
@@ -316,7 +316,7 @@ pub(crate) fn fold_shared(
     shared[slot]
 }
 
-/// One step of the fold of [`reduce_unit_kernel`], unrolled so the partials stay in registers.
+/// One step of the fold of [`reduce_unit_kernel()`], unrolled so the partials stay in registers.
 #[cube]
 fn fold_registers(partials: &mut Array<f32>, #[comptime] step: usize, #[comptime] prod: bool) {
     #[unroll]

@@ -21,13 +21,13 @@
 //!
 //! # Three mappings, one order
 //!
-//! * [`kernel::reduce_vector_kernel`]: contiguous rows whose starts and length are multiples
+//! * [`kernel::reduce_vector_kernel()`]: contiguous rows whose starts and length are multiples
 //!   of [`CHUNK`] at aligned addresses: `P` threads per row, thread `t` loads chunk
 //!   `t + P s` of segment `s` as one vector. The fold is shuffles where `P` threads are one
 //!   plane (CUDA, short rows), else through shared memory.
-//! * [`kernel::reduce_lanes_kernel`]: the same thread mapping for other contiguous rows,
+//! * [`kernel::reduce_lanes_kernel()`]: the same thread mapping for other contiguous rows,
 //!   each chunk read one element at a time; the fold goes through shared memory.
-//! * [`kernel::reduce_unit_kernel`]: one thread per output holds all `P` partials (in
+//! * [`kernel::reduce_unit_kernel()`]: one thread per output holds all `P` partials (in
 //!   registers for 32; the 256 of long rows spill to local memory, a cost only strided long
 //!   rows pay). Neighbouring threads handle neighbouring outputs, the right mapping when the
 //!   reduced dim is strided (reducing over rows, a transposed view).

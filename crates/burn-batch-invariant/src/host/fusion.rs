@@ -12,6 +12,7 @@ use core::marker::PhantomData;
 use batch_invariant_kernels::attention::AttentionOptions;
 use batch_invariant_kernels::extremum::ExtremumOp;
 use batch_invariant_kernels::matmul::launch::matmul_output_shape;
+use batch_invariant_kernels::matmul::F32Precision;
 use batch_invariant_kernels::norm::NormKind;
 use batch_invariant_kernels::reduce::ReduceOp;
 use batch_invariant_kernels::softmax::SoftmaxKind;
@@ -37,6 +38,7 @@ enum Kernel {
     },
     Matmul {
         bias: bool,
+        precision: F32Precision,
     },
     Extremum {
         dim: usize,
@@ -100,10 +102,10 @@ impl<B: FusionBackend + KernelHost> Operation<B::FusionRuntime> for InvariantOp<
                 let out = B::invariant_softmax(next(), dim, kind);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
-            Kernel::Matmul { bias } => {
+            Kernel::Matmul { bias, precision } => {
                 let (lhs, rhs) = (next(), next());
                 let bias = bias.then(&mut next);
-                let out = B::invariant_matmul(lhs, rhs, bias);
+                let out = B::invariant_matmul(lhs, rhs, bias, precision);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
             }
             Kernel::Extremum {
@@ -198,12 +200,14 @@ impl<B: FusionBackend + KernelHost> KernelHost for Fusion<B> {
         lhs: FloatTensor<Self>,
         rhs: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
+        precision: F32Precision,
     ) -> FloatTensor<Self> {
         let shape = matmul_output_shape(&lhs.shape(), &rhs.shape())
             .unwrap_or_else(|err| panic!("batch-invariant matmul: {err}"));
         let out = (Shape::from(shape), lhs.dtype);
         let kernel = Kernel::Matmul {
             bias: bias.is_some(),
+            precision,
         };
         let inputs = [lhs, rhs].into_iter().chain(bias).collect();
         single(register::<B>(inputs, &[out], kernel))

@@ -10,6 +10,7 @@ use batch_invariant_kernels::extremum::{launch_extremum_dim, ExtremumOp};
 use batch_invariant_kernels::matmul::launch::{
     launch_matmul, launch_matmul_bias, matmul_output_shape,
 };
+use batch_invariant_kernels::matmul::F32Precision;
 use batch_invariant_kernels::norm::{launch_norm, NormKind};
 use batch_invariant_kernels::reduce::{launch_reduce_dim, ReduceOp};
 use batch_invariant_kernels::softmax::{launch_softmax_dim, SoftmaxKind};
@@ -52,11 +53,13 @@ pub trait KernelHost: Backend {
     /// `batch_invariant_kernels::matmul`, into a new contiguous tensor. Inputs: the same dtype
     /// (f32, f16 or bf16), equal ranks of at least 2, matching inner dims, broadcastable
     /// batch dims; `bias` of shape `[N]`. The bias is added to the f32 accumulator, before
-    /// the one rounding to the output dtype.
+    /// the one rounding to the output dtype. `precision` is read when the kernel runs (for
+    /// f32), so the fused form carries the value the op was called with.
     fn invariant_matmul(
         lhs: FloatTensor<Self>,
         rhs: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
+        precision: F32Precision,
     ) -> FloatTensor<Self>;
 
     /// The winning value and its index along `dim` (both keeping `dim` with length 1)
@@ -140,6 +143,7 @@ where
         lhs: CubeTensor<R>,
         rhs: CubeTensor<R>,
         bias: Option<CubeTensor<R>>,
+        precision: F32Precision,
     ) -> CubeTensor<R> {
         let dtype: DType = lhs.dtype;
         let out_shape = matmul_output_shape(lhs.meta.shape(), rhs.meta.shape())
@@ -154,6 +158,7 @@ where
                 rhs.binding(),
                 output.clone().binding(),
                 dtype.into(),
+                precision,
             ),
             Some(bias) => launch_matmul_bias(
                 &client,
@@ -162,6 +167,7 @@ where
                 into_contiguous(bias).binding(),
                 output.clone().binding(),
                 dtype.into(),
+                precision,
             ),
         };
         launched.unwrap_or_else(|err| panic!("batch-invariant matmul launch: {err}"));

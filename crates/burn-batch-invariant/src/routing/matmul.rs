@@ -7,12 +7,13 @@
 //! backward helpers reach the matmul through their default bodies (see `ops/module.rs`).
 
 use batch_invariant_kernels::matmul::launch::matmul_output_shape;
+use batch_invariant_kernels::matmul::F32Precision;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::{Shape, TensorMetadata};
 
 use super::checks::{check_devices, check_float_dtype};
 use super::empty;
-use crate::KernelHost;
+use crate::{mode, KernelHost};
 
 pub(crate) fn float_matmul<B: KernelHost>(
     lhs: FloatTensor<B>,
@@ -23,7 +24,16 @@ pub(crate) fn float_matmul<B: KernelHost>(
     if let Some(out) = without_kernel::<B>(out_shape, k, None, &lhs) {
         return out;
     }
-    B::invariant_matmul(lhs, rhs, None)
+    B::invariant_matmul(lhs, rhs, None, f32_precision())
+}
+
+/// The f32 precision the mode switch asks for now ([`mode::ieee_f32`]).
+fn f32_precision() -> F32Precision {
+    if mode::ieee_f32::is_enabled() {
+        F32Precision::Ieee
+    } else {
+        F32Precision::Tf32
+    }
 }
 
 /// The product where no kernel is needed: an empty output, or K = 0, where every element is
@@ -132,7 +142,7 @@ pub(crate) fn linear<B: KernelHost>(
     }
     let weight = B::float_reshape(weight, leading_ones(w, rank.max(2)));
     check_product::<B>(op, &x, &weight);
-    B::invariant_matmul(x, weight, bias)
+    B::invariant_matmul(x, weight, bias, f32_precision())
 }
 
 /// `dims` with leading 1s up to `rank` dims, the broadcast view Burn's composite builds.
