@@ -10,7 +10,8 @@
 //! `--candidate NAME:PM,PN,PK:SM,SN` (one more tiling for the sweep, repeatable),
 //! `--linear` (`x @ W + b` through `burn::tensor::module::linear` instead of the plain
 //! product: Burn's composite against the bias in our epilogue). With `--json PATH`, also a
-//! plot per dtype of TFLOP/s against M (`PATH` with `.bf16.svg` etc.).
+//! plot per dtype of TFLOP/s against M (`PATH` with `.bf16.svg` etc.). With
+//! `BURN_BATCH_INVARIANT_IEEE_F32=1` the f32 rows time the IEEE f32 path instead of TF32.
 //!
 //! Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device time per call
 //! from a cold L2, host overhead hidden, the same for both columns.
