@@ -2,18 +2,19 @@
 # Runs what scripts/gpu-build.sh gathered in .gpu/, on the CUDA machine, from the directory
 # that holds .gpu/:
 #   bash .gpu/run.sh
-# The suite on CUDA, ab_ops with the mode on and off, ab_generate, the benchmarks (plain and
-# fused backend, matmul, attention) and the reference timings (reference_torch.py). Results
-# go under $OUT (default ./gpu-out): report.md (a summary with every text output), tests.log,
-# ab_ops.txt, the benchmarks' JSON, plots.tar and reference.json. The script exits non-zero
-# when a test fails, when ab_ops finds a routed op that moves with its batch, or when
-# ab_generate finds a prompt whose tokens or logits change with its batch under BatchInvariant.
-# BI_GPU_PARTS selects a subset of: suite ab generate bench fused matmul attention reference
+# The suite on CUDA, ab_ops with the mode on and off, ab_generate and llama_generate, the
+# benchmarks (plain and fused backend, matmul, attention, the Llama-style model) and the
+# reference timings (reference_torch.py). Results go under $OUT (default ./gpu-out):
+# report.md (a summary with every text output), tests.log, ab_ops.txt, the benchmarks' JSON,
+# plots.tar and reference.json. The script exits non-zero when a test fails, when ab_ops
+# finds a routed op that moves with its batch, or when ab_generate or llama_generate finds a
+# sequence whose tokens or logits change with its batch under BatchInvariant.
+# BI_GPU_PARTS selects a subset of: suite ab generate bench fused matmul attention llm reference
 # (e.g. BI_GPU_PARTS="matmul reference" for the matmul tables).
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}") # absolute: the script changes directory below
 mkdir -p "$OUT"
-PARTS=" ${BI_GPU_PARTS:-suite ab generate bench fused matmul attention reference} " # a subset runs faster
+PARTS=" ${BI_GPU_PARTS:-suite ab generate bench fused matmul attention llm reference} " # a subset runs faster
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 TMP=$(mktemp -d) # logs whose content goes into report.md, so that $OUT holds one copy of each
 cd .gpu
@@ -21,7 +22,7 @@ for f in *.gz; do gunzip -f "$f"; done
 chmod +x suite ab_* bench* 2>/dev/null
 
 device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)
-tests_rc=skipped; ab_rc=skipped; gen_rc=skipped; bench_rc=skipped; fused_rc=skipped; matmul_rc=skipped; attn_rc=skipped
+tests_rc=skipped; ab_rc=skipped; gen_rc=skipped; llm_rc=skipped; bench_rc=skipped; fused_rc=skipped; matmul_rc=skipped; attn_rc=skipped
 if part suite; then
     # BI_SUITE_FILTER: run only the tests whose names contain it (e.g. attention).
     BI_TEST_BACKEND=cuda ./suite ${BI_SUITE_FILTER:-} --nocapture >"$OUT/tests.log" 2>&1
@@ -35,6 +36,8 @@ fi
 if part generate; then
     ./ab_generate --cuda >"$TMP/ab_generate.txt" 2>&1
     gen_rc=$?
+    timeout 300 ./llama_generate --cuda >>"$TMP/ab_generate.txt" 2>&1
+    [ $? != 0 ] && gen_rc=1
 fi
 if part bench; then
     ./bench --cuda --json "$OUT/bench.json" >"$TMP/bench.txt" 2>&1
@@ -56,6 +59,18 @@ if part attention; then
     timeout 300 ./bench_attention --cuda --json "$OUT/attention.json" >"$TMP/bench_attention.txt" 2>&1
     attn_rc=$?
 fi
+if part llm; then
+    # The whole model: Burn's default and BatchInvariant, plain and fused, then the torch
+    # peers on the same model (reference_torch.py --only llm).
+    timeout 420 ./bench_llm --cuda --breakdown --json "$OUT/llm.json" >"$TMP/bench_llm.txt" 2>&1
+    llm_rc=$?
+    timeout 420 ./bench_llm --cuda --fused --json "$OUT/llm_fused.json" >>"$TMP/bench_llm.txt" 2>&1
+    [ $? != 0 ] && llm_rc=1
+    if [ -f reference_torch.py ]; then
+        OUT="$TMP" PYTHONUNBUFFERED=1 timeout 300 python3 reference_torch.py --only llm >>"$TMP/bench_llm.txt" 2>&1
+        cp "$TMP/reference.json" "$OUT/llm_reference.json" 2>/dev/null
+    fi
+fi
 reference_rc=skipped
 if [ -f reference_torch.py ] && part reference; then
     # Prints one JSON line per measurement (kept for report.md) and writes $OUT/reference.json.
@@ -66,7 +81,7 @@ fi
 {
     echo "# GPU run $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "device: $device"
-    echo "suite exit: $tests_rc; ab_ops exit: $ab_rc; bench exit: $bench_rc; fused exit: $fused_rc; bench_matmul exit: $matmul_rc; bench_attention exit: $attn_rc; ab_generate exit: $gen_rc; reference exit: $reference_rc"
+    echo "suite exit: $tests_rc; ab_ops exit: $ab_rc; bench exit: $bench_rc; fused exit: $fused_rc; bench_matmul exit: $matmul_rc; bench_attention exit: $attn_rc; bench_llm exit: $llm_rc; ab_generate/llama_generate exit: $gen_rc; reference exit: $reference_rc"
     echo; echo "## tests"; grep -E '^test |test result|panicked|assert' "$OUT/tests.log" | head -80
     echo; echo "## ab_ops (mode on)"; cat "$OUT/ab_ops.txt" 2>/dev/null
     echo; echo "## ab_ops (BURN_BATCH_INVARIANT=0)"; cat "$TMP/ab_ops_mode_off.txt" 2>/dev/null
@@ -76,6 +91,7 @@ fi
     echo; echo "## ab_ops --fused"; cat "$TMP/ab_ops_fused.txt" 2>/dev/null
     echo; echo "## bench_matmul"; cat "$TMP/bench_matmul.txt" 2>/dev/null
     echo; echo "## bench_attention"; cat "$TMP/bench_attention.txt" 2>/dev/null
+    echo; echo "## bench_llm (plain, fused) and reference_torch.py --only llm"; cat "$TMP/bench_llm.txt" 2>/dev/null
     echo; echo "## reference_torch.py"; cat "$TMP/reference.txt" 2>/dev/null
 } >"$OUT/report.md"
 # The plots (attention.svg, bench_matmul.<dtype>.svg) go into one archive, plots.tar.

@@ -16,6 +16,8 @@ row 0 of the batch is bitwise equal to the same row computed alone.
 
     python3 scripts/reference_torch.py                    # everything (a few minutes)
     python3 scripts/reference_torch.py --only matmul      # matmul, softmax, mean; comma-separated
+    python3 scripts/reference_torch.py --only llm         # the model of bench_llm (4 layers;
+                                                          # BI_LLM_LAYERS=N for another count)
     python3 scripts/reference_torch.py --quick            # fewer shapes
 
 Prints one JSON line per measurement and writes them all to $OUT/reference.json
@@ -279,14 +281,143 @@ def mean(quick):
     del x_full
 
 
+# ---------------------------------------------------------------------------------------
+# The Llama-style model of bench_llm, end to end
+# ---------------------------------------------------------------------------------------
+
+
+class TorchLlama:
+    """The model of `examples/src/llama.rs` at Llama-2-7B's shapes (random weights): RMSNorm,
+    rotary embeddings (rotate-half), SDPA attention against a preallocated KV cache written
+    in place, a SwiGLU MLP, the LM head on each row's last position. `mm` and `mean` are
+    torch's (cuBLAS) or vLLM's batch-invariant kernels; attention is SDPA in both, as in
+    vLLM's mode on this path."""
+
+    def __init__(self, layers, dtype, max_len, vocab=32000, d=4096, heads=32, ffn=11008):
+        self.d, self.heads, self.hd, self.dtype = d, heads, d // heads, dtype
+        gen = torch.Generator(device=DEVICE).manual_seed(1)
+
+        def weight(rows, cols, scale):
+            return (torch.rand(rows, cols, device=DEVICE, generator=gen) * 2 - 1).mul_(scale).to(dtype)
+
+        def norm():
+            return (1 + 0.25 * (torch.rand(d, device=DEVICE, generator=gen) * 2 - 1)).to(dtype)
+
+        self.embed = weight(vocab, d, 1.0)
+        # Query, key and value in one weight, gate and up in another, as in llama.rs.
+        self.ffn = ffn
+        self.layers = [dict(attn_norm=norm(), qkv=weight(d, 3 * d, d**-0.5), wo=weight(d, d, d**-0.5),
+                            mlp_norm=norm(), gate_up=weight(d, 2 * ffn, d**-0.5),
+                            down=weight(ffn, d, ffn**-0.5)) for _ in range(layers)]
+        self.norm, self.head = norm(), weight(d, vocab, d**-0.5)
+        half = self.hd // 2
+        inv = 10000.0 ** (-2.0 * torch.arange(half, dtype=torch.float64, device=DEVICE) / self.hd)
+        angle = torch.arange(max_len, dtype=torch.float64, device=DEVICE)[:, None] * inv[None, :]
+        self.cos = torch.cat([angle.cos(), angle.cos()], 1).to(dtype)
+        self.sin = torch.cat([-angle.sin(), angle.sin()], 1).to(dtype)
+
+    def cache(self, batch, capacity, filled):
+        shape = (batch, self.heads, capacity, self.hd)
+        ks = [torch.zeros(shape, device=DEVICE, dtype=self.dtype) for _ in self.layers]
+        vs = [torch.zeros(shape, device=DEVICE, dtype=self.dtype) for _ in self.layers]
+        if filled:
+            # The same deterministic entries in every slot (as KvCache::fill_pattern).
+            n = self.heads * filled * self.hd
+            for l, t in enumerate(ks + vs):
+                pattern = torch.arange(n, device=DEVICE, dtype=torch.float32).mul(0.618034 + l).sin()
+                t[:, :, :filled] = pattern.view(1, self.heads, filled, self.hd).to(self.dtype)
+        return ks, vs
+
+    def rms(self, x, gamma, mean):
+        x32 = x.float()
+        ms = mean((x32 * x32).reshape(-1, self.d)).view(*x.shape[:-1], 1)
+        return (x32 * torch.rsqrt(ms + 1e-5)).to(self.dtype) * gamma
+
+    def step(self, ids, start, ks, vs, mm, mean):
+        """Every row appends `ids`' tokens at position `start`; logits of the last one."""
+        b, s = ids.shape
+        d, h, hd = self.d, self.heads, self.hd
+        x = self.embed[ids]
+        cos, sin = self.cos[start:start + s][None, :, None], self.sin[start:start + s][None, :, None]
+
+        def rope(t):
+            return t * cos + torch.cat([t[..., hd // 2:], t[..., :hd // 2]], -1) * sin
+
+        for l, w in enumerate(self.layers):
+            t = self.rms(x, w["attn_norm"], mean).reshape(b * s, d)
+            qkv = mm(t, w["qkv"])
+            q = rope(qkv[:, :d].reshape(b, s, h, hd)).transpose(1, 2)
+            k = rope(qkv[:, d:2 * d].reshape(b, s, h, hd)).transpose(1, 2)
+            v = qkv[:, 2 * d:].reshape(b, s, h, hd).transpose(1, 2)
+            ks[l][:, :, start:start + s] = k
+            vs[l][:, :, start:start + s] = v
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q, ks[l][:, :, :start + s], vs[l][:, :, :start + s], is_causal=s > 1)
+            x = x + mm(o.transpose(1, 2).reshape(b * s, d), w["wo"]).view(b, s, d)
+            t = self.rms(x, w["mlp_norm"], mean).reshape(b * s, d)
+            gate_up = mm(t, w["gate_up"])
+            hidden = torch.nn.functional.silu(gate_up[:, :self.ffn]) * gate_up[:, self.ffn:]
+            x = x + mm(hidden, w["down"]).view(b, s, d)
+        return mm(self.rms(x[:, -1], self.norm, mean), self.head)
+
+
+def wall_ms(fn, samples=9):
+    # Wall clock per call between two synchronisations, as bench_llm measures Burn.
+    import time
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(samples):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def llm(quick):
+    layers = int(os.environ.get("BI_LLM_LAYERS", "4"))
+    prefill = [(1, 128)] if quick else [(1, 2048), (16, 512)]
+    batches, contexts = ([1, 8], [256]) if quick else ([1, 8, 32, 64], [1024, 4096])
+    dtype = torch.bfloat16
+    model = TorchLlama(layers, dtype, max_len=max(contexts + [n for _, n in prefill]) + 1)
+    impls = [("torch", torch.mm, lambda t: t.mean(-1)),
+             ("vllm_kernels", persistent_matmul, mean_rows)]
+    vocab = model.embed.shape[0]
+    for name, mm, mean in impls:
+        with torch.no_grad():
+            for batch, tokens in prefill:
+                ids = (torch.arange(batch * tokens, device=DEVICE).view(batch, tokens) * 104729 + 17) % vocab
+                ks, vs = model.cache(batch, tokens + 1, 0)
+                ms = wall_ms(lambda: model.step(ids, 0, ks, vs, mm, mean))
+                emit(op="llm", phase="prefill", impl=name, dtype="bf16", layers=layers, batch=batch,
+                     tokens=tokens, ms=ms)
+                del ks, vs
+            for context in contexts:
+                row0 = None
+                for batch in batches:
+                    ids = (torch.arange(batch, device=DEVICE).view(batch, 1) * 7919 + 17) % vocab
+                    ks, vs = model.cache(batch, context + 1, context)
+                    logits = model.step(ids, context, ks, vs, mm, mean)
+                    row0 = logits[:1].clone() if row0 is None else row0
+                    equal = bool(torch.equal(logits[:1], row0))
+                    ms = wall_ms(lambda: model.step(ids, context, ks, vs, mm, mean))
+                    emit(op="llm", phase="decode", impl=name, dtype="bf16", layers=layers,
+                         batch=batch, tokens=context, ms=ms, row0_equal=equal)
+                    del ks, vs, logits
+    del model
+    torch.cuda.empty_cache()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="matmul,softmax,mean",
-                        help="comma-separated subset of matmul, softmax, mean")
+                        help="comma-separated subset of matmul, softmax, mean, llm")
     parser.add_argument("--quick", action="store_true", help="fewer shapes")
     args = parser.parse_args()
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = parts - {"matmul", "softmax", "mean"}
+    unknown = parts - {"matmul", "softmax", "mean", "llm"}
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
 
@@ -295,7 +426,7 @@ def main():
          triton=triton.__version__)
     torch.manual_seed(0)
     copy_bandwidth()
-    for part, run in [("matmul", matmul), ("softmax", softmax), ("mean", mean)]:
+    for part, run in [("matmul", matmul), ("softmax", softmax), ("mean", mean), ("llm", llm)]:
         if part in parts:
             run(args.quick)
 

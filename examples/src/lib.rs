@@ -1,6 +1,7 @@
 //! Shared pieces of the examples: runtime selection, deterministic data, a small SVG plot
 //! and the transformer of `ab_generate`.
 
+pub mod llama;
 pub mod transformer;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};

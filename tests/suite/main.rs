@@ -12,5 +12,6 @@ mod passthrough;
 mod problem;
 mod property;
 mod reduce;
+mod serving;
 mod softmax;
 mod transformer;

@@ -18,7 +18,10 @@ pub mod mode;
 mod ops;
 mod rms_norm;
 mod routing;
+pub mod sampling;
 
+// The aliases exist per runtime feature; without one there is nothing to export.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub use aliases::*;
 pub use backend::BatchInvariant;
 pub use host::KernelHost;
