@@ -264,7 +264,8 @@ impl<B: Backend> Init<'_, B> {
 impl<B: Backend> Llama<B> {
     pub fn new(config: LlamaConfig, seed: u64, dtype: FloatDType, device: &B::Device) -> Self {
         assert!(
-            config.heads % config.kv_heads == 0 && config.d_model % config.heads == 0,
+            config.heads.is_multiple_of(config.kv_heads)
+                && config.d_model.is_multiple_of(config.heads),
             "Llama: {} heads must split d_model {} and be a multiple of {} kv heads",
             config.heads,
             config.d_model,
@@ -346,23 +347,16 @@ impl<B: Backend> Llama<B> {
                 .select(0, positions.clone())
                 .reshape([b, seq, 1, hd])
         };
-        let (cos, sin) = (rotation(&self.cos), rotation(&self.sin));
-        let mask = plan.mask::<B>(&device);
+        let inputs = StepInputs {
+            cos: rotation(&self.cos),
+            sin: rotation(&self.sin),
+            mask: plan.mask::<B>(&device),
+        };
 
         let mut x = self.embedding.forward(ids);
         trace("embedding");
         for (l, layer) in self.layers.iter().enumerate() {
-            let context = self.attention(
-                l,
-                layer,
-                x.clone(),
-                &plan,
-                cache,
-                &cos,
-                &sin,
-                mask.clone(),
-                trace,
-            );
+            let context = self.attention(l, x.clone(), &plan, &inputs, cache, trace);
             x = x + context;
             trace("out");
             let ffn = self.config.ffn;
@@ -393,20 +387,19 @@ impl<B: Backend> Llama<B> {
         logits
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Layer `l`'s attention block (norm, projections, rotation, cache, attention, output
+    /// projection), without the residual.
     fn attention(
         &self,
         l: usize,
-        layer: &Layer<B>,
         x: Tensor<B, 3>,
         plan: &StepPlan,
+        inputs: &StepInputs<B>,
         cache: &mut KvCache<B>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
-        mask: Option<Tensor<B, 4, Bool>>,
         trace: &mut dyn FnMut(&'static str),
     ) -> Tensor<B, 3> {
-        let c = self.config;
+        let (c, layer) = (self.config, &self.layers[l]);
+        let StepInputs { cos, sin, mask } = inputs;
         let (b, seq, hd) = (plan.starts.len(), plan.seq, c.head_dim());
         let h = layer.attn_norm.forward(x);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, seq, n, hd]);
@@ -445,7 +438,7 @@ impl<B: Backend> Llama<B> {
         };
         let (keys, values) = (expand(keys), expand(values));
         trace("kv cache");
-        let context = attention(q, keys, values, mask, None, options);
+        let context = attention(q, keys, values, mask.clone(), None, options);
         trace("attention");
         layer
             .out
@@ -475,6 +468,14 @@ fn rope_tables<B: Backend>(
         Tensor::<B, 2>::from_data(TensorData::new(v, [config.max_len, hd]), device).cast(dtype)
     };
     (table(cos), table(sin))
+}
+
+/// What every layer of a step shares: the rotation of each query's position,
+/// `[rows, seq, 1, head_dim]`, and the attention mask.
+struct StepInputs<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
 }
 
 /// Where each row of a step starts and ends in its slot, and how its keys are masked.

@@ -10,6 +10,9 @@ use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorPrimitive};
 use burn_batch_invariant::{mode, rms_norm};
 use burn_batch_invariant_tests::*;
 
+/// A call that must panic, and what it is, for the message of a test that fails.
+type NamedCall<'a> = (&'static str, Box<dyn FnOnce() + 'a>);
+
 fn primitive<B: KernelHost>(
     shape: [usize; 2],
     device: &B::Device,
@@ -238,7 +241,7 @@ fn refusals_leave_the_runtime_sound<B: KernelHost>(device: &B::Device) {
             device,
         )
     };
-    let refusals: Vec<(&str, Box<dyn FnOnce() + '_>)> = vec![
+    let refusals: Vec<NamedCall> = vec![
         (
             "matmul of mismatched shapes",
             Box::new(|| {
@@ -312,7 +315,7 @@ fn devices_must_agree<B: KernelHost>(device: &B::Device, other: &B::Device) {
         tensor::<X<B>, 2>(random_values(shape[0] * shape[1], seed), shape, dtype, d)
     };
     let (here, there) = (format!("{device:?}"), format!("{other:?}"));
-    let calls: Vec<(&str, Box<dyn FnOnce() + '_>)> = vec![
+    let calls: Vec<NamedCall> = vec![
         (
             "float_matmul",
             Box::new(|| {

@@ -226,8 +226,9 @@ fn bench<B: KernelHost>(device: &B::Device) {
     );
     println!("|---|---|---|---|---|---|---|");
     let mut rows: Vec<Row> = Vec::new();
-    // Row 0's logits at the first batch size of each (phase, tokens), per backend.
-    let mut first_row0: BTreeMap<(&'static str, usize), (Vec<u8>, Vec<u8>)> = BTreeMap::new();
+    // Row 0's logits at the first batch size of each (phase, tokens): (default, invariant).
+    type Row0 = (Vec<u8>, Vec<u8>);
+    let mut first_row0: BTreeMap<(&'static str, usize), Row0> = BTreeMap::new();
     for (i, case) in cases.iter().enumerate() {
         progress(
             i + 1,
