@@ -173,3 +173,93 @@ fn parity_matches_the_training_forward<B: KernelHost>(device: &B::Device) {
 fn autodiff_parity_matches_the_training_forward() {
     on_test_backend!(parity_matches_the_training_forward);
 }
+
+/// `burn_batch_invariant::{softmax, log_softmax}` under `Autodiff<BatchInvariant<B>>`, with
+/// no parity mode: the training forward has the bits of the inference kernel
+/// (`activation::softmax` on `BatchInvariant<B>`), the input gradient of
+/// `sum(y * w)` is within a few roundings of the f64 analytic gradient, and row 0's gradient
+/// has the same bits alone and inside batches.
+fn trained_softmax_runs_the_inference_kernel<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    type Ad<B> = Autodiff<BatchInvariant<B>>;
+    let (batch, len) = (64, 1000);
+    let data = random_values(batch * len, 41);
+    let weights = random_values(batch * len, 42);
+    for dtype in float_dtypes::<B>(device) {
+        for log in [false, true] {
+            let name = if log { "log_softmax" } else { "softmax" };
+            // Forward and input gradient of the first `m` rows.
+            let run = |m: usize| {
+                let x = tensor::<Ad<B>, 2>(data[..m * len].to_vec(), [m, len], dtype, device)
+                    .require_grad();
+                let w = tensor::<Ad<B>, 2>(weights[..m * len].to_vec(), [m, len], dtype, device);
+                let y = if log {
+                    burn_batch_invariant::log_softmax(x.clone(), 1)
+                } else {
+                    burn_batch_invariant::softmax(x.clone(), 1)
+                };
+                let grads = (y.clone() * w).sum().backward();
+                (y.inner(), x.grad(&grads).expect("input gradient"))
+            };
+            let (y, grad) = run(batch);
+            let x = tensor::<BatchInvariant<B>, 2>(data.clone(), [batch, len], dtype, device);
+            let inference = if log {
+                log_softmax(x, 1)
+            } else {
+                softmax(x, 1)
+            };
+            assert!(
+                bits(y) == bits(inference),
+                "{name} {dtype:?}: the training forward differs from the inference kernel"
+            );
+            // The f64 gradient from the inputs as the dtype holds them.
+            let x64 = values(tensor::<B, 2>(data.clone(), [batch, len], dtype, device));
+            let w64 = values(tensor::<B, 2>(weights.clone(), [batch, len], dtype, device));
+            let got = values(grad.clone());
+            let u = (2.0f64).powi(-(mantissa_bits(dtype) as i32));
+            for r in 0..batch {
+                let (xs, ws) = (&x64[r * len..][..len], &w64[r * len..][..len]);
+                let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = xs.iter().map(|v| (v - max).exp()).collect();
+                let total: f64 = e.iter().sum();
+                let p: Vec<f64> = e.iter().map(|v| v / total).collect();
+                let (expected, scale): (Vec<f64>, f64) = if log {
+                    let s: f64 = ws.iter().sum();
+                    let scale = ws.iter().map(|v| v.abs()).sum::<f64>();
+                    (ws.iter().zip(&p).map(|(w, p)| w - p * s).collect(), scale)
+                } else {
+                    let s: f64 = ws.iter().zip(&p).map(|(w, p)| w * p).sum();
+                    let scale = ws.iter().map(|v| v.abs()).fold(0.0, f64::max);
+                    (
+                        p.iter().zip(ws).map(|(p, w)| p * w - p * s).collect(),
+                        scale,
+                    )
+                };
+                for (i, (g, want)) in got[r * len..][..len].iter().zip(&expected).enumerate() {
+                    assert!(
+                        (g - want).abs() <= 32.0 * u * scale,
+                        "{name} {dtype:?}: gradient [{r}, {i}] = {g}, f64 {want} \
+                         (bound {})",
+                        32.0 * u * scale
+                    );
+                }
+            }
+            let alone = bits(run(1).1);
+            for m in [2, 3, 7] {
+                assert!(
+                    bits(run(m).1.narrow(0, 0, 1)) == alone,
+                    "{name} {dtype:?}: row 0's gradient alone differs from a batch of {m}"
+                );
+            }
+            assert!(
+                bits(grad.narrow(0, 0, 1)) == alone,
+                "{name} {dtype:?}: row 0's gradient alone differs from a batch of {batch}"
+            );
+        }
+    }
+}
+
+#[test]
+fn autodiff_trained_softmax_runs_the_inference_kernel() {
+    on_test_backend!(trained_softmax_runs_the_inference_kernel);
+}

@@ -124,7 +124,7 @@ fn requests(n: usize, params: SamplingParams, seed: u64) -> Vec<Request> {
         .enumerate()
         .map(|(i, prompt)| Request {
             prompt,
-            max_new: 2 + (i * 5 + seed as usize) % 4,
+            max_new: 2 + (i * 5 + seed as usize) % 2,
             params,
             id: i as u64,
         })
@@ -203,10 +203,11 @@ fn sampling_is_batch_invariant<B: KernelHost>(device: &B::Device) {
     // Negative control: Burn's default kernels on the same requests (printed, not asserted:
     // whether they move depends on the runtime and the shapes).
     let default = tiny_llama::<B>(dtype, device);
-    let reference = alone(&default, &requests, dtype, device);
-    let got = generate(&default, &requests, 17, dtype, device, |_, _| ());
+    let control = &requests[..8];
+    let reference = alone(&default, control, dtype, device);
+    let got = generate(&default, control, 8, dtype, device, |_, _| ());
     eprintln!(
-        "negative control, Burn default {dtype:?}: {} of 17 sequences differ in a batch of 17 \
+        "negative control, Burn default {dtype:?}: {} of 8 sequences differ in a batch of 8 \
          from alone{}",
         differing(&reference, &got).len(),
         if differing(&reference, &got).is_empty() {

@@ -19,6 +19,7 @@ mod ops;
 mod rms_norm;
 mod routing;
 pub mod sampling;
+mod softmax;
 
 // The aliases exist per runtime feature; without one there is nothing to export.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
@@ -26,6 +27,7 @@ pub use aliases::*;
 pub use backend::BatchInvariant;
 pub use host::KernelHost;
 pub use rms_norm::{rms_norm, RmsNormBackend};
+pub use softmax::{log_softmax, softmax, SoftmaxBackend};
 
 /// The kernels crate, re-exported for its `cpu_reference` modules and constants.
 pub use batch_invariant_kernels as kernels;
