@@ -47,6 +47,41 @@ pub fn values(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Deterministic weights for the example models: the same values on every backend, in
+/// `dtype`, each matrix from the next seed.
+pub(crate) struct Init<'a, B: Backend> {
+    pub seed: u64,
+    pub dtype: burn::tensor::FloatDType,
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> Init<'_, B> {
+    /// `rows x cols` values in `[-scale, scale)`.
+    pub fn matrix(
+        &mut self,
+        rows: usize,
+        cols: usize,
+        scale: f32,
+    ) -> burn::module::Param<Tensor<B, 2>> {
+        self.seed += 1;
+        let data: Vec<f32> = values(rows * cols, self.seed)
+            .into_iter()
+            .map(|v| v * scale)
+            .collect();
+        let t = Tensor::<B, 2>::from_data(TensorData::new(data, [rows, cols]), self.device);
+        burn::module::Param::from_tensor(t.cast(self.dtype))
+    }
+
+    /// A bias-free `Linear` with weights scaled by `1 / sqrt(d_in)`.
+    pub fn linear(&mut self, d_in: usize, d_out: usize) -> burn::nn::Linear<B> {
+        let mut linear = burn::nn::LinearConfig::new(d_in, d_out)
+            .with_bias(false)
+            .init(self.device);
+        linear.weight = self.matrix(d_in, d_out, 1.0 / (d_in as f32).sqrt());
+        linear
+    }
+}
+
 pub fn matrix<B: Backend>(rows: usize, cols: usize, seed: u64, device: &B::Device) -> Tensor<B, 2> {
     Tensor::from_data(
         TensorData::new(values(rows * cols, seed), [rows, cols]),

@@ -16,14 +16,14 @@
 //! alone or among others.
 
 use burn::module::Param;
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
 use burn_batch_invariant::sampling::{sample, SampleRequest, SamplingParams};
 
-use crate::values;
+use crate::{values, Init};
 
 /// Model size.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -213,6 +213,17 @@ pub struct StepRow<'a> {
     pub tokens: &'a [usize],
 }
 
+impl<'a> StepRow<'a> {
+    /// One row per slot: slot `i` appends `tokens[i]`.
+    pub fn one_per_slot(tokens: &'a [Vec<usize>]) -> Vec<Self> {
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(slot, tokens)| StepRow { slot, tokens })
+            .collect()
+    }
+}
+
 /// Which positions a step returns logits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -222,33 +233,9 @@ pub enum Logits {
     All,
 }
 
-/// Deterministic weights: the same values on every backend, in `dtype`.
-struct Init<'a, B: Backend> {
-    seed: u64,
-    dtype: FloatDType,
-    device: &'a B::Device,
-}
-
 impl<B: Backend> Init<'_, B> {
-    fn matrix(&mut self, rows: usize, cols: usize, scale: f32) -> Param<Tensor<B, 2>> {
-        self.seed += 1;
-        let data: Vec<f32> = values(rows * cols, self.seed)
-            .into_iter()
-            .map(|v| v * scale)
-            .collect();
-        let t = Tensor::<B, 2>::from_data(TensorData::new(data, [rows, cols]), self.device);
-        Param::from_tensor(t.cast(self.dtype))
-    }
-
-    fn linear(&mut self, d_in: usize, d_out: usize) -> Linear<B> {
-        let mut linear = LinearConfig::new(d_in, d_out)
-            .with_bias(false)
-            .init(self.device);
-        linear.weight = self.matrix(d_in, d_out, 1.0 / (d_in as f32).sqrt());
-        linear
-    }
-
-    fn norm(&mut self, d: usize, eps: f64) -> RmsNorm<B> {
+    /// An RMSNorm with gamma drawn around 1 (`1 +- 0.25`).
+    fn rms_norm(&mut self, d: usize, eps: f64) -> RmsNorm<B> {
         let mut norm = RmsNormConfig::new(d).with_epsilon(eps).init(self.device);
         self.seed += 1;
         let gamma: Vec<f32> = values(d, self.seed)
@@ -279,10 +266,10 @@ impl<B: Backend> Llama<B> {
         let (d, kv) = (config.d_model, config.kv_heads * config.head_dim());
         let layers = (0..config.layers)
             .map(|_| Layer {
-                attn_norm: init.norm(d, config.norm_eps),
+                attn_norm: init.rms_norm(d, config.norm_eps),
                 qkv: init.linear(d, d + 2 * kv),
                 out: init.linear(d, d),
-                mlp_norm: init.norm(d, config.norm_eps),
+                mlp_norm: init.rms_norm(d, config.norm_eps),
                 gate_up: init.linear(d, 2 * config.ffn),
                 down: init.linear(config.ffn, d),
             })
@@ -294,7 +281,7 @@ impl<B: Backend> Llama<B> {
             config,
             embedding,
             layers,
-            norm: init.norm(d, config.norm_eps),
+            norm: init.rms_norm(d, config.norm_eps),
             head: init.linear(d, config.vocab),
             cos,
             sin,

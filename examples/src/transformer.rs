@@ -4,13 +4,13 @@
 //! test suite use it to check batch invariance where users feel it: in generated tokens.
 
 use burn::module::Param;
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
 
-use crate::values;
+use crate::{values, Init};
 
 /// Model size. [`LmConfig::tiny`] is what CI runs on the CPU path; [`LmConfig::full`] is
 /// the GPU configuration.
@@ -70,32 +70,7 @@ pub struct TinyLm<B: Backend> {
     head: Linear<B>,
 }
 
-/// Deterministic weights: the same values on every backend, in `dtype`.
-struct Init<'a, B: Backend> {
-    seed: u64,
-    dtype: FloatDType,
-    device: &'a B::Device,
-}
-
 impl<B: Backend> Init<'_, B> {
-    fn matrix(&mut self, rows: usize, cols: usize, scale: f32) -> Param<Tensor<B, 2>> {
-        self.seed += 1;
-        let data: Vec<f32> = values(rows * cols, self.seed)
-            .into_iter()
-            .map(|v| v * scale)
-            .collect();
-        let t = Tensor::<B, 2>::from_data(TensorData::new(data, [rows, cols]), self.device);
-        Param::from_tensor(t.cast(self.dtype))
-    }
-
-    fn linear(&mut self, d_in: usize, d_out: usize) -> Linear<B> {
-        let mut linear = LinearConfig::new(d_in, d_out)
-            .with_bias(false)
-            .init(self.device);
-        linear.weight = self.matrix(d_in, d_out, 1.0 / (d_in as f32).sqrt());
-        linear
-    }
-
     fn embedding(&mut self, n: usize, d: usize) -> Embedding<B> {
         let mut embedding = EmbeddingConfig::new(n, d).init(self.device);
         embedding.weight = self.matrix(n, d, 1.0);

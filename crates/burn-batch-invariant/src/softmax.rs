@@ -97,31 +97,37 @@ impl<B: burn_fusion::FusionBackend> SoftmaxBackend for burn_fusion::Fusion<B> {}
 /// Training: `B`'s softmax forward (its output kept for the backward), one backward step.
 impl<B: Backend, C: CheckpointStrategy> SoftmaxBackend for Autodiff<B, C> {
     fn softmax_op(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        match SoftmaxBackward
-            .prepare::<C>([tensor.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let output = B::softmax(tensor.primitive, dim);
-                prep.finish((output.clone(), dim), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::softmax(tensor.primitive, dim)),
-        }
+        record::<B, C, _>(SoftmaxBackward, tensor, dim, B::softmax)
     }
 
     fn log_softmax_op(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        match LogSoftmaxBackward
-            .prepare::<C>([tensor.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let output = B::log_softmax(tensor.primitive, dim);
-                prep.finish((output.clone(), dim), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::log_softmax(tensor.primitive, dim)),
+        record::<B, C, _>(LogSoftmaxBackward, tensor, dim, B::log_softmax)
+    }
+}
+
+/// Runs `forward` on the inner tensor and, when the input is tracked, records `step` with
+/// the forward's output and the dim as its state.
+fn record<B, C, S>(
+    step: S,
+    tensor: FloatTensor<Autodiff<B, C>>,
+    dim: usize,
+    forward: fn(FloatTensor<B>, usize) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>>
+where
+    B: Backend,
+    C: CheckpointStrategy,
+    S: Backward<B, 1, State = (FloatTensor<B>, usize)>,
+{
+    match step
+        .prepare::<C>([tensor.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let output = forward(tensor.primitive, dim);
+            prep.finish((output.clone(), dim), output)
         }
+        OpsKind::UnTracked(prep) => prep.finish(forward(tensor.primitive, dim)),
     }
 }
 

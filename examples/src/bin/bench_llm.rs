@@ -108,11 +108,7 @@ fn time_case<X: Backend>(
     let tokens: Vec<Vec<usize>> = (0..case.batch)
         .map(|r| row_tokens(case, r, config.vocab))
         .collect();
-    let rows: Vec<StepRow> = tokens
-        .iter()
-        .enumerate()
-        .map(|(slot, tokens)| StepRow { slot, tokens })
-        .collect();
+    let rows = StepRow::one_per_slot(&tokens);
     let context = if case.phase == "decode" {
         case.tokens
     } else {
@@ -155,11 +151,7 @@ fn breakdown<X: Backend>(
     let tokens: Vec<Vec<usize>> = (0..batch)
         .map(|r| row_tokens(&case, r, config.vocab))
         .collect();
-    let rows: Vec<StepRow> = tokens
-        .iter()
-        .enumerate()
-        .map(|(slot, tokens)| StepRow { slot, tokens })
-        .collect();
+    let rows = StepRow::one_per_slot(&tokens);
     let mut total: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     cache.fill_pattern(context);
     for _ in 0..5 {
