@@ -310,14 +310,19 @@ fn bench<B: KernelHost>(device: &B::Device) {
                 ),
                 ("BatchInvariant", |r: &Row| r.batch_invariant_ms),
             ] {
-                series.push(Series {
-                    name: format!("{who}, context {context}"),
-                    points: rows
-                        .iter()
-                        .filter(|r| r.phase == "decode" && r.tokens == context)
-                        .map(|r| (r.batch as f64, pick(r)))
-                        .collect(),
-                });
+                // A backend left out with `--backends` has no points to draw.
+                let points: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| r.phase == "decode" && r.tokens == context)
+                    .map(|r| (r.batch as f64, pick(r)))
+                    .filter(|(_, ms)| ms.is_finite())
+                    .collect();
+                if !points.is_empty() {
+                    series.push(Series {
+                        name: format!("{who}, context {context}"),
+                        points,
+                    });
+                }
             }
         }
         let svg_path = std::path::Path::new(&path).with_extension("svg");
