@@ -92,6 +92,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> SoftmaxBac
 {
 }
 
+/// Burn's fused backend (`burn::backend::Cuda` with its default features): its own ops.
+#[cfg(feature = "fusion")]
 impl<B: burn_fusion::FusionBackend> SoftmaxBackend for burn_fusion::Fusion<B> {}
 
 /// Training: `B`'s softmax forward (its output kept for the backward), one backward step.
