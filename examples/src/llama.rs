@@ -21,7 +21,7 @@ use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
-use burn_batch_invariant::sampling::{sample, SampleRequest, SamplingParams};
+use burn_batch_invariant::sampling::{sample_row, SamplingParams};
 
 use crate::{values, Init};
 
@@ -682,20 +682,25 @@ pub fn generate<B: Backend>(
         let logits = model
             .step(&rows, &mut cache, Logits::Last)
             .reshape([rows.len(), vocab]);
-        let sample_requests: Vec<SampleRequest> = active
-            .iter()
-            .map(|&(i, _)| SampleRequest {
-                params: requests[i].params,
-                sequence_id: requests[i].id,
-                position: (requests[i].prompt.len() + out[i].tokens.len()) as u64,
-            })
-            .collect();
-        let tokens = sample(logits.clone(), &sample_requests);
         let logprobs = log_softmax(logits.clone().cast(FloatDType::F32), 1)
             .into_data()
             .to_vec::<f32>()
             .expect("f32 log-probabilities");
+        // The logits are read once: their bytes are recorded, their f32 values drawn from.
         let logits = logits.into_data();
+        let values = logits
+            .clone()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 logits");
+        let tokens: Vec<usize> = active
+            .iter()
+            .zip(values.chunks(vocab))
+            .map(|(&(i, _), row)| {
+                let position = (requests[i].prompt.len() + out[i].tokens.len()) as u64;
+                sample_row(row, &requests[i].params, requests[i].id, position)
+            })
+            .collect();
         let row_bytes = logits.as_bytes().len() / rows.len();
         let rows_bytes = logits.as_bytes().chunks(row_bytes);
         for (r, ((&(i, _), &token), bytes)) in
