@@ -2,9 +2,12 @@
 //! place, steps that mix prefill chunks and decode tokens of different sequences, and
 //! generation with continuous batching and batch-invariant sampling.
 //!
-//! The model is built from burn-nn modules (embedding, RMSNorm, linear layers) and
-//! `burn::tensor::module::attention`: rotary position embeddings, grouped-query attention,
-//! a SwiGLU MLP. Weights are random from a fixed seed, the same values on every backend.
+//! The model is a burn `Module` built from burn-nn modules (embedding, RMSNorm, linear
+//! layers) and this crate's one-op `rms_norm`, `attention` and `log_softmax`
+//! ([`ParityOps`]): rotary position embeddings, grouped-query attention, a SwiGLU MLP. With
+//! them the same model trains under `Autodiff<BatchInvariant<B>>` with the bits it serves
+//! with (`examples/src/bin/policy_gradient.rs`). Weights are random from a fixed seed, the
+//! same values on every backend.
 //!
 //! What makes a row's result independent of the rest of its step, on top of the routed ops:
 //! every row reads its own cache slot; keys past a row's length are masked (padding on the
@@ -15,13 +18,13 @@
 //! cache equals a cold one, and a sequence generates the same tokens and log-probabilities
 //! alone or among others.
 
-use burn::module::Param;
+use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{log_softmax, silu};
-use burn::tensor::module::attention;
+use burn::tensor::activation::silu;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
 use burn_batch_invariant::sampling::{sample_row, SamplingParams};
+use burn_batch_invariant::{attention, log_softmax, rms_norm, ParityOps};
 
 use crate::{values, Init};
 
@@ -80,6 +83,7 @@ impl LlamaConfig {
 /// One decoder layer. The query, key and value projections are one `Linear` (`qkv`), and so
 /// are the MLP's gate and up projections (`gate_up`), as inference engines merge them: one
 /// launch instead of three or two, and the same bits per output column.
+#[derive(Module, Debug)]
 struct Layer<B: Backend> {
     attn_norm: RmsNorm<B>,
     qkv: Linear<B>,
@@ -90,7 +94,9 @@ struct Layer<B: Backend> {
 }
 
 /// The model: token embedding, pre-norm layers, a final RMSNorm and the LM head.
+#[derive(Module, Debug)]
 pub struct Llama<B: Backend> {
+    #[module(skip)]
     config: LlamaConfig,
     embedding: Embedding<B>,
     layers: Vec<Layer<B>>,
@@ -248,7 +254,7 @@ impl<B: Backend> Init<'_, B> {
     }
 }
 
-impl<B: Backend> Llama<B> {
+impl<B: ParityOps> Llama<B> {
     pub fn new(config: LlamaConfig, seed: u64, dtype: FloatDType, device: &B::Device) -> Self {
         assert!(
             config.heads.is_multiple_of(config.kv_heads)
@@ -347,7 +353,7 @@ impl<B: Backend> Llama<B> {
             x = x + context;
             trace("out");
             let ffn = self.config.ffn;
-            let gate_up = layer.gate_up.forward(layer.mlp_norm.forward(x.clone()));
+            let gate_up = layer.gate_up.forward(norm(&layer.mlp_norm, x.clone()));
             let hidden = silu(gate_up.clone().narrow(2, 0, ffn)) * gate_up.narrow(2, ffn, ffn);
             x = x + layer.down.forward(hidden);
             trace("mlp");
@@ -356,7 +362,7 @@ impl<B: Backend> Llama<B> {
             cache.lens[row.slot] = end;
         }
         let logits = match which {
-            Logits::All => self.head.forward(self.norm.forward(x)),
+            Logits::All => self.head.forward(norm(&self.norm, x)),
             Logits::Last => {
                 let last: Vec<i64> = rows
                     .iter()
@@ -366,7 +372,7 @@ impl<B: Backend> Llama<B> {
                 let last = Tensor::<B, 1, Int>::from_data(TensorData::new(last, [b]), &device);
                 let x = x.reshape([b * seq, self.config.d_model]).select(0, last);
                 self.head
-                    .forward(self.norm.forward(x))
+                    .forward(norm(&self.norm, x))
                     .reshape([b, 1, self.config.vocab])
             }
         };
@@ -388,7 +394,7 @@ impl<B: Backend> Llama<B> {
         let (c, layer) = (self.config, &self.layers[l]);
         let StepInputs { cos, sin, mask } = inputs;
         let (b, seq, hd) = (plan.starts.len(), plan.seq, c.head_dim());
-        let h = layer.attn_norm.forward(x);
+        let h = norm(&layer.attn_norm, x);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, seq, n, hd]);
         let rope = |t: Tensor<B, 4>| {
             let swapped = Tensor::cat(
@@ -431,6 +437,12 @@ impl<B: Backend> Llama<B> {
             .out
             .forward(context.swap_dims(1, 2).reshape([b, seq, c.d_model]))
     }
+}
+
+/// The module's RMS normalization as one op: the invariant kernel on `BatchInvariant`, in
+/// training too, burn-nn's chain on Burn's backends.
+fn norm<B: ParityOps, const D: usize>(norm: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    rms_norm(x, norm.gamma.val(), norm.epsilon)
 }
 
 /// `cos` and `sin` of `position * theta^(-2i / head_dim)`, computed in f64 on the host.
@@ -620,7 +632,7 @@ pub struct Output {
 /// free slots (their whole prompt is prefilled in that step, next to the others' decode
 /// tokens), every active sequence draws one token, and finished sequences leave. One slot
 /// runs every request alone. `on_step` sees the number of rows and new tokens of each step.
-pub fn generate<B: Backend>(
+pub fn generate<B: ParityOps>(
     model: &Llama<B>,
     requests: &[Request],
     slots: usize,

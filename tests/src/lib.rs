@@ -217,6 +217,22 @@ pub fn check_batches<B: Backend, const D: usize>(
     assert!(bits(op(x)) == bits(full), "{what}: run to run");
 }
 
+/// `X::layer_norm` (Burn's `ModuleOps`, what burn-nn's `LayerNorm` calls) over the last
+/// dim of `x`, on Burn tensors.
+pub fn module_layer_norm<X: Backend, const D: usize>(
+    x: Tensor<X, D>,
+    gamma: Tensor<X, 1>,
+    beta: Option<Tensor<X, 1>>,
+    epsilon: f64,
+) -> Tensor<X, D> {
+    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(X::layer_norm(
+        x.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        beta.map(|b| b.into_primitive().tensor()),
+        epsilon,
+    )))
+}
+
 /// Values widened to f64 (through f32, exact for f16/bf16).
 pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
     t.cast(FloatDType::F32)

@@ -14,4 +14,5 @@ mod property;
 mod reduce;
 mod serving;
 mod softmax;
+mod training;
 mod transformer;

@@ -10,26 +10,11 @@ use burn::nn::{LayerNormConfig, RmsNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ModuleOps;
 use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
-use burn_batch_invariant::{mode, rms_norm, RmsNormBackend};
+use burn_batch_invariant::{mode, rms_norm, NormBackend};
 use burn_batch_invariant_tests::*;
 use burn_cubecl::CubeRuntime;
 
 const EPS: f64 = 1e-5;
-
-/// `X::layer_norm` over the last dim of `x`, on Burn tensors.
-fn layer_norm<X: Backend, const D: usize>(
-    x: Tensor<X, D>,
-    gamma: Tensor<X, 1>,
-    beta: Option<Tensor<X, 1>>,
-    epsilon: f64,
-) -> Tensor<X, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(X::layer_norm(
-        x.into_primitive().tensor(),
-        gamma.into_primitive().tensor(),
-        beta.map(|b| b.into_primitive().tensor()),
-        epsilon,
-    )))
-}
 
 /// The two normalizations of the kernel, run through their public entry points.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -43,7 +28,7 @@ enum Norm {
 const NORMS: [Norm; 2] = [Norm::Layer, Norm::Rms];
 
 impl Norm {
-    fn run<X: RmsNormBackend, const D: usize>(
+    fn run<X: NormBackend, const D: usize>(
         self,
         x: Tensor<X, D>,
         gamma: Tensor<X, 1>,
@@ -52,7 +37,7 @@ impl Norm {
         self.run_with(x, gamma, beta, EPS)
     }
 
-    fn run_with<X: RmsNormBackend, const D: usize>(
+    fn run_with<X: NormBackend, const D: usize>(
         self,
         x: Tensor<X, D>,
         gamma: Tensor<X, 1>,
@@ -60,7 +45,7 @@ impl Norm {
         epsilon: f64,
     ) -> Tensor<X, D> {
         match self {
-            Norm::Layer => layer_norm(x, gamma, beta, epsilon),
+            Norm::Layer => module_layer_norm(x, gamma, beta, epsilon),
             Norm::Rms => {
                 assert!(beta.is_none(), "RMS norm takes no beta");
                 rms_norm(x, gamma, epsilon)
@@ -123,7 +108,7 @@ fn affine<X: Backend>(len: usize, dtype: FloatDType, device: &X::Device) -> [Ten
 }
 
 /// [`check_batches`] for `norm` over rows along dim 0.
-fn check_norm<X: RmsNormBackend, const D: usize>(
+fn check_norm<X: NormBackend, const D: usize>(
     norm: Norm,
     x: Tensor<X, D>,
     gamma: Tensor<X, 1>,
@@ -369,7 +354,7 @@ fn bad_input<B: KernelHost>(device: &B::Device) {
     let [gamma, beta] = affine::<X<B>>(4, f32, device);
     let [short, _] = affine::<X<B>>(5, f32, device);
     let (x2, b2) = (x.clone(), beta.clone());
-    let msg = panic_message(move || layer_norm(x2, short, Some(b2), EPS));
+    let msg = panic_message(move || module_layer_norm(x2, short, Some(b2), EPS));
     assert!(
         msg.contains("layer_norm")
             && msg.contains("gamma")
@@ -379,7 +364,8 @@ fn bad_input<B: KernelHost>(device: &B::Device) {
     );
     if float_dtypes::<B>(device).contains(&FloatDType::F16) {
         let (x2, g2) = (x.clone(), gamma.clone());
-        let msg = panic_message(move || layer_norm(x2, g2, Some(beta.cast(FloatDType::F16)), EPS));
+        let msg =
+            panic_message(move || module_layer_norm(x2, g2, Some(beta.cast(FloatDType::F16)), EPS));
         assert!(
             msg.contains("layer_norm") && msg.contains("beta") && msg.contains("F16"),
             "{msg}"
@@ -411,7 +397,7 @@ fn bad_input<B: KernelHost>(device: &B::Device) {
     // An empty input has nothing to normalise: an empty result, no launch.
     let empty = Tensor::<X<B>, 2>::zeros([0, 4], device);
     assert_eq!(
-        layer_norm(empty.clone(), gamma.clone(), None, EPS).dims(),
+        module_layer_norm(empty.clone(), gamma.clone(), None, EPS).dims(),
         [0, 4]
     );
     assert_eq!(rms_norm(empty, gamma, EPS).dims(), [0, 4]);

@@ -13,6 +13,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 use burn_batch_invariant::sampling::{uniform, SamplingParams};
+use burn_batch_invariant::ParityOps;
 use burn_batch_invariant_examples::llama::{
     generate, prompts, KvCache, Llama, LlamaConfig, Logits, Output, Request, StepRow,
 };
@@ -26,7 +27,7 @@ fn dtypes<B: Backend>(device: &B::Device) -> Vec<FloatDType> {
         .collect()
 }
 
-fn tiny_llama<B: Backend>(dtype: FloatDType, device: &B::Device) -> Llama<B> {
+fn tiny_llama<B: ParityOps>(dtype: FloatDType, device: &B::Device) -> Llama<B> {
     Llama::new(LlamaConfig::tiny(), 11, dtype, device)
 }
 
@@ -42,7 +43,7 @@ fn row(slot: usize, tokens: &[usize]) -> [StepRow<'_>; 1] {
 }
 
 /// Logits of every position of `tokens`, prefilled at once into a fresh cache.
-fn one_shot<B: Backend>(
+fn one_shot<B: ParityOps>(
     model: &Llama<B>,
     tokens: &[usize],
     dtype: FloatDType,
@@ -52,7 +53,7 @@ fn one_shot<B: Backend>(
     model.step(&row(0, tokens), &mut cache, Logits::All)
 }
 
-fn decode_and_chunks_match_the_prefill<B: KernelHost>(device: &B::Device) {
+fn decode_and_chunks_match_the_prefill<B: KernelHost + ParityOps>(device: &B::Device) {
     let _mode = mode_shared();
     type X<B> = BatchInvariant<B>;
     let len = 21;
@@ -132,7 +133,7 @@ fn requests(n: usize, params: SamplingParams, seed: u64) -> Vec<Request> {
 }
 
 /// Each request generated alone.
-fn alone<B: Backend>(
+fn alone<B: ParityOps>(
     model: &Llama<B>,
     requests: &[Request],
     dtype: FloatDType,
@@ -155,7 +156,7 @@ fn differing(reference: &[Output], got: &[Output]) -> Vec<usize> {
 
 const BATCHES: [usize; 13] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 17];
 
-fn sampling_is_batch_invariant<B: KernelHost>(device: &B::Device) {
+fn sampling_is_batch_invariant<B: KernelHost + ParityOps>(device: &B::Device) {
     let _mode = mode_shared();
     let _serial = serial();
     let dtype = FloatDType::F32;
@@ -218,7 +219,7 @@ fn sampling_is_batch_invariant<B: KernelHost>(device: &B::Device) {
     );
 }
 
-fn needle_among_many_prompts<B: KernelHost>(device: &B::Device) {
+fn needle_among_many_prompts<B: KernelHost + ParityOps>(device: &B::Device) {
     let _mode = mode_shared();
     let _serial = serial();
     let seed = 0x5EED_u64;

@@ -12,11 +12,12 @@
 //! lists what is routed and what each routed op guarantees.
 
 mod aliases;
+mod attention;
 mod backend;
 mod host;
 pub mod mode;
+mod norm;
 mod ops;
-mod rms_norm;
 mod routing;
 pub mod sampling;
 mod softmax;
@@ -24,10 +25,21 @@ mod softmax;
 // The aliases exist per runtime feature; without one there is nothing to export.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub use aliases::*;
+pub use attention::{attention, AttentionBackend};
 pub use backend::BatchInvariant;
 pub use host::KernelHost;
-pub use rms_norm::{rms_norm, RmsNormBackend};
+pub use norm::{layer_norm, rms_norm, NormBackend};
 pub use softmax::{log_softmax, softmax, SoftmaxBackend};
+
+/// The ops whose training forward is the inference forward: a model generic over
+/// `B: ParityOps` that calls [`softmax`], [`log_softmax`], [`rms_norm`], [`layer_norm`] and
+/// [`attention`] (instead of Burn's functions and burn-nn's norm modules) runs the invariant
+/// kernels on `BatchInvariant<B>`, the same kernels forward under
+/// `Autodiff<BatchInvariant<B>>` with fixed-order backward passes, and Burn's own ops on
+/// Burn's backends. Implemented for every backend that implements the three traits.
+pub trait ParityOps: SoftmaxBackend + NormBackend + AttentionBackend {}
+
+impl<B: SoftmaxBackend + NormBackend + AttentionBackend> ParityOps for B {}
 
 /// The kernels crate, re-exported for its `cpu_reference` modules and constants.
 pub use batch_invariant_kernels as kernels;

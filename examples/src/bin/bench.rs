@@ -17,7 +17,7 @@
 
 use burn::nn::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
-use burn_batch_invariant::{BatchInvariant, KernelHost, RmsNormBackend};
+use burn_batch_invariant::{BatchInvariant, KernelHost, NormBackend};
 use burn_batch_invariant_examples::{
     bench_ms, device_ms, matrix, on_backend, timing_mark, timing_since, use_fused, Flush,
 };
@@ -65,7 +65,7 @@ impl<X: Backend> Norms<X> {
     }
 }
 
-fn run_op<X: RmsNormBackend>(x: &Tensor<X, 2>, norms: &Norms<X>, op: &str) -> Tensor<X, 2> {
+fn run_op<X: NormBackend>(x: &Tensor<X, 2>, norms: &Norms<X>, op: &str) -> Tensor<X, 2> {
     match op {
         "mean_dim" => x.clone().mean_dim(1),
         "sum_dim" => x.clone().sum_dim(1),
@@ -89,7 +89,7 @@ fn run_op<X: RmsNormBackend>(x: &Tensor<X, 2>, norms: &Norms<X>, op: &str) -> Te
     }
 }
 
-fn bench<B: KernelHost + RmsNormBackend>(device: &B::Device) {
+fn bench<B: KernelHost + NormBackend>(device: &B::Device) {
     println!("device: {}", B::name(device));
     // `--only OP` or `--only OP:M` keeps one op, or one shape of it (for a profiler run).
     let args: Vec<String> = std::env::args().collect();

@@ -20,9 +20,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType};
-use burn_batch_invariant::{BatchInvariant, KernelHost};
+use burn_batch_invariant::{BatchInvariant, KernelHost, ParityOps};
 use burn_batch_invariant_examples::llama::{KvCache, Llama, LlamaConfig, Logits, StepRow};
 use burn_batch_invariant_examples::{median_ms, on_backend, progress, svg_plot, Series};
 use serde::Serialize;
@@ -96,7 +95,7 @@ fn row_tokens(case: &Case, r: usize, vocab: usize) -> Vec<usize> {
 }
 
 /// Milliseconds per forward of `case` on `model`, and the bytes of row 0's logits.
-fn time_case<X: Backend>(
+fn time_case<X: ParityOps>(
     model: &Llama<X>,
     case: &Case,
     dtype: FloatDType,
@@ -134,7 +133,7 @@ fn time_case<X: Backend>(
 }
 
 /// Where one decode step's time goes: milliseconds per part, summed over layers.
-fn breakdown<X: Backend>(
+fn breakdown<X: ParityOps>(
     model: &Llama<X>,
     batch: usize,
     context: usize,
@@ -178,7 +177,7 @@ fn breakdown<X: Backend>(
         .collect()
 }
 
-fn bench<B: KernelHost>(device: &B::Device) {
+fn bench<B: KernelHost + ParityOps>(device: &B::Device) {
     let quick = std::env::args().any(|a| a == "--quick");
     let phase = arg("--phase");
     let dtype = match arg("--dtype").as_deref() {

@@ -13,10 +13,9 @@
 
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType};
 use burn_batch_invariant::sampling::SamplingParams;
-use burn_batch_invariant::{BatchInvariant, KernelHost};
+use burn_batch_invariant::{BatchInvariant, KernelHost, ParityOps};
 use burn_batch_invariant_examples::llama::{
     generate, prompts, Llama, LlamaConfig, Output, Request,
 };
@@ -35,7 +34,7 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// Generates `requests` with continuous batching over `slots` slots, printing progress
 /// (the first steps include compiling each new kernel configuration).
-fn serve<X: Backend>(
+fn serve<X: ParityOps>(
     model: &Llama<X>,
     requests: &[Request],
     slots: usize,
@@ -68,7 +67,7 @@ fn serve<X: Backend>(
 
 /// (sequences whose tokens differ, sequences whose logits differ) between continuous
 /// batching and each request alone.
-fn ab<X: Backend>(
+fn ab<X: ParityOps>(
     model: &Llama<X>,
     requests: &[Request],
     slots: usize,
@@ -106,7 +105,7 @@ fn ab<X: Backend>(
     (tokens, logits)
 }
 
-fn run<B: KernelHost>(device: &B::Device) {
+fn run<B: KernelHost + ParityOps>(device: &B::Device) {
     let big = match std::env::args().position(|a| a == "--model") {
         Some(i) => std::env::args().nth(i + 1).as_deref() == Some("7b"),
         None => use_cuda(),

@@ -1,4 +1,4 @@
-//! Routing of `ModuleOps::layer_norm` and [`crate::RmsNormBackend::rms_norm`] to
+//! Routing of `ModuleOps::layer_norm` and [`crate::NormBackend::rms_norm_op`] to
 //! `batch_invariant_kernels::norm`.
 //!
 //! Burn's `layer_norm` default body is seven kernels over the tensor (two routed means, then
@@ -11,13 +11,12 @@
 use batch_invariant_kernels::norm::NormKind;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::TensorMetadata;
-use burn_tensor::{Tensor, TensorPrimitive};
 
 use super::checks::{check_devices, check_float_dtype};
 use super::empty;
 use super::parity;
-use crate::rms_norm::burn_nn_rms_norm;
-use crate::{mode, BatchInvariant, KernelHost};
+use crate::norm::burn_nn_rms_norm;
+use crate::{mode, KernelHost};
 
 pub(crate) fn layer_norm<B: KernelHost>(
     tensor: FloatTensor<B>,
@@ -35,24 +34,22 @@ pub(crate) fn layer_norm<B: KernelHost>(
     B::invariant_norm(tensor, gamma, beta, epsilon, NormKind::Layer)
 }
 
-pub(crate) fn rms_norm<B: KernelHost, const D: usize>(
-    x: Tensor<BatchInvariant<B>, D>,
-    gamma: Tensor<BatchInvariant<B>, 1>,
+pub(crate) fn rms_norm<B: KernelHost>(
+    tensor: FloatTensor<B>,
+    gamma: FloatTensor<B>,
     epsilon: f64,
-) -> Tensor<BatchInvariant<B>, D> {
+) -> FloatTensor<B> {
     if !mode::is_enabled() {
-        return burn_nn_rms_norm(x, gamma, epsilon);
+        return burn_nn_rms_norm::<B>(tensor, gamma, epsilon);
     }
     if mode::parity::is_enabled() {
-        return parity::rms_norm::<B, D>(x, gamma, epsilon);
+        return parity::rms_norm::<B>(tensor, gamma, epsilon);
     }
-    let (tensor, gamma) = (x.into_primitive().tensor(), gamma.into_primitive().tensor());
     check_norm::<B>("rms_norm", &tensor, &gamma, None, epsilon);
-    let out = match nothing_to_normalize::<B>(&tensor) {
-        Some(out) => out,
-        None => B::invariant_norm(tensor, gamma, None, epsilon, NormKind::Rms),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    if let Some(out) = nothing_to_normalize::<B>(&tensor) {
+        return out;
+    }
+    B::invariant_norm(tensor, gamma, None, epsilon, NormKind::Rms)
 }
 
 /// An empty input has nothing to normalise: its (empty) output, without a launch.

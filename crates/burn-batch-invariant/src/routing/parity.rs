@@ -3,23 +3,26 @@
 //! itself, on untracked tensors.
 //!
 //! Burn 0.21's `Autodiff` never calls its inner backend's `softmax`, `log_softmax`,
-//! `layer_norm` or `attention` (nor does our `rms_norm` under it): it runs composites of
-//! primitives (`max_dim`, `exp`, `sum_dim`, `matmul`, ...), which reach our routed
-//! primitives. Running the inference op through the very same
-//! `Autodiff` method, rather than a copy of its composite, keeps the two forwards equal by
-//! construction, whatever Burn's composites are. The inputs are marked as requiring
-//! gradients, as a training forward's are: `Autodiff` runs some ops differently when it
-//! tracks them (a tracked `max_dim` asks the inner backend for `max_dim_with_indices`), and
-//! parity is with the tracked forward. The graph this records is dropped with the result's
-//! autodiff wrapper; no backward ever runs on it.
+//! `layer_norm` or `attention`, and burn-nn's `RmsNorm` has no op at all: a model written
+//! with Burn's own functions and modules trains through composites of primitives
+//! (`max_dim`, `exp`, `sum_dim`, `matmul`, ...), which reach our routed primitives. Running
+//! the inference op through the very same `Autodiff` method, rather than a copy of its
+//! composite, keeps the two forwards equal by construction, whatever Burn's composites are.
+//! The inputs are marked as requiring gradients, as a training forward's are: `Autodiff`
+//! runs some ops differently when it tracks them (a tracked `max_dim` asks the inner backend
+//! for `max_dim_with_indices`), and parity is with the tracked forward. The graph this
+//! records is dropped with the result's autodiff wrapper; no backward ever runs on it.
+//!
+//! A model written with this crate's functions ([`crate::ParityOps`]) needs none of this:
+//! under `Autodiff` they run the inner backend's op, the kernel itself.
 
 use burn_autodiff::Autodiff;
 use burn_backend::ops::{ActivationOps, AttentionModuleOptions, FloatTensorOps, ModuleOps};
 use burn_backend::tensor::{BoolTensor, FloatTensor};
 use burn_backend::AutodiffBackend;
-use burn_tensor::Tensor;
 
-use crate::{BatchInvariant, KernelHost, RmsNormBackend};
+use crate::norm::burn_nn_rms_norm;
+use crate::{BatchInvariant, KernelHost};
 
 type Ad<B> = Autodiff<BatchInvariant<B>>;
 
@@ -56,14 +59,13 @@ pub(crate) fn layer_norm<B: KernelHost>(
     ))
 }
 
-pub(crate) fn rms_norm<B: KernelHost, const D: usize>(
-    x: Tensor<BatchInvariant<B>, D>,
-    gamma: Tensor<BatchInvariant<B>, 1>,
+pub(crate) fn rms_norm<B: KernelHost>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
     epsilon: f64,
-) -> Tensor<BatchInvariant<B>, D> {
-    let x = Tensor::<Ad<B>, D>::from_inner(x).require_grad();
-    let gamma = Tensor::<Ad<B>, 1>::from_inner(gamma).require_grad();
-    <Ad<B> as RmsNormBackend>::rms_norm(x, gamma, epsilon).inner()
+) -> FloatTensor<B> {
+    let [x, gamma] = [x, gamma].map(tracked::<B>);
+    Ad::<B>::inner(burn_nn_rms_norm::<Ad<B>>(x, gamma, epsilon))
 }
 
 pub(crate) fn attention<B: KernelHost>(
