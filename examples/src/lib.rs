@@ -1,7 +1,8 @@
-//! Shared pieces of the examples: runtime selection, deterministic data, a small SVG plot
-//! and the transformer of `ab_generate`.
+//! Shared pieces of the examples: runtime selection, deterministic data, a small SVG plot,
+//! the transformer of `ab_generate`, the Llama-style model and its policy-gradient step.
 
 pub mod llama;
+pub mod policy;
 pub mod transformer;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};

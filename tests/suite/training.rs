@@ -8,12 +8,20 @@
 //!   burn-nn's RMS chain);
 //! - a sample's input gradients have the same bits alone and inside batches of 2, 3 and 7;
 //! - two runs give the same bits, the sums over the batch (gamma, beta, bias) included.
+//!
+//! And on a whole model: policy-gradient steps whose training log-probabilities are
+//! generation's, bit for bit.
 
 use burn::backend::Autodiff;
+use burn::optim::AdamConfig;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, FloatDType, Tensor, TensorData};
-use burn_batch_invariant::{attention, layer_norm, rms_norm};
+use burn_batch_invariant::sampling::SamplingParams;
+use burn_batch_invariant::{attention, layer_norm, rms_norm, ParityOps};
+use burn_batch_invariant_examples::llama::{prompts, Llama, LlamaConfig, Request};
+use burn_batch_invariant_examples::policy::{train_step, StepReport};
 use burn_batch_invariant_tests::*;
 
 type Ad<B> = Autodiff<BatchInvariant<B>>;
@@ -504,4 +512,85 @@ fn trained_attention_runs_the_inference_kernel<B: KernelHost>(device: &B::Device
 #[test]
 fn training_attention_runs_the_inference_kernel() {
     on_test_backend!(trained_attention_runs_the_inference_kernel);
+}
+
+/// Two policy-gradient steps on the tiny Llama (`examples/src/policy.rs`): generation with
+/// continuous batching and a KV cache draws the tokens, the training forward over whole
+/// sequences recomputes their log-probabilities, and under `Autodiff<BatchInvariant<B>>`
+/// every one has generation's bits, before and after an optimizer step. Burn's default
+/// (`Autodiff<B>`) is printed as the control.
+fn policy_logprobs_equal_generation<B: KernelHost + ParityOps>(device: &B::Device) {
+    let _mode = mode_shared();
+    let config = LlamaConfig::tiny();
+    let requests = |step: u64| -> Vec<Request> {
+        prompts(10, 20, config.vocab, 7 + step)
+            .into_iter()
+            .enumerate()
+            .map(|(i, prompt)| Request {
+                prompt,
+                max_new: 1 + i % 4,
+                params: SamplingParams::with_temperature(1.0, step),
+                id: i as u64,
+            })
+            .collect()
+    };
+    let reward = |tokens: &[usize]| tokens.iter().filter(|&&t| t % 2 == 0).count() as f64;
+    fn steps<A>(
+        config: LlamaConfig,
+        requests: &dyn Fn(u64) -> Vec<Request>,
+        reward: &dyn Fn(&[usize]) -> f64,
+        device: &A::Device,
+    ) -> Vec<StepReport>
+    where
+        A: AutodiffBackend + ParityOps,
+        A::InnerBackend: ParityOps,
+    {
+        let mut model = Llama::<A>::new(config, 3, FloatDType::F32, device);
+        let mut optimizer = AdamConfig::new().init::<A, Llama<A>>();
+        (0..2)
+            .map(|step| {
+                let (next, report) = train_step(
+                    model.clone(),
+                    &mut optimizer,
+                    1e-2,
+                    &requests(step),
+                    4,
+                    reward,
+                    FloatDType::F32,
+                    device,
+                );
+                model = next;
+                report
+            })
+            .collect()
+    }
+    for (step, report) in steps::<Ad<B>>(config, &requests, &reward, device)
+        .iter()
+        .enumerate()
+    {
+        assert!(report.tokens > 0, "step {step}: nothing was sampled");
+        assert!(
+            report.differing == 0,
+            "step {step}: {} of {} training log-probabilities differ from generation's \
+             (largest difference {:e})",
+            report.differing,
+            report.tokens,
+            report.max_diff
+        );
+    }
+    for (step, report) in steps::<Autodiff<B>>(config, &requests, &reward, device)
+        .iter()
+        .enumerate()
+    {
+        eprintln!(
+            "Burn default, step {step}: {} of {} training log-probabilities differ from \
+             generation's (largest difference {:e})",
+            report.differing, report.tokens, report.max_diff
+        );
+    }
+}
+
+#[test]
+fn training_policy_logprobs_equal_generation() {
+    on_test_backend!(policy_logprobs_equal_generation);
 }
