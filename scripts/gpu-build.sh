@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the test suite, the A/B and generation examples and the benchmarks in release (CUDA and wgpu are
+# Builds the test suite, the A/B, generation and training examples and the benchmarks in release (CUDA and wgpu are
 # both compiled in; the runtime is chosen when they run) and gathers them, stripped and
 # gzipped, with the runner (scripts/gpu-run.sh as run.sh) and scripts/reference_torch.py in
 # .gpu/ (git-ignored). Copy .gpu/ to the CUDA machine (it needs no Rust toolchain) and run
@@ -20,7 +20,7 @@ for line in sys.stdin:
 
 rm -rf .gpu && mkdir -p .gpu
 cp "$suite" .gpu/suite
-bins="ab_ops ab_generate llama_generate bench bench_matmul bench_attention bench_llm"
+bins="ab_ops ab_generate llama_generate policy_gradient bench bench_matmul bench_attention bench_llm"
 for bin in $bins; do
     if [ -f "target/release/$bin" ]; then cp "target/release/$bin" .gpu/; fi
 done

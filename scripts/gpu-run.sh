@@ -2,27 +2,30 @@
 # Runs what scripts/gpu-build.sh gathered in .gpu/, on the CUDA machine, from the directory
 # that holds .gpu/:
 #   bash .gpu/run.sh
-# The suite on CUDA, ab_ops with the mode on and off, ab_generate and llama_generate, the
-# benchmarks (plain and fused backend, matmul, attention, the Llama-style model) and the
+# The suite on CUDA, ab_ops with the mode on and off, ab_generate and llama_generate,
+# policy_gradient and the training benchmarks (attention forward and backward, a training
+# step of the Llama-style model), the benchmarks (plain and fused backend, matmul, attention, the Llama-style model) and the
 # reference timings (reference_torch.py). Results go under $OUT (default ./gpu-out):
 # report.md (a summary with every text output), tests.log, ab_ops.txt, the benchmarks' JSON,
 # plots.tar and reference.json. The script exits non-zero when a test fails, when ab_ops
-# finds a routed op that moves with its batch, or when ab_generate or llama_generate finds a
-# sequence whose tokens or logits change with its batch under BatchInvariant.
-# BI_GPU_PARTS selects a subset of: suite ab generate bench fused matmul attention llm reference
+# finds a routed op that moves with its batch, when ab_generate or llama_generate finds a
+# sequence whose tokens or logits change with its batch under BatchInvariant, or when
+# policy_gradient finds a training log-probability that differs from generation's.
+# BI_GPU_PARTS selects a subset of: suite ab generate train bench fused matmul attention llm
+# reference
 # (e.g. BI_GPU_PARTS="matmul reference" for the matmul tables).
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}") # absolute: the script changes directory below
 mkdir -p "$OUT"
-PARTS=" ${BI_GPU_PARTS:-suite ab generate bench fused matmul attention llm reference} " # a subset runs faster
+PARTS=" ${BI_GPU_PARTS:-suite ab generate train bench fused matmul attention llm reference} " # a subset runs faster
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 TMP=$(mktemp -d) # logs whose content goes into report.md, so that $OUT holds one copy of each
 cd .gpu
 for f in *.gz; do gunzip -f "$f"; done
-chmod +x suite ab_* bench* 2>/dev/null
+chmod +x suite ab_* bench* llama_generate policy_gradient 2>/dev/null
 
 device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)
-tests_rc=skipped; ab_rc=skipped; gen_rc=skipped; llm_rc=skipped; bench_rc=skipped; fused_rc=skipped; matmul_rc=skipped; attn_rc=skipped
+tests_rc=skipped; ab_rc=skipped; gen_rc=skipped; train_rc=skipped; llm_rc=skipped; bench_rc=skipped; fused_rc=skipped; matmul_rc=skipped; attn_rc=skipped
 if part suite; then
     # BI_SUITE_FILTER: run only the tests whose names contain it (e.g. attention).
     BI_TEST_BACKEND=cuda ./suite ${BI_SUITE_FILTER:-} --nocapture >"$OUT/tests.log" 2>&1
@@ -38,6 +41,16 @@ if part generate; then
     gen_rc=$?
     timeout 300 ./llama_generate --cuda >>"$TMP/ab_generate.txt" 2>&1
     [ $? != 0 ] && gen_rc=1
+fi
+if part train; then
+    # Training whose forward is the inference forward: the policy-gradient example (plain
+    # and fused), attention forward and backward, a training step of the Llama-style model.
+    timeout 300 ./policy_gradient --cuda >"$TMP/train.txt" 2>&1
+    train_rc=$?
+    timeout 300 ./policy_gradient --cuda --fused --model small >>"$TMP/train.txt" 2>&1
+    [ $? != 0 ] && train_rc=1
+    timeout 300 ./bench_attention --cuda --phase train --json "$OUT/attention_train.json" >>"$TMP/train.txt" 2>&1
+    timeout 420 ./bench_llm --cuda --phase train --layers 2 --json "$OUT/llm_train.json" >>"$TMP/train.txt" 2>&1
 fi
 if part bench; then
     ./bench --cuda --json "$OUT/bench.json" >"$TMP/bench.txt" 2>&1
@@ -81,11 +94,12 @@ fi
 {
     echo "# GPU run $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "device: $device"
-    echo "suite exit: $tests_rc; ab_ops exit: $ab_rc; bench exit: $bench_rc; fused exit: $fused_rc; bench_matmul exit: $matmul_rc; bench_attention exit: $attn_rc; bench_llm exit: $llm_rc; ab_generate/llama_generate exit: $gen_rc; reference exit: $reference_rc"
+    echo "suite exit: $tests_rc; ab_ops exit: $ab_rc; bench exit: $bench_rc; fused exit: $fused_rc; bench_matmul exit: $matmul_rc; bench_attention exit: $attn_rc; bench_llm exit: $llm_rc; ab_generate/llama_generate exit: $gen_rc; policy_gradient exit: $train_rc; reference exit: $reference_rc"
     echo; echo "## tests"; grep -E '^test |test result|panicked|assert' "$OUT/tests.log" | head -80
     echo; echo "## ab_ops (mode on)"; cat "$OUT/ab_ops.txt" 2>/dev/null
     echo; echo "## ab_ops (BURN_BATCH_INVARIANT=0)"; cat "$TMP/ab_ops_mode_off.txt" 2>/dev/null
     echo; echo "## ab_generate"; cat "$TMP/ab_generate.txt" 2>/dev/null
+    echo; echo "## policy_gradient, bench_attention --phase train, bench_llm --phase train"; cat "$TMP/train.txt" 2>/dev/null
     echo; echo "## bench"; cat "$TMP/bench.txt" 2>/dev/null
     echo; echo "## bench --fused"; cat "$TMP/bench_fused.txt" 2>/dev/null
     echo; echo "## ab_ops --fused"; cat "$TMP/ab_ops_fused.txt" 2>/dev/null
@@ -102,5 +116,6 @@ cat "$OUT/report.md"
 [ "$tests_rc" != 0 ] && [ "$tests_rc" != skipped ] && exit 1
 [ "$ab_rc" != 0 ] && [ "$ab_rc" != skipped ] && exit 1
 [ "$gen_rc" != 0 ] && [ "$gen_rc" != skipped ] && exit 1
+[ "$train_rc" != 0 ] && [ "$train_rc" != skipped ] && exit 1
 [ "$fused_rc" != 0 ] && [ "$fused_rc" != skipped ] && exit 1
 exit 0

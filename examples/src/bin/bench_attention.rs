@@ -5,15 +5,21 @@
 //!
 //!     cargo run --release -p burn-batch-invariant-examples --bin bench_attention -- --cuda --json attention.json
 //!
-//! `--quick` runs small shapes (for a CPU/lavapipe smoke run); `--phase prefill` or
-//! `--phase decode` runs one phase. The shapes match `scripts/reference_torch.py`: prefill
-//! is 32 heads x 2048 tokens x head dim 128, bf16, causal; decode is one query against 4096
-//! cached keys. Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device
-//! time per call from a cold L2.
+//! `--quick` runs small shapes (for a CPU/lavapipe smoke run); `--phase prefill`,
+//! `--phase decode` or `--phase train` runs one phase. The shapes match
+//! `scripts/reference_torch.py`: prefill is 32 heads x 2048 tokens x head dim 128, bf16,
+//! causal; decode is one query against 4096 cached keys; train is the prefill shape forward
+//! and backward (the gradients of q, k and v from `sum(out * w)`), Burn's `Autodiff<B>`
+//! (its composite) against `Autodiff<BatchInvariant<B>>` with `burn_batch_invariant::attention`
+//! (the kernel forward, the fixed-order backward), its throughput counted as 3.5 forwards
+//! (FlashAttention's convention). Timing as in `bench`
+//! (`burn_batch_invariant_examples::bench_ms`): device time per call from a cold L2.
 
+use burn::backend::Autodiff;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
 use burn_batch_invariant_examples::{
     bench_ms, on_backend, progress, svg_plot, timing_mark, timing_since, values, Series,
@@ -74,6 +80,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
     for &b in decode_batches {
         cases.push(("decode", b, 1, cache_len, false));
     }
+    cases.push(("train", 1, prefill_len, prefill_len, true));
     // `--phase prefill|decode` keeps one phase (e.g. under a profiler).
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--phase") {
@@ -97,18 +104,36 @@ fn bench<B: KernelHost>(device: &B::Device) {
         };
         let (qi, ki, vi) = (inv(&q), inv(&k), inv(&v));
         let mark = timing_mark();
-        let burn_default_ms = bench_ms::<B, _>(device, || {
-            attention(q.clone(), k.clone(), v.clone(), None, None, opts)
-        });
-        let batch_invariant_ms = bench_ms::<BatchInvariant<B>, _>(device, || {
-            attention(qi.clone(), ki.clone(), vi.clone(), None, None, opts)
-        });
+        let (burn_default_ms, batch_invariant_ms) = if phase == "train" {
+            let w = operand::<B>([batch, heads, seq_q, dim], 4, dtype, device);
+            (
+                train_ms::<Autodiff<B>>([&q, &k, &v, &w], device, |q, k, v| {
+                    attention(q, k, v, None, None, opts)
+                }),
+                train_ms::<Autodiff<BatchInvariant<B>>>(
+                    [&inv(&q), &inv(&k), &inv(&v), &inv(&w)],
+                    device,
+                    |q, k, v| burn_batch_invariant::attention(q, k, v, None, None, opts),
+                ),
+            )
+        } else {
+            (
+                bench_ms::<B, _>(device, || {
+                    attention(q.clone(), k.clone(), v.clone(), None, None, opts)
+                }),
+                bench_ms::<BatchInvariant<B>, _>(device, || {
+                    attention(qi.clone(), ki.clone(), vi.clone(), None, None, opts)
+                }),
+            )
+        };
         let elem = if dtype == FloatDType::F32 { 4.0 } else { 2.0 };
         let throughput = |ms: f64| {
+            // QK^T and PV, 2 flops per multiply-add, half the pairs under the causal mask.
+            let pairs = (batch * heads * seq_q * seq_k) as f64 / if causal { 2.0 } else { 1.0 };
             if phase == "prefill" {
-                // QK^T and PV, 2 flops per multiply-add, half the pairs under the causal mask.
-                let pairs = (batch * heads * seq_q * seq_k) as f64 / if causal { 2.0 } else { 1.0 };
                 4.0 * pairs * dim as f64 / (ms * 1e-3) / 1e12
+            } else if phase == "train" {
+                3.5 * 4.0 * pairs * dim as f64 / (ms * 1e-3) / 1e12
             } else {
                 2.0 * (batch * heads * seq_k * dim) as f64 * elem / (ms * 1e-3) / 1e12
             }
@@ -142,7 +167,7 @@ fn bench<B: KernelHost>(device: &B::Device) {
         "inv thr"
     );
     for r in &rows {
-        let unit = if r.phase == "prefill" { "TF/s" } else { "TB/s" };
+        let unit = if r.phase == "decode" { "TB/s" } else { "TF/s" };
         println!(
             "{:<8} {:>5} {:>6} {:>6} {:>12.4} {:>13.4} {:>7.2} {:>7.3} {unit} {:>7.3} {unit}",
             r.phase,
@@ -162,7 +187,11 @@ fn bench<B: KernelHost>(device: &B::Device) {
         let json = serde_json::json!({ "device": B::name(device), "rows": rows });
         std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
         let mut series = Vec::new();
-        for (phase, unit) in [("prefill", "TFLOP/s"), ("decode", "TB/s K+V")] {
+        for (phase, unit) in [
+            ("prefill", "TFLOP/s"),
+            ("decode", "TB/s K+V"),
+            ("train", "TFLOP/s"),
+        ] {
             for (who, pick) in [
                 (
                     "Burn default",
@@ -192,6 +221,25 @@ fn bench<B: KernelHost>(device: &B::Device) {
         .expect("write svg");
         println!("wrote {path} and {}", svg_path.display());
     }
+}
+
+/// Milliseconds per forward and backward of `attend` on `X` (an `Autodiff` backend): `q`,
+/// `k` and `v` require gradients, the loss is `sum(out * w)`, and the three gradients are
+/// taken from the backward pass.
+fn train_ms<X: AutodiffBackend>(
+    [q, k, v, w]: [&Tensor<X::InnerBackend, 4>; 4],
+    device: &X::Device,
+    attend: impl Fn(Tensor<X, 4>, Tensor<X, 4>, Tensor<X, 4>) -> Tensor<X, 4>,
+) -> f64 {
+    let leaf = |t: &Tensor<X::InnerBackend, 4>| Tensor::<X, 4>::from_inner(t.clone());
+    let w = leaf(w);
+    bench_ms::<X, _>(device, || {
+        let [q, k, v] = [q, k, v].map(|t| leaf(t).require_grad());
+        let grads = (attend(q.clone(), k.clone(), v.clone()) * w.clone())
+            .sum()
+            .backward();
+        [q, k, v].map(|t| t.grad(&grads).expect("gradient"))
+    })
 }
 
 fn main() {

@@ -16,12 +16,19 @@
 //! with a device sync after each part of every layer, and the time of each part reported
 //! (the syncs add idle gaps, so the parts sum to more than the step).
 //! Writes JSON (`--json PATH`) and an SVG plot of decode time against batch size beside it.
+//!
+//! `--phase train` times a training step instead (forward over every position, the mean
+//! next-token log-probability as the loss, backward; no optimizer) at 1 x 512 and 4 x 512
+//! tokens: `Autodiff<B>` running the model against `Autodiff<BatchInvariant<B>>`, whose
+//! forward is the inference kernels' (`burn_batch_invariant::ParityOps`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use burn::tensor::{DType, FloatDType};
-use burn_batch_invariant::{BatchInvariant, KernelHost, ParityOps};
+use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData};
+use burn_batch_invariant::{log_softmax, BatchInvariant, KernelHost, ParityOps};
 use burn_batch_invariant_examples::llama::{KvCache, Llama, LlamaConfig, Logits, StepRow};
 use burn_batch_invariant_examples::{median_ms, on_backend, progress, svg_plot, Series};
 use serde::Serialize;
@@ -187,6 +194,9 @@ fn bench<B: KernelHost + ParityOps>(device: &B::Device) {
         Some(other) => panic!("--dtype {other}: expected bf16 or f32"),
     };
     let layers = arg("--layers").map_or(4, |l| l.parse().expect("--layers N"));
+    if phase.as_deref() == Some("train") {
+        return train::<B>(quick, layers, dtype, device);
+    }
     let cases = cases(quick, phase.as_deref());
     let longest = cases.iter().map(|c| c.tokens + 1).max().unwrap_or(1);
     let config = if quick {
@@ -332,6 +342,93 @@ fn bench<B: KernelHost + ParityOps>(device: &B::Device) {
         )
         .expect("write svg");
         println!("wrote {path} and {}", svg_path.display());
+    }
+}
+
+/// Milliseconds per training step (forward, loss, backward) of `model` on `batch` rows of
+/// `tokens` tokens.
+fn train_step_ms<A: AutodiffBackend + ParityOps>(
+    model: &Llama<A>,
+    batch: usize,
+    tokens: usize,
+    dtype: FloatDType,
+    device: &A::Device,
+) -> f64 {
+    let config = model.config();
+    let case = Case {
+        phase: "prefill",
+        batch,
+        tokens,
+    };
+    let inputs: Vec<Vec<usize>> = (0..batch)
+        .map(|r| row_tokens(&case, r, config.vocab))
+        .collect();
+    // Each position's target is the next input token (the last one's is the first).
+    let targets: Vec<i64> = inputs
+        .iter()
+        .flat_map(|row| (0..tokens).map(move |i| row[(i + 1) % tokens] as i64))
+        .collect();
+    let targets =
+        Tensor::<A, 3, Int>::from_data(TensorData::new(targets, [batch, tokens, 1]), device);
+    let rows = StepRow::one_per_slot(&inputs);
+    let step = || {
+        let mut cache = KvCache::<A>::new(&config, batch, tokens, dtype, device);
+        let logits = model.step(&rows, &mut cache, Logits::All);
+        let logprobs = log_softmax(logits.cast(FloatDType::F32), 2).gather(2, targets.clone());
+        let grads = (-logprobs.mean()).backward();
+        drop(grads);
+    };
+    let first = median_ms::<A, _>(device, 1, 2, step);
+    let samples = if first > 200.0 { 3 } else { 7 };
+    median_ms::<A, _>(device, 1, samples, step)
+}
+
+/// `--phase train`: training steps under `Autodiff<BatchInvariant<B>>` and `Autodiff<B>`.
+fn train<B: KernelHost + ParityOps>(
+    quick: bool,
+    layers: usize,
+    dtype: FloatDType,
+    device: &B::Device,
+) {
+    let shapes: &[(usize, usize)] = if quick {
+        &[(1, 16), (4, 16)]
+    } else {
+        &[(1, 512), (4, 512)]
+    };
+    let longest = shapes.iter().map(|s| s.1).max().unwrap_or(1);
+    let config = if quick {
+        LlamaConfig {
+            max_len: longest,
+            ..LlamaConfig::tiny()
+        }
+    } else {
+        LlamaConfig::llama2_7b(layers, longest)
+    };
+    println!("device: {}, {dtype:?}, {config:?}", B::name(device));
+    let invariant = Llama::<Autodiff<BatchInvariant<B>>>::new(config, 1, dtype, device);
+    let default = Llama::<Autodiff<B>>::new(config, 1, dtype, device);
+    println!("| training step | Burn default ms | BatchInvariant ms | ratio |");
+    println!("|---|---|---|---|");
+    let mut rows = Vec::new();
+    for &(batch, tokens) in shapes {
+        let bi = train_step_ms(&invariant, batch, tokens, dtype, device);
+        let burn = train_step_ms(&default, batch, tokens, dtype, device);
+        println!(
+            "| {batch} x {tokens} | {burn:.2} | {bi:.2} | {:.2} |",
+            bi / burn
+        );
+        rows.push(serde_json::json!({
+            "batch": batch, "tokens": tokens, "dtype": format!("{dtype:?}"),
+            "burn_default_ms": burn, "batch_invariant_ms": bi, "ratio": bi / burn,
+        }));
+    }
+    if let Some(path) = arg("--json") {
+        let json = serde_json::json!({
+            "device": B::name(device),
+            "config": format!("{config:?}"),
+            "train_rows": rows,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
     }
 }
 
