@@ -15,7 +15,8 @@ use burn::tensor::{FloatDType, Tensor};
 use burn_batch_invariant::sampling::{uniform, SamplingParams};
 use burn_batch_invariant::ParityOps;
 use burn_batch_invariant_examples::llama::{
-    generate, prompts, KvCache, Llama, LlamaConfig, Logits, Output, Request, StepRow,
+    generate, prompts, Checkpoint, KvCache, Llama, LlamaConfig, Logits, Output, Part,
+    RandomWeights, Request, StepRow, Weights,
 };
 use burn_batch_invariant_tests::*;
 
@@ -260,4 +261,154 @@ fn serving_seeded_sampling_is_batch_invariant() {
 #[test]
 fn serving_needle_among_many_prompts() {
     on_test_backend!(needle_among_many_prompts);
+}
+
+/// A checkpoint tensor: its name, f32 values and shape.
+type Named = (String, (Vec<f32>, Vec<usize>));
+
+/// Writes the tiny model's random weights as a Hugging Face Llama checkpoint (`config.json`,
+/// separate q/k/v and gate/up projections in torch's `[out, in]` layout, over two
+/// `.safetensors` files), loads it with `Checkpoint`, and compares the logits with the
+/// original model's bit for bit. A checkpoint without `lm_head.weight` ties the head to the
+/// embedding.
+fn checkpoint_loads_the_same_model<B: KernelHost + ParityOps>(device: &B::Device) {
+    let _mode = mode_shared();
+    type X<B> = BatchInvariant<B>;
+    let config = LlamaConfig::tiny();
+    let f32 = FloatDType::F32;
+    let (d, kv, ffn) = (
+        config.d_model,
+        config.kv_heads * config.head_dim(),
+        config.ffn,
+    );
+    let dir = std::env::temp_dir().join(format!("bi-checkpoint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Every part as the model holds it (`[in, out]` for linears), from the same seed.
+    let mut random = RandomWeights { seed: 11 };
+    let mut part = |p: Part, shape: [usize; 2]| {
+        values(Weights::<X<B>>::tensor(&mut random, p, shape, f32, device))
+            .into_iter()
+            .map(|v| v as f32)
+            .collect::<Vec<f32>>()
+    };
+    // `[rows, cols]` model layout to torch's `[cols, rows]`, columns `from..from + n`.
+    let torch = |w: &[f32], [rows, cols]: [usize; 2], from: usize, n: usize| {
+        let mut out = Vec::with_capacity(rows * n);
+        for c in from..from + n {
+            out.extend((0..rows).map(|r| w[r * cols + c]));
+        }
+        (out, vec![n, rows])
+    };
+    let mut files: [Vec<Named>; 2] = [Vec::new(), Vec::new()];
+    for l in 0..config.layers {
+        let name = |rest: &str| format!("model.layers.{l}.{rest}");
+        let file = &mut files[l % 2];
+        file.push((
+            name("input_layernorm.weight"),
+            (part(Part::AttnNorm(l), [1, d]), vec![d]),
+        ));
+        let qkv = part(Part::Qkv(l), [d, d + 2 * kv]);
+        let shape = [d, d + 2 * kv];
+        file.push((name("self_attn.q_proj.weight"), torch(&qkv, shape, 0, d)));
+        file.push((name("self_attn.k_proj.weight"), torch(&qkv, shape, d, kv)));
+        file.push((
+            name("self_attn.v_proj.weight"),
+            torch(&qkv, shape, d + kv, kv),
+        ));
+        let out = part(Part::Out(l), [d, d]);
+        file.push((name("self_attn.o_proj.weight"), torch(&out, [d, d], 0, d)));
+        file.push((
+            name("post_attention_layernorm.weight"),
+            (part(Part::MlpNorm(l), [1, d]), vec![d]),
+        ));
+        let gate_up = part(Part::GateUp(l), [d, 2 * ffn]);
+        file.push((
+            name("mlp.gate_proj.weight"),
+            torch(&gate_up, [d, 2 * ffn], 0, ffn),
+        ));
+        file.push((
+            name("mlp.up_proj.weight"),
+            torch(&gate_up, [d, 2 * ffn], ffn, ffn),
+        ));
+        let down = part(Part::Down(l), [ffn, d]);
+        file.push((name("mlp.down_proj.weight"), torch(&down, [ffn, d], 0, d)));
+    }
+    let embedding = part(Part::Embedding, [config.vocab, d]);
+    files[0].push((
+        "model.embed_tokens.weight".into(),
+        (embedding.clone(), vec![config.vocab, d]),
+    ));
+    files[1].push((
+        "model.norm.weight".into(),
+        (part(Part::Norm, [1, d]), vec![d]),
+    ));
+    let head = part(Part::Head, [d, config.vocab]);
+    files[1].push((
+        "lm_head.weight".into(),
+        torch(&head, [d, config.vocab], 0, config.vocab),
+    ));
+    let write = |files: &[Vec<Named>; 2]| {
+        for (i, file) in files.iter().enumerate() {
+            let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = file
+                .iter()
+                .map(|(name, (v, shape))| {
+                    let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    (name.clone(), raw, shape.clone())
+                })
+                .collect();
+            let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+                .iter()
+                .map(|(name, raw, shape)| {
+                    let view = safetensors::tensor::TensorView::new(
+                        safetensors::Dtype::F32,
+                        shape.clone(),
+                        raw,
+                    )
+                    .expect("tensor view");
+                    (name.clone(), view)
+                })
+                .collect();
+            let path = dir.join(format!("model-0000{}-of-00002.safetensors", i + 1));
+            safetensors::serialize_to_file(views, None, &path).expect("write safetensors");
+        }
+    };
+    write(&files);
+    let json = serde_json::json!({
+        "vocab_size": config.vocab, "hidden_size": d, "num_attention_heads": config.heads,
+        "num_key_value_heads": config.kv_heads, "num_hidden_layers": config.layers,
+        "intermediate_size": ffn, "rope_theta": config.rope_theta, "rms_norm_eps": config.norm_eps,
+    });
+    std::fs::write(dir.join("config.json"), json.to_string()).expect("write config.json");
+
+    let tokens = prompt(13, 5);
+    let logits = |model: &Llama<X<B>>| bits(one_shot(model, &tokens, f32, device));
+    let original = Llama::<X<B>>::new(config, 11, f32, device);
+    let (mut checkpoint, read) = Checkpoint::open(&dir, config.max_len).expect("open checkpoint");
+    assert_eq!(read, config, "config.json read back");
+    let loaded = Llama::<X<B>>::from_weights(read, &mut checkpoint, f32, device);
+    assert!(
+        logits(&loaded) == logits(&original),
+        "the model loaded from the checkpoint gives other logits than the original"
+    );
+
+    // Tied: the head is the embedding's transpose.
+    files[1].retain(|(name, _)| name != "lm_head.weight");
+    std::fs::remove_dir_all(&dir).expect("clear temp dir");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    write(&files);
+    std::fs::write(dir.join("config.json"), json.to_string()).expect("write config.json");
+    let (mut checkpoint, read) = Checkpoint::open(&dir, config.max_len).expect("open checkpoint");
+    let tied = Llama::<X<B>>::from_weights(read, &mut checkpoint, f32, device);
+    let got = values(tied.head_weight());
+    let want: Vec<f64> = (0..d)
+        .flat_map(|i| (0..config.vocab).map(move |v| (v, i)))
+        .map(|(v, i)| f64::from(embedding[v * d + i]))
+        .collect();
+    assert!(got == want, "a tied head is not the embedding's transpose");
+    std::fs::remove_dir_all(&dir).expect("remove temp dir");
+}
+
+#[test]
+fn serving_checkpoint_loads_the_same_model() {
+    on_test_backend!(checkpoint_loads_the_same_model);
 }

@@ -224,9 +224,9 @@ fn gradients<B: Backend>(
         s = t.clone() * cap;
         t
     });
-    // A row whose every score is `-inf` gets weights 0, as in the forward; only masks and
-    // biases can make one.
-    let may_empty_rows = mask.is_some() || options.is_causal || bias.is_some();
+    // A row whose every score is `-inf` gets weights 0, as in the forward; only a mask, a
+    // bias or a causal mask over more queries than keys can make one.
+    let may_empty_rows = mask.is_some() || bias.is_some() || (options.is_causal && seq_q > seq_k);
     if let Some(mask) = mask {
         let mask = Tensor::<B, 4, Bool>::from_primitive(mask).expand(scores);
         s = s.mask_fill(mask, f32::NEG_INFINITY);

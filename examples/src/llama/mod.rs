@@ -19,14 +19,17 @@
 //! alone or among others.
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::silu;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
 use burn_batch_invariant::sampling::{sample_row, SamplingParams};
 use burn_batch_invariant::{attention, log_softmax, rms_norm, ParityOps};
 
-use crate::{values, Init};
+mod weights;
+pub use weights::{Checkpoint, Part, RandomWeights, Weights};
+
+use crate::values;
 
 /// Model size.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -239,23 +242,20 @@ pub enum Logits {
     All,
 }
 
-impl<B: Backend> Init<'_, B> {
-    /// An RMSNorm with gamma drawn around 1 (`1 +- 0.25`).
-    fn rms_norm(&mut self, d: usize, eps: f64) -> RmsNorm<B> {
-        let mut norm = RmsNormConfig::new(d).with_epsilon(eps).init(self.device);
-        self.seed += 1;
-        let gamma: Vec<f32> = values(d, self.seed)
-            .into_iter()
-            .map(|v| 1.0 + 0.25 * v)
-            .collect();
-        let gamma = Tensor::<B, 1>::from_data(TensorData::new(gamma, [d]), self.device);
-        norm.gamma = Param::from_tensor(gamma.cast(self.dtype));
-        norm
-    }
-}
-
 impl<B: ParityOps> Llama<B> {
+    /// The model with deterministic random weights from `seed` ([`RandomWeights`]).
     pub fn new(config: LlamaConfig, seed: u64, dtype: FloatDType, device: &B::Device) -> Self {
+        Self::from_weights(config, &mut RandomWeights { seed }, dtype, device)
+    }
+
+    /// The model with the weights `weights` gives ([`RandomWeights`], or a Hugging Face
+    /// checkpoint through [`Checkpoint`]), in `dtype`.
+    pub fn from_weights(
+        config: LlamaConfig,
+        weights: &mut impl Weights<B>,
+        dtype: FloatDType,
+        device: &B::Device,
+    ) -> Self {
         assert!(
             config.heads.is_multiple_of(config.kv_heads)
                 && config.d_model.is_multiple_of(config.heads),
@@ -264,31 +264,36 @@ impl<B: ParityOps> Llama<B> {
             config.d_model,
             config.kv_heads
         );
-        let mut init = Init::<B> {
-            seed,
-            dtype,
-            device,
-        };
         let (d, kv) = (config.d_model, config.kv_heads * config.head_dim());
+        let mut part = |part: Part, shape: [usize; 2]| weights.tensor(part, shape, dtype, device);
+        let linear = |weight: Tensor<B, 2>| Linear {
+            weight: Param::from_tensor(weight),
+            bias: None,
+        };
+        let norm = |gamma: Tensor<B, 2>| RmsNorm {
+            gamma: Param::from_tensor(gamma.reshape([d])),
+            epsilon: config.norm_eps,
+        };
         let layers = (0..config.layers)
-            .map(|_| Layer {
-                attn_norm: init.rms_norm(d, config.norm_eps),
-                qkv: init.linear(d, d + 2 * kv),
-                out: init.linear(d, d),
-                mlp_norm: init.rms_norm(d, config.norm_eps),
-                gate_up: init.linear(d, 2 * config.ffn),
-                down: init.linear(config.ffn, d),
+            .map(|l| Layer {
+                attn_norm: norm(part(Part::AttnNorm(l), [1, d])),
+                qkv: linear(part(Part::Qkv(l), [d, d + 2 * kv])),
+                out: linear(part(Part::Out(l), [d, d])),
+                mlp_norm: norm(part(Part::MlpNorm(l), [1, d])),
+                gate_up: linear(part(Part::GateUp(l), [d, 2 * config.ffn])),
+                down: linear(part(Part::Down(l), [config.ffn, d])),
             })
             .collect();
-        let mut embedding = EmbeddingConfig::new(config.vocab, d).init(device);
-        embedding.weight = init.matrix(config.vocab, d, 1.0);
+        let embedding = Embedding {
+            weight: Param::from_tensor(part(Part::Embedding, [config.vocab, d])),
+        };
         let (cos, sin) = rope_tables::<B>(&config, dtype, device);
         Self {
             config,
             embedding,
             layers,
-            norm: init.rms_norm(d, config.norm_eps),
-            head: init.linear(d, config.vocab),
+            norm: norm(part(Part::Norm, [1, d])),
+            head: linear(part(Part::Head, [d, config.vocab])),
             cos,
             sin,
         }
@@ -296,6 +301,11 @@ impl<B: ParityOps> Llama<B> {
 
     pub fn config(&self) -> LlamaConfig {
         self.config
+    }
+
+    /// The LM head's weight, `[d_model, vocab]`.
+    pub fn head_weight(&self) -> Tensor<B, 2> {
+        self.head.weight.val()
     }
 
     /// One forward pass: every row appends its tokens to its slot's sequence (a prefill, a
