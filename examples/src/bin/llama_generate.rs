@@ -8,7 +8,9 @@
 //!     cargo run --release -p burn-batch-invariant-examples --bin llama_generate -- [--cuda] [--fused]
 //!
 //! `--model tiny|7b` (default: tiny on the CPU path, Llama-2-7B shapes with 4 layers on
-//! CUDA; random weights), `--requests N` (24), `--slots S` (8), `--new T` (tokens per
+//! CUDA; random weights), `--checkpoint DIR` (a Hugging Face Llama checkpoint instead:
+//! `config.json` and `*.safetensors`; prompts stay random token ids, as no tokenizer is
+//! loaded), `--requests N` (24), `--slots S` (8), `--new T` (tokens per
 //! sequence, 16), `--temperature X` (0.6), `--seed S` (42), `--dtype bf16|f32`.
 
 use std::time::Instant;
@@ -17,7 +19,7 @@ use burn::tensor::{DType, FloatDType};
 use burn_batch_invariant::sampling::SamplingParams;
 use burn_batch_invariant::{BatchInvariant, KernelHost, ParityOps};
 use burn_batch_invariant_examples::llama::{
-    generate, prompts, Llama, LlamaConfig, Output, Request,
+    generate, prompts, Checkpoint, Llama, LlamaConfig, Output, Request,
 };
 use burn_batch_invariant_examples::{on_backend, use_cuda};
 
@@ -105,6 +107,19 @@ fn ab<X: ParityOps>(
     (tokens, logits)
 }
 
+/// The model from the checkpoint when one was given, random weights otherwise.
+fn load<X: ParityOps>(
+    config: LlamaConfig,
+    weights: &mut Option<Checkpoint>,
+    dtype: FloatDType,
+    device: &X::Device,
+) -> Llama<X> {
+    match weights {
+        Some(checkpoint) => Llama::from_weights(config, checkpoint, dtype, device),
+        None => Llama::new(config, 1, dtype, device),
+    }
+}
+
 fn run<B: KernelHost + ParityOps>(device: &B::Device) {
     let big = match std::env::args().position(|a| a == "--model") {
         Some(i) => std::env::args().nth(i + 1).as_deref() == Some("7b"),
@@ -120,13 +135,22 @@ fn run<B: KernelHost + ParityOps>(device: &B::Device) {
     let new: usize = arg("--new", 16);
     let params = SamplingParams::with_temperature(arg("--temperature", 0.6), arg("--seed", 42));
     let max_prompt = if big { 512 } else { 40 };
-    let config = if big {
-        LlamaConfig::llama2_7b(4, max_prompt + new)
+    let checkpoint = arg("--checkpoint", String::new());
+    let (config, mut weights) = if checkpoint.is_empty() {
+        let config = if big {
+            LlamaConfig::llama2_7b(4, max_prompt + new)
+        } else {
+            LlamaConfig {
+                max_len: max_prompt + new,
+                ..LlamaConfig::tiny()
+            }
+        };
+        (config, None)
     } else {
-        LlamaConfig {
-            max_len: max_prompt + new,
-            ..LlamaConfig::tiny()
-        }
+        let (weights, config) =
+            Checkpoint::open(std::path::Path::new(&checkpoint), max_prompt + new)
+                .unwrap_or_else(|e| panic!("--checkpoint {checkpoint}: {e}"));
+        (config, Some(weights))
     };
     println!("device: {}, {dtype:?}, {config:?}", B::name(device));
     let requests: Vec<Request> = prompts(n, max_prompt, config.vocab, 3)
@@ -141,10 +165,10 @@ fn run<B: KernelHost + ParityOps>(device: &B::Device) {
         })
         .collect();
 
-    let model = Llama::<BatchInvariant<B>>::new(config, 1, dtype, device);
+    let model = load::<BatchInvariant<B>>(config, &mut weights, dtype, device);
     let (tokens, logits) = ab(&model, &requests, slots, dtype, device, "BatchInvariant");
     drop(model);
-    let model = Llama::<B>::new(config, 1, dtype, device);
+    let model = load::<B>(config, &mut weights, dtype, device);
     ab(
         &model,
         &requests,
