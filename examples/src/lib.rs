@@ -35,6 +35,22 @@ macro_rules! on_backend {
     };
 }
 
+/// The value after `name` on the command line, parsed, or `default` when `name` is absent.
+///
+/// # Panics
+///
+/// When `name` is given without a value that parses.
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} needs a value")),
+        None => default,
+    }
+}
+
 /// Deterministic values in [-1, 1).
 pub fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -101,6 +101,19 @@ fn row_tokens(case: &Case, r: usize, vocab: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The tiny model (`--quick`) or Llama-2-7B's shapes with `layers` layers, covering
+/// `longest` positions.
+fn model_config(quick: bool, layers: usize, longest: usize) -> LlamaConfig {
+    if quick {
+        LlamaConfig {
+            max_len: longest,
+            ..LlamaConfig::tiny()
+        }
+    } else {
+        LlamaConfig::llama2_7b(layers, longest)
+    }
+}
+
 /// Milliseconds per forward of `case` on `model`, and the bytes of row 0's logits.
 fn time_case<X: ParityOps>(
     model: &Llama<X>,
@@ -199,14 +212,7 @@ fn bench<B: KernelHost + ParityOps>(device: &B::Device) {
     }
     let cases = cases(quick, phase.as_deref());
     let longest = cases.iter().map(|c| c.tokens + 1).max().unwrap_or(1);
-    let config = if quick {
-        LlamaConfig {
-            max_len: longest,
-            ..LlamaConfig::tiny()
-        }
-    } else {
-        LlamaConfig::llama2_7b(layers, longest)
-    };
+    let config = model_config(quick, layers, longest);
     println!("device: {}, {dtype:?}, {config:?}", B::name(device));
 
     // Both models stay resident; each case runs on BatchInvariant first, then on Burn's
@@ -396,14 +402,7 @@ fn train<B: KernelHost + ParityOps>(
         &[(1, 512), (4, 512)]
     };
     let longest = shapes.iter().map(|s| s.1).max().unwrap_or(1);
-    let config = if quick {
-        LlamaConfig {
-            max_len: longest,
-            ..LlamaConfig::tiny()
-        }
-    } else {
-        LlamaConfig::llama2_7b(layers, longest)
-    };
+    let config = model_config(quick, layers, longest);
     println!("device: {}, {dtype:?}, {config:?}", B::name(device));
     let invariant = Llama::<Autodiff<BatchInvariant<B>>>::new(config, 1, dtype, device);
     let default = Llama::<Autodiff<B>>::new(config, 1, dtype, device);

@@ -21,18 +21,7 @@ use burn_batch_invariant::{BatchInvariant, KernelHost, ParityOps};
 use burn_batch_invariant_examples::llama::{
     generate, prompts, Checkpoint, Llama, LlamaConfig, Output, Request,
 };
-use burn_batch_invariant_examples::{on_backend, use_cuda};
-
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} needs a value")),
-        None => default,
-    }
-}
+use burn_batch_invariant_examples::{arg, on_backend, use_cuda};
 
 /// Generates `requests` with continuous batching over `slots` slots, printing progress
 /// (the first steps include compiling each new kernel configuration).

@@ -20,19 +20,8 @@ use burn::tensor::FloatDType;
 use burn_batch_invariant::sampling::SamplingParams;
 use burn_batch_invariant::{BatchInvariant, KernelHost, ParityOps};
 use burn_batch_invariant_examples::llama::{prompts, Llama, LlamaConfig, Request};
-use burn_batch_invariant_examples::on_backend;
 use burn_batch_invariant_examples::policy::train_step;
-
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} needs a value")),
-        None => default,
-    }
-}
+use burn_batch_invariant_examples::{arg, on_backend};
 
 /// Trains for `--steps` steps and returns the log-probabilities that differed, per step.
 fn train<A>(config: LlamaConfig, device: &A::Device, label: &str) -> Vec<usize>
