@@ -287,7 +287,7 @@ def mean(quick):
 
 
 class TorchLlama:
-    """The model of `examples/src/llama.rs` at Llama-2-7B's shapes (random weights): RMSNorm,
+    """The model of `examples/src/llama/` at Llama-2-7B's shapes (random weights): RMSNorm,
     rotary embeddings (rotate-half), SDPA attention against a preallocated KV cache written
     in place, a SwiGLU MLP, the LM head on each row's last position. `mm` and `mean` are
     torch's (cuBLAS) or vLLM's batch-invariant kernels; attention is SDPA in both, as in
@@ -304,7 +304,7 @@ class TorchLlama:
             return (1 + 0.25 * (torch.rand(d, device=DEVICE, generator=gen) * 2 - 1)).to(dtype)
 
         self.embed = weight(vocab, d, 1.0)
-        # Query, key and value in one weight, gate and up in another, as in llama.rs.
+        # Query, key and value in one weight, gate and up in another, as in examples/src/llama/.
         self.ffn = ffn
         self.layers = [dict(attn_norm=norm(), qkv=weight(d, 3 * d, d**-0.5), wo=weight(d, d, d**-0.5),
                             mlp_norm=norm(), gate_up=weight(d, 2 * ffn, d**-0.5),

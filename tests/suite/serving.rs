@@ -1,4 +1,4 @@
-//! What an inference engine relies on, on the Llama-style model of `examples/src/llama.rs`
+//! What an inference engine relies on, on the Llama-style model of `examples/src/llama/`
 //! (tiny configuration, grouped-query attention, a KV cache written in place) under
 //! `BatchInvariant`, bit for bit:
 //! - a decode step gives the logits of the same position of a one-shot prefill;
