@@ -20,10 +20,11 @@
 //! - softcap multiplies `ds` by `1 - tanh²`;
 //! - `dq = scale * ds k`, `dk = scale * dsᵀ q`.
 //!
-//! `ds` and `p` are rounded to f32 for the matmuls (TF32 on tensor cores, as every f32
-//! matmul of the crate unless `mode::ieee_f32` is on), and the scores take
-//! `[batch, heads, seq_q, seq_k]` f32 elements: the backward is a composite of invariant
-//! kernels, not a fused flash backward.
+//! Every matmul of the backward is an f32 one (TF32 on tensor cores, as every f32 matmul of
+//! the crate unless `mode::ieee_f32` is on; bf16 and f16 inputs are exact in TF32), and the
+//! scores take `[batch, heads, seq_q, seq_k]` f32 elements: the backward is a composite of
+//! invariant kernels, not a fused flash backward, and `docs/performance.md` shows what that
+//! costs.
 
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
