@@ -29,7 +29,7 @@
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{broadcast_shape, Backward, Ops, OpsKind};
+use burn_autodiff::ops::{broadcast_shape, Backward, Ops};
 use burn_autodiff::Autodiff;
 use burn_backend::ops::AttentionModuleOptions;
 use burn_backend::tensor::{BoolTensor, FloatTensor};
@@ -38,6 +38,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use burn_tensor::activation::softmax;
 use burn_tensor::{Bool, FloatDType, Int, Tensor, TensorPrimitive};
 
+use crate::record::record;
 use crate::{BatchInvariant, KernelHost};
 
 /// A backend whose attention is one op, in training too.
@@ -116,43 +117,24 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
                 options,
             )
         };
-        let state = |output| AttentionState {
+        let state = |output: &FloatTensor<B>| AttentionState {
             query: query.primitive.clone(),
             key: key.primitive.clone(),
             value: value.primitive.clone(),
             mask: mask.clone(),
             bias: attn_bias.as_ref().map(|bias| bias.primitive.clone()),
-            output,
+            output: output.clone(),
             options,
         };
         match &attn_bias {
-            Some(bias) => record::<B, C, 4>([&query, &key, &value, bias], state, forward),
-            None => record::<B, C, 3>([&query, &key, &value], state, forward),
+            Some(bias) => record::<B, C, _, _>(
+                AttentionBackward,
+                [&query, &key, &value, bias],
+                forward,
+                state,
+            ),
+            None => record::<B, C, _, _>(AttentionBackward, [&query, &key, &value], forward, state),
         }
-    }
-}
-
-/// Runs `forward` and, when a parent is tracked, records the backward step with the state
-/// `state` builds from the output. Parents are `[query, key, value]` and the bias if any.
-fn record<B: Backend, C: CheckpointStrategy, const N: usize>(
-    parents: [&FloatTensor<Autodiff<B, C>>; N],
-    state: impl FnOnce(FloatTensor<B>) -> AttentionState<B>,
-    forward: impl FnOnce() -> FloatTensor<B>,
-) -> FloatTensor<Autodiff<B, C>>
-where
-    AttentionBackward: Backward<B, N, State = AttentionState<B>>,
-{
-    let nodes = parents.map(|parent| parent.node.clone());
-    match AttentionBackward
-        .prepare::<C>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let output = forward();
-            prep.finish(state(output.clone()), output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward()),
     }
 }
 

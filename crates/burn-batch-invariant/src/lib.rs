@@ -18,6 +18,7 @@ mod host;
 pub mod mode;
 mod norm;
 mod ops;
+mod record;
 mod routing;
 pub mod sampling;
 mod softmax;

@@ -32,13 +32,14 @@
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::ops::{Backward, Ops};
 use burn_autodiff::Autodiff;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::{Backend, Shape, TensorMetadata};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_tensor::{DType, FloatDType, Tensor, TensorPrimitive};
 
+use crate::record::record;
 use crate::{routing, BatchInvariant, KernelHost};
 
 /// A backend with one-op layer and RMS normalization over the last dim.
@@ -171,9 +172,9 @@ impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
         gamma: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        let state = NormState::new(&x, &gamma, epsilon, false);
         let forward = || B::rms_norm_op(x.primitive.clone(), gamma.primitive.clone(), epsilon);
-        record::<B, C, 2>([&x, &gamma], state, forward)
+        let state = |_: &_| NormState::new(&x, &gamma, epsilon, false);
+        record::<B, C, _, _>(NormBackward, [&x, &gamma], forward, state)
     }
 
     fn layer_norm_op(
@@ -182,32 +183,15 @@ impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
         beta: Option<FloatTensor<Self>>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        let state = NormState::new(&x, &gamma, epsilon, true);
         let forward = || {
             let beta = beta.as_ref().map(|beta| beta.primitive.clone());
             B::layer_norm_op(x.primitive.clone(), gamma.primitive.clone(), beta, epsilon)
         };
+        let state = |_: &_| NormState::new(&x, &gamma, epsilon, true);
         match &beta {
-            Some(beta) => record::<B, C, 3>([&x, &gamma, beta], state, forward),
-            None => record::<B, C, 2>([&x, &gamma], state, forward),
+            Some(beta) => record::<B, C, _, _>(NormBackward, [&x, &gamma, beta], forward, state),
+            None => record::<B, C, _, _>(NormBackward, [&x, &gamma], forward, state),
         }
-    }
-}
-
-/// Runs `forward` and, when a parent is tracked, records the backward step with `state`.
-/// Parents are `[x, gamma]` or `[x, gamma, beta]`.
-fn record<B: Backend, C: CheckpointStrategy, const N: usize>(
-    parents: [&FloatTensor<Autodiff<B, C>>; N],
-    state: NormState<B>,
-    forward: impl FnOnce() -> FloatTensor<B>,
-) -> FloatTensor<Autodiff<B, C>>
-where
-    NormBackward: Backward<B, N, State = NormState<B>>,
-{
-    let nodes = parents.map(|parent| parent.node.clone());
-    match NormBackward.prepare::<C>(nodes).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(state, forward()),
-        OpsKind::UnTracked(prep) => prep.finish(forward()),
     }
 }
 

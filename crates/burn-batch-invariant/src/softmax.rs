@@ -24,13 +24,14 @@
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn_autodiff::ops::{unary, Backward, Ops};
 use burn_autodiff::Autodiff;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::Backend;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use burn_tensor::{Tensor, TensorPrimitive};
 
+use crate::record::record;
 use crate::{BatchInvariant, KernelHost};
 
 /// A backend whose softmax and log-softmax are one op each, in training too.
@@ -99,37 +100,13 @@ impl<B: burn_fusion::FusionBackend> SoftmaxBackend for burn_fusion::Fusion<B> {}
 /// Training: `B`'s softmax forward (its output kept for the backward), one backward step.
 impl<B: Backend, C: CheckpointStrategy> SoftmaxBackend for Autodiff<B, C> {
     fn softmax_op(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        record::<B, C, _>(SoftmaxBackward, tensor, dim, B::softmax)
+        let forward = || B::softmax(tensor.primitive.clone(), dim);
+        record::<B, C, _, _>(SoftmaxBackward, [&tensor], forward, |y| (y.clone(), dim))
     }
 
     fn log_softmax_op(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
-        record::<B, C, _>(LogSoftmaxBackward, tensor, dim, B::log_softmax)
-    }
-}
-
-/// Runs `forward` on the inner tensor and, when the input is tracked, records `step` with
-/// the forward's output and the dim as its state.
-fn record<B, C, S>(
-    step: S,
-    tensor: FloatTensor<Autodiff<B, C>>,
-    dim: usize,
-    forward: fn(FloatTensor<B>, usize) -> FloatTensor<B>,
-) -> FloatTensor<Autodiff<B, C>>
-where
-    B: Backend,
-    C: CheckpointStrategy,
-    S: Backward<B, 1, State = (FloatTensor<B>, usize)>,
-{
-    match step
-        .prepare::<C>([tensor.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let output = forward(tensor.primitive, dim);
-            prep.finish((output.clone(), dim), output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward(tensor.primitive, dim)),
+        let forward = || B::log_softmax(tensor.primitive.clone(), dim);
+        record::<B, C, _, _>(LogSoftmaxBackward, [&tensor], forward, |y| (y.clone(), dim))
     }
 }
 
