@@ -9,6 +9,10 @@
 //! - a sample's input gradients have the same bits alone and inside batches of 2, 3 and 7;
 //! - two runs give the same bits, the sums over the batch (gamma, beta, bias) included.
 //!
+//! The attention cases include ones the fused backward kernels take on CUDA (f16/bf16, no
+//! mask, bias or softcap, one head dim that is a multiple of 16) and ones they leave to the
+//! composite.
+//!
 //! And on a whole model: policy-gradient steps whose training log-probabilities are
 //! generation's, bit for bit.
 
@@ -373,6 +377,39 @@ fn trained_attention_runs_the_inference_kernel<B: KernelHost>(device: &B::Device
             mask: false,
             bias: false,
         },
+        // The fused backward's cases (CUDA, f16/bf16): causal self-attention over two
+        // 64-row blocks, cross-attention past two key blocks with a custom scale, and causal
+        // with more queries than keys (rows that see no key).
+        Case {
+            heads: 2,
+            seq_q: 77,
+            seq_k: 77,
+            dim: 32,
+            dim_v: 32,
+            options: options(true, None, None),
+            mask: false,
+            bias: false,
+        },
+        Case {
+            heads: 2,
+            seq_q: 70,
+            seq_k: 130,
+            dim: 16,
+            dim_v: 16,
+            options: options(false, Some(0.3), None),
+            mask: false,
+            bias: false,
+        },
+        Case {
+            heads: 1,
+            seq_q: 80,
+            seq_k: 70,
+            dim: 16,
+            dim_v: 16,
+            options: options(true, None, None),
+            mask: false,
+            bias: false,
+        },
     ];
     let batch = 7;
     for case in cases {
@@ -388,6 +425,21 @@ fn trained_attention_runs_the_inference_kernel<B: KernelHost>(device: &B::Device
         let data = inputs(&case, batch);
         for dtype in float_dtypes::<B>(device) {
             let what = |s: &str| format!("attention {case:?} {dtype:?}: {s}");
+            // On CUDA the half-precision cases without mask, bias or softcap whose head dims
+            // are one multiple of 16 take the fused backward kernels: make sure they do.
+            let fusable = !case.mask
+                && !case.bias
+                && options.softcap.is_none()
+                && d == dv
+                && d % 16 == 0
+                && matches!(dtype, FloatDType::F16 | FloatDType::BF16);
+            if runtime() == TestRuntime::Cuda && fusable {
+                assert!(
+                    B::invariant_attention_backward_supported(device, dtype.into(), d, dv),
+                    "{}",
+                    what("the fused backward does not take this case on CUDA")
+                );
+            }
             // Output and `[dq, dk, dv, dbias]` of the first `m` samples; `ours` picks the op.
             let run = |m: usize, ours: bool| {
                 let t = |v: &[f32], shape: [usize; 4]| {

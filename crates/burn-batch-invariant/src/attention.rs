@@ -7,11 +7,16 @@
 //! `Autodiff<B>` the forward is `B`'s own attention (on `BatchInvariant` the invariant
 //! kernel, which never materialises the scores) and the backward is recorded as one step.
 //!
-//! The backward recomputes the weights from the saved inputs, in f32 whatever the input
+//! The backward is [`AttentionBackend::attention_backward_op`] where the inner backend has
+//! one: on `BatchInvariant` with f16/bf16 operands, one head dim (a multiple of 16, at most
+//! 128) and no mask, bias or softcap, the fused kernels of
+//! `batch_invariant_kernels::attention::backward` on CUDA's tensor cores, which recompute the
+//! weights block by block and never hold the scores in memory. Everywhere else it is a
+//! composite that recomputes the weights from the saved inputs, in f32 whatever the input
 //! dtype, with the inner backend's ops: on `BatchInvariant` every `matmul` is the invariant
 //! one (batched over `[batch, heads]`, one fixed K walk), the softmax the invariant kernel
-//! and every reduction along one row of the scores fixed-order. Nothing reduces across
-//! `batch`, so a sequence's gradients have the same bits alone and in any batch. With
+//! and every reduction along one row of the scores fixed-order. Either way nothing reduces
+//! across `batch`, so a sequence's gradients have the same bits alone and in any batch. With
 //! `s = scale * q kᵀ` (then softcap `c tanh(s / c)`, masks as `-inf`, `+ bias`),
 //! `p = softmax(s)` (0 on a fully masked row, as the forward) and output `o`:
 //!
@@ -20,11 +25,10 @@
 //! - softcap multiplies `ds` by `1 - tanh²`;
 //! - `dq = scale * ds k`, `dk = scale * dsᵀ q`.
 //!
-//! Every matmul of the backward is an f32 one (TF32 on tensor cores, as every f32 matmul of
-//! the crate unless `mode::ieee_f32` is on; bf16 and f16 inputs are exact in TF32), and the
-//! scores take `[batch, heads, seq_q, seq_k]` f32 elements: the backward is a composite of
-//! invariant kernels, not a fused flash backward, and `docs/performance.md` shows what that
-//! costs.
+//! The composite's matmuls are f32 ones (TF32 on tensor cores, as every f32 matmul of the
+//! crate unless `mode::ieee_f32` is on; bf16 and f16 inputs are exact in TF32), and its
+//! scores take `[batch, heads, seq_q, seq_k]` f32 elements. The fused kernels round `p` and
+//! `ds` to the input dtype before their products, as flash-attention kernels do.
 
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -59,6 +63,22 @@ pub trait AttentionBackend: Backend {
     ) -> FloatTensor<Self> {
         Self::attention(query, key, value, mask, attn_bias, options)
     }
+
+    /// `[dq, dk, dv]` of [`AttentionBackend::attention_op`] without mask or bias, from its
+    /// inputs, its `output` and the output's gradient `grad`, in the inputs' dtype, when the
+    /// backend has its own backward kernels for them; `None` (the default) leaves the
+    /// gradients to the composite of the module docs.
+    fn attention_backward_op(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: AttentionModuleOptions,
+    ) -> Option<[FloatTensor<Self>; 3]> {
+        let _ = (query, key, value, output, grad, options);
+        None
+    }
 }
 
 /// `burn::tensor::module::attention` through [`AttentionBackend::attention_op`]: the same
@@ -86,7 +106,19 @@ pub fn attention<B: AttentionBackend>(
     )))
 }
 
-impl<B: KernelHost> AttentionBackend for BatchInvariant<B> {}
+/// The fused backward kernels where they apply (`routing::attention::attention_backward`).
+impl<B: KernelHost> AttentionBackend for BatchInvariant<B> {
+    fn attention_backward_op(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: AttentionModuleOptions,
+    ) -> Option<[FloatTensor<Self>; 3]> {
+        crate::routing::attention::attention_backward::<B>(query, key, value, output, grad, options)
+    }
+}
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> AttentionBackend
     for CubeBackend<R, F, I, BT>
@@ -154,7 +186,7 @@ struct AttentionState<B: Backend> {
 #[derive(Debug)]
 struct AttentionBackward;
 
-impl<B: Backend, const N: usize> Backward<B, N> for AttentionBackward {
+impl<B: AttentionBackend, const N: usize> Backward<B, N> for AttentionBackward {
     type State = AttentionState<B>;
 
     fn backward(
@@ -165,11 +197,26 @@ impl<B: Backend, const N: usize> Backward<B, N> for AttentionBackward {
     ) {
         let grad = grads.consume::<B>(&ops.node);
         let dtype = ops.state.query.dtype();
-        let back = |t: Tensor<B, 4>| t.cast(dtype).into_primitive().tensor();
-        let gradients = gradients::<B>(ops.state, grad);
+        let state = ops.state;
+        let fused = match (&state.mask, &state.bias) {
+            (None, None) => B::attention_backward_op(
+                state.query.clone(),
+                state.key.clone(),
+                state.value.clone(),
+                state.output.clone(),
+                grad.clone(),
+                state.options,
+            ),
+            _ => None,
+        };
+        let gradients: [Option<FloatTensor<B>>; 4] = match fused {
+            Some([dq, dk, dv]) => [Some(dq), Some(dk), Some(dv), None],
+            None => gradients::<B>(state, grad)
+                .map(|g| g.map(|t| t.cast(dtype).into_primitive().tensor())),
+        };
         for (parent, gradient) in ops.parents.into_iter().zip(gradients) {
             if let (Some(node), Some(gradient)) = (parent, gradient) {
-                grads.register::<B>(node.id, back(gradient));
+                grads.register::<B>(node.id, gradient);
             }
         }
     }

@@ -136,7 +136,7 @@ impl Partials {
     }
 }
 
-fn check_operand<R: Runtime>(
+pub(super) fn check_operand<R: Runtime>(
     name: &'static str,
     binding: &TensorBinding<R>,
     expected: [usize; 4],

@@ -61,6 +61,7 @@
 //! same compiled code. Large problems are launched in slabs of queries so that the scratch
 //! stays under [`launch::SCRATCH_BYTES`]; a slab changes which cube computes a row, not how.
 
+pub mod backward;
 pub mod combine;
 pub mod cpu_reference;
 pub mod decode;

@@ -55,6 +55,9 @@ enum Kernel {
         mask: bool,
         bias: bool,
     },
+    AttentionBackward {
+        options: AttentionOptions,
+    },
 }
 
 impl Kernel {
@@ -66,6 +69,7 @@ impl Kernel {
             Kernel::Extremum { .. } => "batch_invariant_extremum",
             Kernel::Norm { .. } => "batch_invariant_norm",
             Kernel::Attention { .. } => "batch_invariant_attention",
+            Kernel::AttentionBackward { .. } => "batch_invariant_attention_backward",
         }
     }
 }
@@ -137,6 +141,14 @@ impl<B: FusionBackend + KernelHost> Operation<B::FusionRuntime> for InvariantOp<
                 let bias = bias.then(&mut next);
                 let out = B::invariant_attention(query, key, value, mask, bias, options);
                 handles.register_float_tensor::<B>(&outputs[0].id, out);
+            }
+            Kernel::AttentionBackward { options } => {
+                let [query, key, value, output, grad] = [(); 5].map(|_| next());
+                let grads =
+                    B::invariant_attention_backward(query, key, value, output, grad, options);
+                for (ir, grad) in outputs.iter().zip(grads) {
+                    handles.register_float_tensor::<B>(&ir.id, grad);
+                }
             }
         }
     }
@@ -276,5 +288,29 @@ impl<B: FusionBackend + KernelHost> KernelHost for Fusion<B> {
         inputs.extend(mask);
         inputs.extend(bias);
         single(register::<B>(inputs, &[out], kernel))
+    }
+
+    fn invariant_attention_backward_supported(
+        device: &Self::Device,
+        dtype: DType,
+        dim: usize,
+        dim_v: usize,
+    ) -> bool {
+        B::invariant_attention_backward_supported(device, dtype, dim, dim_v)
+    }
+
+    fn invariant_attention_backward(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: AttentionOptions,
+    ) -> [FloatTensor<Self>; 3] {
+        let outputs = [&query, &key, &value].map(|t| (t.shape(), t.dtype));
+        let inputs = vec![query, key, value, output, grad];
+        let mut grads =
+            register::<B>(inputs, &outputs, Kernel::AttentionBackward { options }).into_iter();
+        [(); 3].map(|_| grads.next().expect("three gradients"))
     }
 }

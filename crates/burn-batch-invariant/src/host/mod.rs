@@ -5,6 +5,7 @@
 #[cfg(feature = "fusion")]
 mod fusion;
 
+use batch_invariant_kernels::attention::backward::{self, launch_attention_backward};
 use batch_invariant_kernels::attention::{is_broadcast_layout, launch_attention, AttentionOptions};
 use batch_invariant_kernels::extremum::{launch_extremum_dim, ExtremumOp};
 use batch_invariant_kernels::matmul::launch::{
@@ -97,6 +98,30 @@ pub trait KernelHost: Backend {
         bias: Option<FloatTensor<Self>>,
         options: AttentionOptions,
     ) -> FloatTensor<Self>;
+
+    /// Whether [`KernelHost::invariant_attention_backward`] runs for attention in `dtype`
+    /// with head dims `dim` (query/key) and `dim_v` (value) on `device`: a property of the
+    /// device, the dtype and the head dims only, so that a model always trains with one
+    /// arithmetic.
+    fn invariant_attention_backward_supported(
+        device: &Self::Device,
+        dtype: DType,
+        dim: usize,
+        dim_v: usize,
+    ) -> bool;
+
+    /// `[dq, dk, dv]` of attention through `batch_invariant_kernels::attention::backward`
+    /// (the fused kernels), each a new contiguous tensor of its operand's shape and dtype.
+    /// Inputs: rank-4 query, key, value, the forward's output and its gradient in one
+    /// dtype, with [`KernelHost::invariant_attention_backward_supported`]; no softcap.
+    fn invariant_attention_backward(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: AttentionOptions,
+    ) -> [FloatTensor<Self>; 3];
 }
 
 impl<R, F, I, BT> KernelHost for CubeBackend<R, F, I, BT>
@@ -261,6 +286,38 @@ where
         )
         .unwrap_or_else(|err| panic!("batch-invariant attention launch: {err}"));
         output
+    }
+
+    fn invariant_attention_backward_supported(
+        device: &Self::Device,
+        dtype: DType,
+        dim: usize,
+        dim_v: usize,
+    ) -> bool {
+        backward::is_supported(&R::client(device), dtype.into(), dim, dim_v)
+    }
+
+    fn invariant_attention_backward(
+        query: CubeTensor<R>,
+        key: CubeTensor<R>,
+        value: CubeTensor<R>,
+        output: CubeTensor<R>,
+        grad: CubeTensor<R>,
+        options: AttentionOptions,
+    ) -> [CubeTensor<R>; 3] {
+        let dtype: DType = query.dtype;
+        let client = query.client.clone();
+        let grads = [&query, &key, &value].map(|t| empty_like(t, t.shape(), dtype));
+        let operands = [query, key, value, output, grad].map(|t| into_contiguous(t).binding());
+        launch_attention_backward(
+            &client,
+            operands,
+            grads.clone().map(CubeTensor::binding),
+            options,
+            dtype.into(),
+        )
+        .unwrap_or_else(|err| panic!("batch-invariant attention backward launch: {err}"));
+        grads
     }
 }
 

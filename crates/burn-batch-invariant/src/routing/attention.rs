@@ -134,6 +134,42 @@ pub(crate) fn attention<B: KernelHost>(
     B::invariant_attention(query, key, value, mask, bias, options)
 }
 
+/// `[dq, dk, dv]` from the fused backward kernels when they take the op: no mask, bias or
+/// softcap, f16 or bf16, and head dims the device's kernel takes (see
+/// `batch_invariant_kernels::attention::backward`). `None` leaves the gradients to the
+/// composite backward of `crate::attention`. The forward that produced `output` has already
+/// validated the operands.
+pub(crate) fn attention_backward<B: KernelHost>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    output: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    options: AttentionModuleOptions,
+) -> Option<[FloatTensor<B>; 3]> {
+    let dtype = query.dtype();
+    let (q, k, v) = (query.shape(), key.shape(), value.shape());
+    let fusable = options.softcap.is_none()
+        && matches!(dtype, DType::F16 | DType::BF16)
+        && [key.dtype(), value.dtype(), output.dtype(), grad.dtype()]
+            .iter()
+            .all(|&other| other == dtype)
+        && q.num_elements() > 0
+        && k.num_elements() > 0
+        && B::invariant_attention_backward_supported(&B::float_device(&query), dtype, q[3], v[3]);
+    if !fusable {
+        return None;
+    }
+    let options = AttentionOptions {
+        scale: options.scale.unwrap_or(1.0 / (q[3] as f64).sqrt()) as f32,
+        softcap: None,
+        causal: options.is_causal,
+    };
+    Some(B::invariant_attention_backward(
+        query, key, value, output, grad, options,
+    ))
+}
+
 /// A mask or bias must broadcast to the scores `[batch, heads, seq_q, seq_k]`.
 fn check_broadcast(op: &str, name: &str, shape: &Shape, scores: &Shape) {
     let fits = shape.num_dims() == 4

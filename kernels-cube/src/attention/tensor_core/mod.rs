@@ -40,6 +40,7 @@ use crate::attention::kernel::{
 };
 use crate::attention::KEY_SPLIT;
 
+pub mod backward;
 mod kernel;
 mod online;
 mod stage;
