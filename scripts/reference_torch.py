@@ -16,6 +16,7 @@ row 0 of the batch is bitwise equal to the same row computed alone.
 
     python3 scripts/reference_torch.py                    # everything (a few minutes)
     python3 scripts/reference_torch.py --only matmul      # matmul, softmax, mean; comma-separated
+    python3 scripts/reference_torch.py --only attention   # SDPA forward + backward (training)
     python3 scripts/reference_torch.py --only llm         # the model of bench_llm (4 layers;
                                                           # BI_LLM_LAYERS=N for another count)
     python3 scripts/reference_torch.py --quick            # fewer shapes
@@ -281,6 +282,37 @@ def mean(quick):
     del x_full
 
 
+def attention_train(quick):
+    # The shape of `bench_attention --phase train`: forward and backward of causal attention,
+    # the gradients of q, k and v of sum(out * w), through SDPA (FlashAttention-2 on this
+    # shape). `deterministic`: whether two backward passes give the same dq bits (FA2
+    # accumulates dq with atomic adds).
+    batch, heads, seq, dim = (1, 4, 128, 64) if quick else (1, 32, 2048, 128)
+    gen = torch.Generator(device=DEVICE).manual_seed(3)
+    q, k, v, w = (torch.randn(batch, heads, seq, dim, device=DEVICE, dtype=torch.bfloat16,
+                              generator=gen) for _ in range(4))
+
+    def train():
+        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, is_causal=True)
+        (out * w).sum().backward()
+        return qq.grad, kk.grad, vv.grad
+
+    def forward():
+        with torch.no_grad():
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    deterministic = all(torch.equal(a, b) for a, b in zip(train(), train()))
+    flops = 4 * batch * heads * seq * seq * dim / 2  # QK^T and PV, causal half
+    for phase, fn, factor in [("prefill", forward, 1.0), ("train", train, 3.5)]:
+        t = time_ms(fn)
+        emit(op="attention", phase=phase, impl="torch_sdpa", dtype="bf16", batch=batch,
+             heads=heads, seq=seq, dim=dim, causal=True, ms=t,
+             tflops=factor * flops / (t * 1e-3) / 1e12,
+             deterministic=deterministic if phase == "train" else None)
+    del q, k, v, w
+
+
 # ---------------------------------------------------------------------------------------
 # The Llama-style model of bench_llm, end to end
 # ---------------------------------------------------------------------------------------
@@ -413,11 +445,11 @@ def llm(quick):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="matmul,softmax,mean",
-                        help="comma-separated subset of matmul, softmax, mean, llm")
+                        help="comma-separated subset of matmul, softmax, mean, attention, llm")
     parser.add_argument("--quick", action="store_true", help="fewer shapes")
     args = parser.parse_args()
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
-    unknown = parts - {"matmul", "softmax", "mean", "llm"}
+    unknown = parts - {"matmul", "softmax", "mean", "attention", "llm"}
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
 
@@ -426,7 +458,8 @@ def main():
          triton=triton.__version__)
     torch.manual_seed(0)
     copy_bandwidth()
-    for part, run in [("matmul", matmul), ("softmax", softmax), ("mean", mean), ("llm", llm)]:
+    for part, run in [("matmul", matmul), ("softmax", softmax), ("mean", mean),
+                      ("attention", attention_train), ("llm", llm)]:
         if part in parts:
             run(args.quick)
 
