@@ -4,6 +4,7 @@
 mod attention;
 mod autodiff;
 mod bad_input;
+mod collective;
 mod extremum;
 mod matmul;
 mod mode_switch;

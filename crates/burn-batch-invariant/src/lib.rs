@@ -14,6 +14,8 @@
 mod aliases;
 mod attention;
 mod backend;
+#[cfg(feature = "collective")]
+pub mod collective;
 mod host;
 pub mod mode;
 mod norm;

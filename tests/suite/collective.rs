@@ -1,0 +1,309 @@
+//! Fixed-order collectives (`burn_batch_invariant::collective`) on 2, 3 and 4 peers, one
+//! thread each, registered with burn-collective on the test device (logical devices: every
+//! peer shares it, which is where burn-collective's own strategies take peers in hash-map
+//! order). Each test checks:
+//!
+//! - every rank holds the same bits;
+//! - the all-reduce is `((t_0 + t_1) + t_2) + ...` in rank order, bit for bit, computed here
+//!   on one thread;
+//! - row 0 reduced alone has the bits of row 0 inside a batch of 7 (the message size changes,
+//!   the order does not);
+//! - tensor-parallel linears: a row's output alone and in a batch, on every rank, the same
+//!   bits, close to the unsharded layer, and column-parallel with a gather bitwise the
+//!   unsharded matmul;
+//! - a data-parallel step: the all-reduced gradients are the rank-order mean of each rank's
+//!   gradients, bitwise, and two runs agree.
+
+use std::sync::Arc;
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Tensor};
+use burn_batch_invariant::collective::{
+    all_reduce, all_reduce_gradients, column_parallel_linear, row_parallel_linear, Rank,
+};
+use burn_batch_invariant_tests::*;
+use burn_collective::{
+    finish_collective, register, reset_collective, CollectiveConfig, PeerId, ReduceOperation,
+};
+
+type Ad<B> = burn::backend::Autodiff<BatchInvariant<B>>;
+
+/// `body(rank)` on `ranks` peers, one thread each, registered on `device`; the results in
+/// rank order.
+fn on_peers<X: Backend, T: Send + 'static>(
+    ranks: usize,
+    device: &X::Device,
+    body: impl Fn(Rank) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    reset_collective::<X>();
+    let peers: Vec<PeerId> = (0..ranks as u32).map(PeerId::from).collect();
+    let body = Arc::new(body);
+    let threads: Vec<_> = peers
+        .iter()
+        .map(|&id| {
+            let (peers, device, body) = (peers.clone(), device.clone(), body.clone());
+            std::thread::spawn(move || {
+                let config = CollectiveConfig::default().with_num_devices(peers.len());
+                register::<X>(id, device, config).expect("register the peer");
+                let out = body(Rank::new(&peers, id));
+                finish_collective::<X>(id).expect("finish the collective");
+                out
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("a peer thread panicked"))
+        .collect()
+}
+
+/// Rank `r`'s `[rows, cols]` input.
+fn rank_values(r: usize, rows: usize, cols: usize) -> Vec<f32> {
+    random_values(rows * cols, 900 + r as u64)
+}
+
+fn all_reduce_is_rank_ordered<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let (rows, cols) = (7, 33);
+    for dtype in float_dtypes::<B>(device) {
+        for ranks in [2, 3, 4] {
+            let what = format!("{ranks} ranks, {dtype:?}");
+            let dev = device.clone();
+            let out = on_peers::<BatchInvariant<B>, _>(ranks, device, move |rank| {
+                let x = tensor::<BatchInvariant<B>, 2>(
+                    rank_values(rank.rank(), rows, cols),
+                    [rows, cols],
+                    dtype,
+                    &dev,
+                );
+                let sum = all_reduce(&rank, x.clone(), ReduceOperation::Sum).expect("sum");
+                let alone = all_reduce(&rank, x.clone().narrow(0, 0, 1), ReduceOperation::Sum)
+                    .expect("sum of row 0");
+                let mean = all_reduce(&rank, x, ReduceOperation::Mean).expect("mean");
+                (
+                    bits(sum.clone()),
+                    bits(sum.narrow(0, 0, 1)),
+                    bits(alone),
+                    bits(mean),
+                )
+            });
+            for (r, o) in out.iter().enumerate() {
+                assert!(
+                    o.0 == out[0].0,
+                    "{what}: rank {r}'s sum differs from rank 0's"
+                );
+                assert!(
+                    o.3 == out[0].3,
+                    "{what}: rank {r}'s mean differs from rank 0's"
+                );
+                assert!(
+                    o.2 == o.1,
+                    "{what}: rank {r}: row 0 alone differs from row 0 of 7"
+                );
+            }
+            let parts: Vec<_> = (0..ranks)
+                .map(|r| {
+                    let values = rank_values(r, rows, cols);
+                    tensor::<BatchInvariant<B>, 2>(values, [rows, cols], dtype, device)
+                })
+                .collect();
+            let mut want = parts[0].clone();
+            for part in &parts[1..] {
+                want = want + part.clone();
+            }
+            assert!(
+                out[0].0 == bits(want.clone()),
+                "{what}: the sum is not ((t_0 + t_1) + ...) in rank order"
+            );
+            assert!(
+                out[0].3 == bits(want / ranks as f64),
+                "{what}: the mean is not the rank-order sum / ranks"
+            );
+        }
+    }
+}
+
+#[test]
+fn collective_all_reduce_is_rank_ordered() {
+    on_test_backend!(all_reduce_is_rank_ordered);
+}
+
+fn tensor_parallel_linears_are_invariant<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let (rows, d_in, d_hidden, d_out) = (7, 48, 60, 40);
+    for dtype in float_dtypes::<B>(device) {
+        for ranks in [2, 3] {
+            let what = format!("tensor parallel over {ranks} ranks, {dtype:?}");
+            let dev = device.clone();
+            let w1 = random_values(d_in * d_hidden, 31);
+            let w2 = random_values(d_hidden * d_out, 32);
+            let (b1, b2) = (random_values(d_hidden, 33), random_values(d_out, 34));
+            let x = random_values(rows * d_in, 35);
+            let (w1c, w2c, b1c, b2c, xc) =
+                (w1.clone(), w2.clone(), b1.clone(), b2.clone(), x.clone());
+            let out = on_peers::<BatchInvariant<B>, _>(ranks, device, move |rank| {
+                let t2 = |v: &[f32], shape: [usize; 2]| {
+                    tensor::<BatchInvariant<B>, 2>(v.to_vec(), shape, dtype, &dev)
+                };
+                let t1 =
+                    |v: &[f32]| tensor::<BatchInvariant<B>, 1>(v.to_vec(), [v.len()], dtype, &dev);
+                let shard = d_hidden / rank.ranks();
+                let cols = rank.rank() * shard..(rank.rank() + 1) * shard;
+                let w1_shard = t2(&w1c, [d_in, d_hidden]).slice([0..d_in, cols.clone()]);
+                let b1_shard = t1(&b1c).slice([cols.clone()]);
+                let w2_shard = t2(&w2c, [d_hidden, d_out]).slice([cols, 0..d_out]);
+                let mlp = |x: Tensor<BatchInvariant<B>, 2>| {
+                    let h = column_parallel_linear(
+                        &rank,
+                        x,
+                        w1_shard.clone(),
+                        Some(b1_shard.clone()),
+                        false,
+                    )
+                    .expect("column-parallel");
+                    let h = burn::tensor::activation::gelu(h);
+                    row_parallel_linear(&rank, h, w2_shard.clone(), Some(t1(&b2c)))
+                        .expect("row-parallel")
+                };
+                let x = t2(&xc, [rows, d_in]);
+                let y = mlp(x.clone());
+                let alone = mlp(x.clone().narrow(0, 0, 1));
+                let gathered = column_parallel_linear(
+                    &rank,
+                    x,
+                    w1_shard.clone(),
+                    Some(b1_shard.clone()),
+                    true,
+                )
+                .expect("column-parallel with gather");
+                (
+                    bits(y.clone()),
+                    bits(y.clone().narrow(0, 0, 1)),
+                    bits(alone),
+                    bits(gathered),
+                    values(y),
+                )
+            });
+            let t2 = |v: &[f32], shape: [usize; 2]| {
+                tensor::<BatchInvariant<B>, 2>(v.to_vec(), shape, dtype, device)
+            };
+            let t1 =
+                |v: &[f32]| tensor::<BatchInvariant<B>, 1>(v.to_vec(), [v.len()], dtype, device);
+            let x = t2(&x, [rows, d_in]);
+            let h = x.clone().matmul(t2(&w1, [d_in, d_hidden])) + t1(&b1).unsqueeze();
+            let whole = burn::tensor::activation::gelu(h.clone())
+                .matmul(t2(&w2, [d_hidden, d_out]))
+                + t1(&b2).unsqueeze();
+            let whole = values(whole);
+            let scale = whole.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let u = (2.0f64).powi(-(mantissa_bits(dtype).min(product_bits(dtype)) as i32) - 1);
+            for (r, o) in out.iter().enumerate() {
+                assert!(
+                    o.0 == out[0].0,
+                    "{what}: rank {r}'s output differs from rank 0's"
+                );
+                assert!(
+                    o.2 == o.1,
+                    "{what}: rank {r}: row 0 alone differs from row 0 of 7"
+                );
+                assert!(
+                    o.3 == bits(h.clone()),
+                    "{what}: rank {r}: the gathered column-parallel output is not the unsharded matmul"
+                );
+                for (i, (got, want)) in o.4.iter().zip(&whole).enumerate() {
+                    assert!(
+                        (got - want).abs() <= 64.0 * u * scale,
+                        "{what}: rank {r}: [{i}] = {got}, unsharded {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn collective_tensor_parallel_linears_are_invariant() {
+    on_test_backend!(tensor_parallel_linears_are_invariant);
+}
+
+/// Rank `r`'s gradients of a small linear layer (f32) on its own shard of data: weight, bias.
+fn local_gradients<B: KernelHost>(
+    model: &Linear<Ad<B>>,
+    r: usize,
+    device: &B::Device,
+) -> GradientsParams {
+    let x = tensor::<Ad<B>, 2>(rank_values(r, 5, 12), [5, 12], FloatDType::F32, device);
+    let loss = model.forward(x).powf_scalar(2.0).mean();
+    GradientsParams::from_grads(loss.backward(), model)
+}
+
+fn data_parallel_gradients_are_fixed_order<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    // Explicit weights: a lazily initialised parameter would draw new ones in every clone.
+    let weight = tensor::<Ad<B>, 2>(random_values(12 * 6, 41), [12, 6], FloatDType::F32, device);
+    let bias = tensor::<Ad<B>, 1>(random_values(6, 42), [6], FloatDType::F32, device);
+    let model = Linear {
+        weight: Param::from_tensor(weight),
+        bias: Some(Param::from_tensor(bias)),
+    };
+    for ranks in [2, 3] {
+        let what = format!("data parallel over {ranks} ranks");
+        let run = || {
+            let (model, dev) = (model.clone(), device.clone());
+            on_peers::<BatchInvariant<B>, _>(ranks, device, move |rank| {
+                let grads = local_gradients::<B>(&model, rank.rank(), &dev);
+                let grads = all_reduce_gradients(&rank, &model, grads, ReduceOperation::Mean)
+                    .expect("gradient all-reduce");
+                let weight = grads
+                    .get::<BatchInvariant<B>, 2>(model.weight.id)
+                    .expect("weight gradient");
+                let bias = model.bias.as_ref().expect("bias");
+                let bias = grads
+                    .get::<BatchInvariant<B>, 1>(bias.id)
+                    .expect("bias gradient");
+                (bits(weight), bits(bias))
+            })
+        };
+        let first = run();
+        for (r, o) in first.iter().enumerate() {
+            assert!(
+                *o == first[0],
+                "{what}: rank {r}'s gradients differ from rank 0's"
+            );
+        }
+        assert!(run() == first, "{what}: two runs differ");
+        // The rank-order mean of each rank's gradients, computed on this thread.
+        let mut weight: Option<Tensor<BatchInvariant<B>, 2>> = None;
+        let mut bias: Option<Tensor<BatchInvariant<B>, 1>> = None;
+        for r in 0..ranks {
+            let grads = local_gradients::<B>(&model, r, device);
+            let w = grads
+                .get::<BatchInvariant<B>, 2>(model.weight.id)
+                .expect("weight");
+            let b = grads
+                .get::<BatchInvariant<B>, 1>(model.bias.as_ref().expect("bias").id)
+                .expect("bias");
+            weight = Some(weight.map_or(w.clone(), |acc| acc + w));
+            bias = Some(bias.map_or(b.clone(), |acc| acc + b));
+        }
+        let want = (
+            bits(weight.expect("ranks") / ranks as f64),
+            bits(bias.expect("ranks") / ranks as f64),
+        );
+        assert!(
+            first[0] == want,
+            "{what}: not the rank-order mean of the ranks' gradients"
+        );
+    }
+}
+
+#[test]
+fn collective_data_parallel_gradients_are_fixed_order() {
+    on_test_backend!(data_parallel_gradients_are_fixed_order);
+}
