@@ -50,6 +50,11 @@ if part train; then
     timeout 300 ./policy_gradient --cuda --fused --model small >>"$TMP/train.txt" 2>&1
     [ $? != 0 ] && train_rc=1
     timeout 300 ./bench_attention --cuda --phase train --json "$OUT/attention_train.json" >>"$TMP/train.txt" 2>&1
+    # torch's SDPA forward and backward on the same shape, in the same call, for the peer column.
+    if [ -f reference_torch.py ]; then
+        OUT="$TMP" PYTHONUNBUFFERED=1 timeout 120 python3 reference_torch.py --only attention >>"$TMP/train.txt" 2>&1
+        cp "$TMP/reference.json" "$OUT/attention_train_reference.json" 2>/dev/null
+    fi
     timeout 420 ./bench_llm --cuda --phase train --layers 2 --json "$OUT/llm_train.json" >>"$TMP/train.txt" 2>&1
 fi
 if part bench; then
