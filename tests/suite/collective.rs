@@ -12,7 +12,9 @@
 //!   bits, close to the unsharded layer, and column-parallel with a gather bitwise the
 //!   unsharded matmul;
 //! - a data-parallel step: the all-reduced gradients are the rank-order mean of each rank's
-//!   gradients, bitwise, and two runs agree.
+//!   gradients, bitwise, and two runs agree;
+//! - the negative control: burn-collective's own ring all-reduce gives row 0 other bits
+//!   alone than in a batch.
 
 use std::sync::Arc;
 
@@ -26,7 +28,8 @@ use burn_batch_invariant::collective::{
 };
 use burn_batch_invariant_tests::*;
 use burn_collective::{
-    finish_collective, register, reset_collective, CollectiveConfig, PeerId, ReduceOperation,
+    finish_collective, register, reset_collective, AllReduceStrategy, CollectiveConfig, PeerId,
+    ReduceOperation,
 };
 
 type Ad<B> = burn::backend::Autodiff<BatchInvariant<B>>;
@@ -38,6 +41,16 @@ fn on_peers<X: Backend, T: Send + 'static>(
     device: &X::Device,
     body: impl Fn(Rank) -> T + Send + Sync + 'static,
 ) -> Vec<T> {
+    on_peers_with::<X, T>(ranks, device, AllReduceStrategy::Tree(2), body)
+}
+
+/// [`on_peers`] with burn-collective's own all-reduce configured to `strategy`.
+fn on_peers_with<X: Backend, T: Send + 'static>(
+    ranks: usize,
+    device: &X::Device,
+    strategy: AllReduceStrategy,
+    body: impl Fn(Rank) -> T + Send + Sync + 'static,
+) -> Vec<T> {
     reset_collective::<X>();
     let peers: Vec<PeerId> = (0..ranks as u32).map(PeerId::from).collect();
     let body = Arc::new(body);
@@ -46,7 +59,9 @@ fn on_peers<X: Backend, T: Send + 'static>(
         .map(|&id| {
             let (peers, device, body) = (peers.clone(), device.clone(), body.clone());
             std::thread::spawn(move || {
-                let config = CollectiveConfig::default().with_num_devices(peers.len());
+                let config = CollectiveConfig::default()
+                    .with_num_devices(peers.len())
+                    .with_local_all_reduce_strategy(strategy);
                 register::<X>(id, device, config).expect("register the peer");
                 let out = body(Rank::new(&peers, id));
                 finish_collective::<X>(id).expect("finish the collective");
@@ -125,6 +140,52 @@ fn all_reduce_is_rank_ordered<B: KernelHost>(device: &B::Device) {
             );
         }
     }
+}
+
+/// The negative control: burn-collective's ring all-reduce slices the message along its
+/// largest dim, so when the batch makes the rows outnumber the columns, row 0 is summed in
+/// another order than alone (`[40, 33]`: one slice of rows per rank; `[1, 33]`: of columns,
+/// so two thirds of row 0 change order).
+fn ring_all_reduce_moves_with_the_batch<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    let (rows, cols, ranks) = (40, 33, 3);
+    let dev = device.clone();
+    let out = on_peers_with::<BatchInvariant<B>, _>(ranks, device, AllReduceStrategy::Ring, {
+        move |rank| {
+            let x = tensor::<BatchInvariant<B>, 2>(
+                rank_values(rank.rank(), rows, cols),
+                [rows, cols],
+                FloatDType::F32,
+                &dev,
+            );
+            let ring = |t: Tensor<BatchInvariant<B>, 2>| {
+                let reduced = burn_collective::all_reduce::<BatchInvariant<B>>(
+                    rank.peer(),
+                    t.into_primitive().tensor(),
+                    ReduceOperation::Sum,
+                )
+                .expect("burn-collective all-reduce");
+                Tensor::<BatchInvariant<B>, 2>::from_primitive(
+                    burn::tensor::TensorPrimitive::Float(reduced),
+                )
+            };
+            let batch = ring(x.clone());
+            B::sync(&dev).expect("sync");
+            let alone = ring(x.narrow(0, 0, 1));
+            (bits(batch.narrow(0, 0, 1)), bits(alone))
+        }
+    });
+    assert!(
+        out.iter().any(|(batch, alone)| batch != alone),
+        "burn-collective's ring all-reduce gave row 0 the same bits alone and in a batch of \
+         {rows}: the negative control no longer shows the problem"
+    );
+}
+
+#[test]
+fn collective_burn_ring_all_reduce_moves_with_the_batch() {
+    on_test_backend!(ring_all_reduce_moves_with_the_batch);
 }
 
 #[test]
