@@ -192,12 +192,11 @@ pub fn all_reduce_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: GradientsParams,
     op: ReduceOperation,
 ) -> Result<GradientsParams, CollectiveError> {
-    let mut visitor = GradientSync::<B> {
+    let mut visitor = GradientSync {
         rank: *rank,
         op,
         grads,
         error: None,
-        _backend: core::marker::PhantomData,
     };
     module.visit(&mut visitor);
     match visitor.error {
@@ -207,15 +206,14 @@ pub fn all_reduce_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
 }
 
 /// Visits the parameters in order and all-reduces each one's gradient.
-struct GradientSync<B: AutodiffBackend> {
+struct GradientSync {
     rank: Rank,
     op: ReduceOperation,
     grads: GradientsParams,
     error: Option<CollectiveError>,
-    _backend: core::marker::PhantomData<B>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradientSync<B> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradientSync {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if self.error.is_some() {
             return;

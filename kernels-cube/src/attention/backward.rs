@@ -44,7 +44,8 @@ pub fn is_supported<R: Runtime>(
     dim: usize,
     dim_v: usize,
 ) -> bool {
-    dim == dim_v
+    dim > 0
+        && dim == dim_v
         && dim.is_multiple_of(16)
         && tensor_core::is_supported(client, dtype, dim, dim_v)
         && shared_memory_bytes(dim) <= client.properties().hardware.max_shared_memory_size
