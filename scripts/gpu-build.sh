@@ -20,7 +20,7 @@ for line in sys.stdin:
 
 rm -rf .gpu && mkdir -p .gpu
 cp "$suite" .gpu/suite
-bins="ab_ops ab_generate llama_generate policy_gradient bench bench_matmul bench_attention bench_llm"
+bins="ab_ops ab_generate llama_generate policy_gradient bench bench_matmul bench_attention bench_llm bench_collective"
 for bin in $bins; do
     if [ -f "target/release/$bin" ]; then cp "target/release/$bin" .gpu/; fi
 done

@@ -12,7 +12,8 @@
 # sequence whose tokens or logits change with its batch under BatchInvariant, or when
 # policy_gradient finds a training log-probability that differs from generation's.
 # BI_GPU_PARTS selects a subset of: suite ab generate train bench fused matmul attention llm
-# reference
+# reference, and two parts that only run when named: collective (bench_collective) and
+# profile (Nsight Compute on our bf16 matmul and on cuBLAS's, profile-*.txt)
 # (e.g. BI_GPU_PARTS="matmul reference" for the matmul tables).
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}") # absolute: the script changes directory below
@@ -89,6 +90,27 @@ if part llm; then
         cp "$TMP/reference.json" "$OUT/llm_reference.json" 2>/dev/null
     fi
 fi
+if part collective; then
+    # The rank-order all-reduce against burn-collective's, peers sharing the device.
+    timeout 300 ./bench_collective --cuda --json "$OUT/collective.json" >"$TMP/collective.txt" 2>&1
+fi
+if part profile; then
+    # Where the matmul's cycles go: one warm call of ours (bench_matmul --profile) and one of
+    # cuBLAS's, 4096 x 4096 x 4096 and 1024 x 4096 x 14336 in bf16, every Nsight Compute section.
+    # bench_matmul --profile makes three calls per shape, N = 4096 first, then 14336.
+    timeout 240 ncu --set full -k regex:matmul --launch-skip 1 --launch-count 1 \
+        ./bench_matmul --cuda --profile --dtype bf16 --m 4096 >"$OUT/profile-ours-4096.txt" 2>&1
+    timeout 240 ncu --set full -k regex:matmul --launch-skip 4 --launch-count 1 \
+        ./bench_matmul --cuda --profile --dtype bf16 --m 1024 >"$OUT/profile-ours-1024.txt" 2>&1
+    timeout 240 ncu --set full -k regex:'gemm|nvjet|sm90|cutlass' --launch-skip 1 --launch-count 3 \
+        python3 -c 'import torch
+for m, k, n in [(4096, 4096, 4096), (1024, 4096, 14336)]:
+    a = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(k, n, dtype=torch.bfloat16, device="cuda")
+    for _ in range(2):
+        a @ b
+torch.cuda.synchronize()' >"$OUT/profile-cublas.txt" 2>&1
+fi
 reference_rc=skipped
 if [ -f reference_torch.py ] && part reference; then
     # Prints one JSON line per measurement (kept for report.md) and writes $OUT/reference.json.
@@ -111,6 +133,7 @@ fi
     echo; echo "## bench_matmul"; cat "$TMP/bench_matmul.txt" 2>/dev/null
     echo; echo "## bench_attention"; cat "$TMP/bench_attention.txt" 2>/dev/null
     echo; echo "## bench_llm (plain, fused) and reference_torch.py --only llm"; cat "$TMP/bench_llm.txt" 2>/dev/null
+    echo; echo "## bench_collective"; cat "$TMP/collective.txt" 2>/dev/null
     echo; echo "## reference_torch.py"; cat "$TMP/reference.txt" 2>/dev/null
 } >"$OUT/report.md"
 # The plots (attention.svg, bench_matmul.<dtype>.svg) go into one archive, plots.tar.

@@ -412,7 +412,8 @@ def llm(quick):
     layers = int(os.environ.get("BI_LLM_LAYERS", "4"))
     prefill = [(1, 128)] if quick else [(1, 2048), (16, 512)]
     batches, contexts = ([1, 8], [256]) if quick else ([1, 8, 32, 64], [1024, 4096])
-    dtype = torch.bfloat16
+    # BI_LLM_DTYPE=f32 for the f32 model (torch's mm in IEEE fp32, its default).
+    dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[os.environ.get("BI_LLM_DTYPE", "bf16")]
     model = TorchLlama(layers, dtype, max_len=max(contexts + [n for _, n in prefill]) + 1)
     impls = [("torch", torch.mm, lambda t: t.mean(-1)),
              ("vllm_kernels", persistent_matmul, mean_rows)]
@@ -423,7 +424,7 @@ def llm(quick):
                 ids = (torch.arange(batch * tokens, device=DEVICE).view(batch, tokens) * 104729 + 17) % vocab
                 ks, vs = model.cache(batch, tokens + 1, 0)
                 ms = wall_ms(lambda: model.step(ids, 0, ks, vs, mm, mean))
-                emit(op="llm", phase="prefill", impl=name, dtype="bf16", layers=layers, batch=batch,
+                emit(op="llm", phase="prefill", impl=name, dtype=DTYPE_NAMES[dtype], layers=layers, batch=batch,
                      tokens=tokens, ms=ms)
                 del ks, vs
             for context in contexts:
@@ -435,7 +436,7 @@ def llm(quick):
                     row0 = logits[:1].clone() if row0 is None else row0
                     equal = bool(torch.equal(logits[:1], row0))
                     ms = wall_ms(lambda: model.step(ids, context, ks, vs, mm, mean))
-                    emit(op="llm", phase="decode", impl=name, dtype="bf16", layers=layers,
+                    emit(op="llm", phase="decode", impl=name, dtype=DTYPE_NAMES[dtype], layers=layers,
                          batch=batch, tokens=context, ms=ms, row0_equal=equal)
                     del ks, vs, logits
     del model

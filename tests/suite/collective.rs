@@ -11,6 +11,9 @@
 //! - tensor-parallel linears: a row's output alone and in a batch, on every rank, the same
 //!   bits, close to the unsharded layer, and column-parallel with a gather bitwise the
 //!   unsharded matmul;
+//! - the Llama-style model of `examples/src/llama/` sharded over 2 and 4 ranks (attention
+//!   heads and MLP columns): row 0's logits after a prefill and a decode step, alone and in
+//!   batches of 3 and 7, the same bits on every rank, close to the unsharded model;
 //! - a data-parallel step: the all-reduced gradients are the rank-order mean of each rank's
 //!   gradients, bitwise, and two runs agree;
 //! - the negative control: burn-collective's own ring all-reduce gives row 0 other bits
@@ -26,6 +29,8 @@ use burn::tensor::{FloatDType, Tensor};
 use burn_batch_invariant::collective::{
     all_reduce, all_reduce_gradients, column_parallel_linear, row_parallel_linear, Rank,
 };
+use burn_batch_invariant::ParityOps;
+use burn_batch_invariant_examples::llama::{prompts, Llama, LlamaConfig, Logits, StepRow};
 use burn_batch_invariant_tests::*;
 use burn_collective::{
     finish_collective, register, reset_collective, AllReduceStrategy, CollectiveConfig, PeerId,
@@ -367,4 +372,106 @@ fn data_parallel_gradients_are_fixed_order<B: KernelHost>(device: &B::Device) {
 #[test]
 fn collective_data_parallel_gradients_are_fixed_order() {
     on_test_backend!(data_parallel_gradients_are_fixed_order);
+}
+
+/// Row 0's logits after a prefill of the first `n` prompts (one per slot) and one decode
+/// step: the prefill's bits, the decode step's bits and its values.
+fn row_0_logits<X: ParityOps>(
+    model: &Llama<X>,
+    prompts: &[Vec<usize>],
+    n: usize,
+    dtype: FloatDType,
+    device: &X::Device,
+) -> (Vec<u8>, Vec<u8>, Vec<f64>) {
+    let vocab = model.config().vocab;
+    let capacity = prompts.iter().map(Vec::len).max().unwrap_or(0) + 1;
+    let mut cache = model.kv_cache(n, capacity, dtype, device);
+    let prefill = model.step(
+        &StepRow::one_per_slot(&prompts[..n]),
+        &mut cache,
+        Logits::Last,
+    );
+    let next: Vec<Vec<usize>> = (0..n).map(|i| vec![(5 * i + 1) % vocab]).collect();
+    let decode = model
+        .step(&StepRow::one_per_slot(&next), &mut cache, Logits::Last)
+        .narrow(0, 0, 1);
+    (
+        bits(prefill.narrow(0, 0, 1)),
+        bits(decode.clone()),
+        values(decode),
+    )
+}
+
+fn tensor_parallel_llama_is_invariant<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    type X<B> = BatchInvariant<B>;
+    let tiny = LlamaConfig::tiny();
+    // Over 2 ranks each keeps a grouped-query pair (2 query heads per key/value head); 4
+    // ranks need 4 key/value heads.
+    let cases = [
+        (2, tiny),
+        (
+            4,
+            LlamaConfig {
+                kv_heads: 4,
+                ..tiny
+            },
+        ),
+    ];
+    let batches = [1, 3, 7];
+    let seed = 17;
+    for dtype in float_dtypes::<B>(device) {
+        if dtype == FloatDType::F16 {
+            continue;
+        }
+        for (ranks, config) in cases {
+            let what = format!("Llama over {ranks} tensor-parallel ranks, {dtype:?}");
+            let prompts = prompts(7, 9, config.vocab, 3);
+            let dev = device.clone();
+            let shared = prompts.clone();
+            let out = on_peers::<X<B>, _>(ranks, device, move |rank| {
+                let model = Llama::<X<B>>::new_sharded(config, seed, dtype, &dev, rank);
+                batches
+                    .iter()
+                    .map(|&n| row_0_logits(&model, &shared, n, dtype, &dev))
+                    .collect::<Vec<_>>()
+            });
+            for (r, runs) in out.iter().enumerate() {
+                for (run, &n) in runs.iter().zip(&batches) {
+                    for (step, got, want) in [
+                        ("prefill", &run.0, &out[0][0].0),
+                        ("decode", &run.1, &out[0][0].1),
+                    ] {
+                        let first = got.iter().zip(want).position(|(g, w)| g != w);
+                        assert!(
+                            first.is_none(),
+                            "{what} ({}): row 0's {step} logits in a batch of {n} on rank {r} \
+                             differ from rank 0's alone from byte {first:?} on",
+                            X::<B>::name(device)
+                        );
+                    }
+                }
+            }
+            let whole = Llama::<X<B>>::new(config, seed, dtype, device);
+            let want = row_0_logits(&whole, &prompts, 1, dtype, device).2;
+            let got = &out[0][0].2;
+            let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            // Sharding cuts the K walks of two projections per layer in `ranks` pieces: a
+            // difference of a few roundings, where a wrong shard is off by the logits' size.
+            let u = (2.0f64).powi(-(mantissa_bits(dtype).min(product_bits(dtype)) as i32) - 1);
+            let bound = (32.0 * u).max(2f64.powi(-16)) * scale;
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= bound,
+                    "{what}: logit {i} = {g}, unsharded {w} (bound {bound:e})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn collective_tensor_parallel_llama_is_invariant() {
+    on_test_backend!(tensor_parallel_llama_is_invariant);
 }

@@ -21,7 +21,9 @@
 //! Every peer must call the same collectives in the same order with tensors of the same
 //! shape, as with burn-collective itself: a peer that skips one leaves the others waiting.
 
-use burn_collective::{broadcast, CollectiveError, PeerId, ReduceOperation};
+use burn_collective::broadcast;
+/// burn-collective's types that appear in this module's signatures.
+pub use burn_collective::{CollectiveError, PeerId, ReduceOperation};
 use burn_core::module::{AutodiffModule, ModuleVisitor, Param};
 use burn_optim::GradientsParams;
 use burn_tensor::backend::{AutodiffBackend, Backend};

@@ -8,6 +8,7 @@
 //! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings), `--dtype
 //! bf16|f16|f32` (one dtype), `--m M` (one row count, in the table and the sweep),
 //! `--candidate NAME:PM,PN,PK:SM,SN` (one more tiling for the sweep, repeatable),
+//! `--profile` (only our product, three calls per shape, untimed: what `ncu` profiles),
 //! `--linear` (`x @ W + b` through `burn::tensor::module::linear` instead of the plain
 //! product: Burn's composite against the bias in our epilogue). With `--json PATH`, also a
 //! plot per dtype of TFLOP/s against M (`PATH` with `.bf16.svg` etc.). With
@@ -122,6 +123,16 @@ fn bench<B: KernelHost>(device: &B::Device) {
                 eprintln!("{op} {dtype:?} M={m} K={k} N={n}");
                 let x = x_full.clone().narrow(0, 0, m);
                 let xi = xi_full.clone().narrow(0, 0, m);
+                if flag("--profile") {
+                    // Our product alone, three calls and nothing else named like a matmul:
+                    // a clean target for a profiler (`docs/performance.md`, what limits the
+                    // matmul), the second call warm.
+                    for _ in 0..3 {
+                        let _ = xi.clone().matmul(wi.clone());
+                    }
+                    BatchInvariant::<B>::sync(device).expect("sync");
+                    continue;
+                }
                 let mark = timing_mark();
                 let (burn_default_ms, batch_invariant_ms) = if linear {
                     (

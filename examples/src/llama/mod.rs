@@ -17,12 +17,19 @@
 //! same position of a prefill, a chunked prefill equals the one-shot one, a warm prefix
 //! cache equals a cold one, and a sequence generates the same tokens and log-probabilities
 //! alone or among others.
+//!
+//! Sharded over a tensor-parallel group ([`Llama::new_sharded`]), each rank holds a share of
+//! the attention heads and of the MLP's columns (Megatron's layout), and the two row-parallel
+//! projections of a layer are summed across ranks by
+//! [`burn_batch_invariant::collective::all_reduce`], in rank order: a sequence's logits have
+//! the same bits alone and in any batch, on every rank (`tests/suite/collective.rs`).
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::silu;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
+use burn_batch_invariant::collective::{all_reduce, Rank, ReduceOperation};
 use burn_batch_invariant::sampling::{sample_row, SamplingParams};
 use burn_batch_invariant::{attention, log_softmax, rms_norm, ParityOps};
 
@@ -101,6 +108,9 @@ struct Layer<B: Backend> {
 pub struct Llama<B: Backend> {
     #[module(skip)]
     config: LlamaConfig,
+    /// What this rank holds of a tensor-parallel group; the whole model when unsharded.
+    #[module(skip)]
+    shard: Shard,
     embedding: Embedding<B>,
     layers: Vec<Layer<B>>,
     norm: RmsNorm<B>,
@@ -109,6 +119,79 @@ pub struct Llama<B: Backend> {
     /// first half of `sin` negated, so that `rope(x) = x cos + swap_halves(x) sin`.
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
+}
+
+/// The share of the model one rank of a tensor-parallel group holds: query heads
+/// `rank * heads / ranks ..` with their key/value heads (a group of queries never straddles
+/// two ranks), the same share of the MLP's hidden columns, and all of the embedding, the
+/// norms and the LM head. The attention output and the MLP's down projection are
+/// row-parallel: each rank multiplies its share, and the partial products are summed in rank
+/// order on every rank.
+#[derive(Clone, Copy, Debug)]
+struct Shard {
+    /// `None` for the whole model (one rank, no collective).
+    rank: Option<Rank>,
+    heads: usize,
+    kv_heads: usize,
+    ffn: usize,
+}
+
+impl Shard {
+    fn new(config: &LlamaConfig, rank: Option<Rank>) -> Self {
+        let ranks = rank.map_or(1, |r| r.ranks());
+        assert!(
+            config.kv_heads.is_multiple_of(ranks) && config.ffn.is_multiple_of(ranks),
+            "Llama: {ranks} tensor-parallel ranks must split the {} key/value heads and the {} \
+             hidden columns of the MLP",
+            config.kv_heads,
+            config.ffn
+        );
+        Self {
+            rank,
+            heads: config.heads / ranks,
+            kv_heads: config.kv_heads / ranks,
+            ffn: config.ffn / ranks,
+        }
+    }
+
+    /// This rank's columns of a weight whose columns are the `blocks` `(start, width)` laid
+    /// side by side (`qkv`: queries, keys, values; `gate_up`: gate, up): its share of each.
+    fn columns<B: Backend>(&self, weight: Tensor<B, 2>, blocks: &[(usize, usize)]) -> Tensor<B, 2> {
+        let Some(rank) = self.rank else {
+            return weight;
+        };
+        let parts = blocks
+            .iter()
+            .map(|&(start, width)| {
+                let share = width / rank.ranks();
+                weight.clone().narrow(1, start + rank.rank() * share, share)
+            })
+            .collect();
+        Tensor::cat(parts, 1)
+    }
+
+    /// This rank's share of a row-parallel weight's rows.
+    fn rows<B: Backend>(&self, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+        let Some(rank) = self.rank else {
+            return weight;
+        };
+        let share = weight.dims()[0] / rank.ranks();
+        weight.narrow(0, rank.rank() * share, share)
+    }
+
+    /// A row-parallel projection's output: the local product, summed over the group in rank
+    /// order ([`all_reduce`]: the same bits on every rank, whatever the batch).
+    fn reduce<B: Backend>(&self, partial: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.rank {
+            None => partial,
+            Some(rank) => all_reduce(rank, partial, ReduceOperation::Sum).unwrap_or_else(|err| {
+                panic!(
+                    "Llama: the tensor-parallel all-reduce of rank {} failed: {err:?}",
+                    rank.rank()
+                )
+            }),
+        }
+    }
 }
 
 /// The keys and values of every layer for `slots` sequences of up to `capacity` positions,
@@ -122,6 +205,7 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
+    /// The cache of the whole model (a tensor-parallel rank takes [`Llama::kv_cache`]).
     pub fn new(
         config: &LlamaConfig,
         slots: usize,
@@ -129,7 +213,19 @@ impl<B: Backend> KvCache<B> {
         dtype: FloatDType,
         device: &B::Device,
     ) -> Self {
-        let shape = [slots, config.kv_heads, capacity, config.head_dim()];
+        Self::with_heads(config, config.kv_heads, slots, capacity, dtype, device)
+    }
+
+    /// A cache of `kv_heads` key/value heads per layer (a tensor-parallel rank's share).
+    fn with_heads(
+        config: &LlamaConfig,
+        kv_heads: usize,
+        slots: usize,
+        capacity: usize,
+        dtype: FloatDType,
+        device: &B::Device,
+    ) -> Self {
+        let shape = [slots, kv_heads, capacity, config.head_dim()];
         let zeros = || {
             (0..config.layers)
                 .map(|_| Tensor::<B, 4>::zeros(shape, device).cast(dtype))
@@ -256,6 +352,40 @@ impl<B: ParityOps> Llama<B> {
         dtype: FloatDType,
         device: &B::Device,
     ) -> Self {
+        Self::build(config, weights, dtype, device, None)
+    }
+
+    /// Rank `rank`'s share of the model [`Llama::new`] gives, in a tensor-parallel group of
+    /// `rank.ranks()` (see [`Shard`]). Every rank of the group must build its share and run
+    /// the same steps with the same rows: each layer runs two collectives.
+    pub fn new_sharded(
+        config: LlamaConfig,
+        seed: u64,
+        dtype: FloatDType,
+        device: &B::Device,
+        rank: Rank,
+    ) -> Self {
+        Self::from_weights_sharded(config, &mut RandomWeights { seed }, dtype, device, rank)
+    }
+
+    /// Rank `rank`'s share of the model [`Llama::from_weights`] gives.
+    pub fn from_weights_sharded(
+        config: LlamaConfig,
+        weights: &mut impl Weights<B>,
+        dtype: FloatDType,
+        device: &B::Device,
+        rank: Rank,
+    ) -> Self {
+        Self::build(config, weights, dtype, device, Some(rank))
+    }
+
+    fn build(
+        config: LlamaConfig,
+        weights: &mut impl Weights<B>,
+        dtype: FloatDType,
+        device: &B::Device,
+        rank: Option<Rank>,
+    ) -> Self {
         assert!(
             config.heads.is_multiple_of(config.kv_heads)
                 && config.d_model.is_multiple_of(config.heads),
@@ -264,7 +394,12 @@ impl<B: ParityOps> Llama<B> {
             config.d_model,
             config.kv_heads
         );
-        let (d, kv) = (config.d_model, config.kv_heads * config.head_dim());
+        let (d, kv, ffn) = (
+            config.d_model,
+            config.kv_heads * config.head_dim(),
+            config.ffn,
+        );
+        let shard = Shard::new(&config, rank);
         let mut part = |part: Part, shape: [usize; 2]| weights.tensor(part, shape, dtype, device);
         let linear = |weight: Tensor<B, 2>| Linear {
             weight: Param::from_tensor(weight),
@@ -277,11 +412,16 @@ impl<B: ParityOps> Llama<B> {
         let layers = (0..config.layers)
             .map(|l| Layer {
                 attn_norm: norm(part(Part::AttnNorm(l), [1, d])),
-                qkv: linear(part(Part::Qkv(l), [d, d + 2 * kv])),
-                out: linear(part(Part::Out(l), [d, d])),
+                qkv: linear(shard.columns(
+                    part(Part::Qkv(l), [d, d + 2 * kv]),
+                    &[(0, d), (d, kv), (d + kv, kv)],
+                )),
+                out: linear(shard.rows(part(Part::Out(l), [d, d]))),
                 mlp_norm: norm(part(Part::MlpNorm(l), [1, d])),
-                gate_up: linear(part(Part::GateUp(l), [d, 2 * config.ffn])),
-                down: linear(part(Part::Down(l), [config.ffn, d])),
+                gate_up: linear(
+                    shard.columns(part(Part::GateUp(l), [d, 2 * ffn]), &[(0, ffn), (ffn, ffn)]),
+                ),
+                down: linear(shard.rows(part(Part::Down(l), [ffn, d]))),
             })
             .collect();
         let embedding = Embedding {
@@ -290,6 +430,7 @@ impl<B: ParityOps> Llama<B> {
         let (cos, sin) = rope_tables::<B>(&config, dtype, device);
         Self {
             config,
+            shard,
             embedding,
             layers,
             norm: norm(part(Part::Norm, [1, d])),
@@ -301,6 +442,24 @@ impl<B: ParityOps> Llama<B> {
 
     pub fn config(&self) -> LlamaConfig {
         self.config
+    }
+
+    /// An empty cache for this model's key/value heads (a tensor-parallel rank's share).
+    pub fn kv_cache(
+        &self,
+        slots: usize,
+        capacity: usize,
+        dtype: FloatDType,
+        device: &B::Device,
+    ) -> KvCache<B> {
+        KvCache::with_heads(
+            &self.config,
+            self.shard.kv_heads,
+            slots,
+            capacity,
+            dtype,
+            device,
+        )
     }
 
     /// The LM head's weight, `[d_model, vocab]`.
@@ -326,6 +485,15 @@ impl<B: ParityOps> Llama<B> {
         trace: &mut dyn FnMut(&'static str),
     ) -> Tensor<B, 3> {
         let plan = StepPlan::new(rows, cache, self.config.max_len);
+        assert!(
+            cache
+                .keys
+                .iter()
+                .all(|k| k.dims()[1] == self.shard.kv_heads),
+            "Llama::step: the cache holds other than this model's {} key/value heads (take it \
+             from Llama::kv_cache)",
+            self.shard.kv_heads
+        );
         let device = self.cos.device();
         let (b, seq) = (rows.len(), plan.seq);
         let ids: Vec<i64> = rows
@@ -362,10 +530,10 @@ impl<B: ParityOps> Llama<B> {
             let context = self.attention(l, x.clone(), &plan, &inputs, cache, trace);
             x = x + context;
             trace("out");
-            let ffn = self.config.ffn;
+            let ffn = self.shard.ffn;
             let gate_up = layer.gate_up.forward(norm(&layer.mlp_norm, x.clone()));
             let hidden = silu(gate_up.clone().narrow(2, 0, ffn)) * gate_up.narrow(2, ffn, ffn);
-            x = x + layer.down.forward(hidden);
+            x = x + self.shard.reduce(layer.down.forward(hidden));
             trace("mlp");
         }
         for (row, &end) in rows.iter().zip(&plan.ends) {
@@ -401,11 +569,12 @@ impl<B: ParityOps> Llama<B> {
         cache: &mut KvCache<B>,
         trace: &mut dyn FnMut(&'static str),
     ) -> Tensor<B, 3> {
-        let (c, layer) = (self.config, &self.layers[l]);
+        let layer = &self.layers[l];
+        let (heads, kv_heads) = (self.shard.heads, self.shard.kv_heads);
         let StepInputs { cos, sin, mask } = inputs;
-        let (b, seq, hd) = (plan.starts.len(), plan.seq, c.head_dim());
+        let (b, seq, hd) = (plan.starts.len(), plan.seq, self.config.head_dim());
         let h = norm(&layer.attn_norm, x);
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, seq, n, hd]);
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([b, seq, n, hd]);
         let rope = |t: Tensor<B, 4>| {
             let swapped = Tensor::cat(
                 vec![
@@ -416,15 +585,15 @@ impl<B: ParityOps> Llama<B> {
             );
             t * cos.clone() + swapped * sin.clone()
         };
-        let kv = c.kv_heads * hd;
+        let (width, kv) = (heads * hd, kv_heads * hd);
         let qkv = layer.qkv.forward(h);
-        let q = rope(heads(qkv.clone().narrow(2, 0, c.d_model), c.heads)).swap_dims(1, 2);
-        let k = rope(heads(qkv.clone().narrow(2, c.d_model, kv), c.kv_heads)).swap_dims(1, 2);
-        let v = heads(qkv.narrow(2, c.d_model + kv, kv), c.kv_heads).swap_dims(1, 2);
+        let q = rope(split(qkv.clone().narrow(2, 0, width), heads)).swap_dims(1, 2);
+        let k = rope(split(qkv.clone().narrow(2, width, kv), kv_heads)).swap_dims(1, 2);
+        let v = split(qkv.narrow(2, width + kv, kv), kv_heads).swap_dims(1, 2);
         trace("qkv");
         let keys = plan.write_and_read(&mut cache.keys[l], k);
         let values = plan.write_and_read(&mut cache.values[l], v);
-        let group = c.heads / c.kv_heads;
+        let group = heads / kv_heads;
         let expand = |t: Tensor<B, 4>| {
             if group == 1 {
                 return t;
@@ -432,7 +601,7 @@ impl<B: ParityOps> Llama<B> {
             let [_, kv, len, _] = t.dims();
             t.unsqueeze_dim::<5>(2)
                 .expand([b, kv, group, len, hd])
-                .reshape([b, c.heads, len, hd])
+                .reshape([b, heads, len, hd])
         };
         let options = AttentionModuleOptions {
             scale: None,
@@ -443,9 +612,8 @@ impl<B: ParityOps> Llama<B> {
         trace("kv cache");
         let context = attention(q, keys, values, mask.clone(), None, options);
         trace("attention");
-        layer
-            .out
-            .forward(context.swap_dims(1, 2).reshape([b, seq, c.d_model]))
+        let context = context.swap_dims(1, 2).reshape([b, seq, width]);
+        self.shard.reduce(layer.out.forward(context))
     }
 }
 
@@ -655,7 +823,7 @@ pub fn generate<B: ParityOps>(
         .map(|r| r.prompt.len() + r.max_new)
         .max()
         .unwrap_or(1);
-    let mut cache = KvCache::<B>::new(&model.config(), slots, capacity, dtype, device);
+    let mut cache = model.kv_cache(slots, capacity, dtype, device);
     let mut out: Vec<Output> = requests
         .iter()
         .map(|_| Output {
