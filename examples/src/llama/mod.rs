@@ -21,7 +21,7 @@
 //! Sharded over a tensor-parallel group ([`Llama::new_sharded`]), each rank holds a share of
 //! the attention heads and of the MLP's columns (Megatron's layout), and the two row-parallel
 //! projections of a layer are summed across ranks by
-//! [`burn_batch_invariant::collective::all_reduce`], in rank order: a sequence's logits have
+//! [`burn_batch_invariant::collective::row_parallel_linear`], in rank order: a sequence's logits have
 //! the same bits alone and in any batch, on every rank (`tests/suite/collective.rs`).
 
 use burn::module::{Module, Param};
@@ -29,7 +29,7 @@ use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::activation::silu;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Bool, FloatDType, Int, Tensor, TensorData};
-use burn_batch_invariant::collective::{all_reduce, Rank, ReduceOperation};
+use burn_batch_invariant::collective::{row_parallel_linear, Rank};
 use burn_batch_invariant::sampling::{sample_row, SamplingParams};
 use burn_batch_invariant::{attention, log_softmax, rms_norm, ParityOps};
 
@@ -179,18 +179,20 @@ impl Shard {
         weight.narrow(0, rank.rank() * share, share)
     }
 
-    /// A row-parallel projection's output: the local product, summed over the group in rank
-    /// order ([`all_reduce`]: the same bits on every rank, whatever the batch).
-    fn reduce<B: Backend>(&self, partial: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.rank {
-            None => partial,
-            Some(rank) => all_reduce(rank, partial, ReduceOperation::Sum).unwrap_or_else(|err| {
-                panic!(
-                    "Llama: the tensor-parallel all-reduce of rank {} failed: {err:?}",
-                    rank.rank()
-                )
-            }),
-        }
+    /// A row-parallel projection: this rank's rows of `linear` applied to its share of the
+    /// features, the partial products summed over the group in rank order and the bias added
+    /// once ([`row_parallel_linear`]: the same bits on every rank, whatever the batch).
+    fn project<B: Backend>(&self, linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let Some(rank) = &self.rank else {
+            return linear.forward(x);
+        };
+        let bias = linear.bias.as_ref().map(|b| b.val());
+        row_parallel_linear(rank, x, linear.weight.val(), bias).unwrap_or_else(|err| {
+            panic!(
+                "Llama: the tensor-parallel all-reduce of rank {} failed: {err:?}",
+                rank.rank()
+            )
+        })
     }
 }
 
@@ -533,7 +535,7 @@ impl<B: ParityOps> Llama<B> {
             let ffn = self.shard.ffn;
             let gate_up = layer.gate_up.forward(norm(&layer.mlp_norm, x.clone()));
             let hidden = silu(gate_up.clone().narrow(2, 0, ffn)) * gate_up.narrow(2, ffn, ffn);
-            x = x + self.shard.reduce(layer.down.forward(hidden));
+            x = x + self.shard.project(&layer.down, hidden);
             trace("mlp");
         }
         for (row, &end) in rows.iter().zip(&plan.ends) {
@@ -613,7 +615,7 @@ impl<B: ParityOps> Llama<B> {
         let context = attention(q, keys, values, mask.clone(), None, options);
         trace("attention");
         let context = context.swap_dims(1, 2).reshape([b, seq, width]);
-        self.shard.reduce(layer.out.forward(context))
+        self.shard.project(&layer.out, context)
     }
 }
 
