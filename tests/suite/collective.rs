@@ -402,6 +402,41 @@ fn row_0_logits<X: ParityOps>(
     )
 }
 
+/// How many elements of two byte images of `dtype` values differ, and by how much at most.
+fn describe_difference(got: &[u8], want: &[u8], dtype: FloatDType) -> String {
+    let decode = |b: &[u8]| -> f64 {
+        match dtype {
+            FloatDType::F64 => f64::from_le_bytes(b.try_into().unwrap()),
+            FloatDType::F32 | FloatDType::Flex32 => {
+                f32::from_le_bytes(b.try_into().unwrap()) as f64
+            }
+            FloatDType::F16 => burn::tensor::f16::from_le_bytes(b.try_into().unwrap()).to_f64(),
+            FloatDType::BF16 => burn::tensor::bf16::from_le_bytes(b.try_into().unwrap()).to_f64(),
+        }
+    };
+    let size = dtype_size(dtype);
+    let (mut count, mut first, mut largest) = (0, None, 0.0f64);
+    for (i, (g, w)) in got.chunks(size).zip(want.chunks(size)).enumerate() {
+        if g != w {
+            count += 1;
+            first.get_or_insert(i);
+            largest = largest.max((decode(g) - decode(w)).abs());
+        }
+    }
+    format!(
+        "{count} of {} elements differ, the first at {first:?}, by at most {largest:e}",
+        got.len() / size
+    )
+}
+
+fn dtype_size(dtype: FloatDType) -> usize {
+    match dtype {
+        FloatDType::F64 => 8,
+        FloatDType::F32 | FloatDType::Flex32 => 4,
+        FloatDType::F16 | FloatDType::BF16 => 2,
+    }
+}
+
 fn tensor_parallel_llama_is_invariant<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     let _serial = serial();
@@ -443,12 +478,12 @@ fn tensor_parallel_llama_is_invariant<B: KernelHost>(device: &B::Device) {
                         ("prefill", &run.0, &out[0][0].0),
                         ("decode", &run.1, &out[0][0].1),
                     ] {
-                        let first = got.iter().zip(want).position(|(g, w)| g != w);
                         assert!(
-                            first.is_none(),
+                            got == want,
                             "{what} ({}): row 0's {step} logits in a batch of {n} on rank {r} \
-                             differ from rank 0's alone from byte {first:?} on",
-                            X::<B>::name(device)
+                             differ from rank 0's alone: {}",
+                            X::<B>::name(device),
+                            describe_difference(got, want, dtype)
                         );
                     }
                 }

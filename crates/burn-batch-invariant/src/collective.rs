@@ -15,8 +15,8 @@
 //! which peer holds which device, and every rank computes the same sum with the same kernel,
 //! so all ranks hold the same bits. The price is bandwidth: each peer receives every other
 //! peer's whole tensor (`ranks - 1` messages instead of a ring's two), which is what a fixed
-//! order costs without a reduction kernel inside the transport; `docs/performance.md` has no
-//! figures for it yet.
+//! order costs without a reduction kernel inside the transport (`docs/performance.md`,
+//! "All-reduce", measures it against burn-collective's strategies).
 //!
 //! Every peer must call the same collectives in the same order with tensors of the same
 //! shape, as with burn-collective itself: a peer that skips one leaves the others waiting.
@@ -84,6 +84,13 @@ impl Rank {
 /// it (`sync`), keeps its own reference until every peer has synchronised after combining (a
 /// last one-element broadcast is the barrier), and no buffer that another stream may still
 /// read is ever free to be written in place.
+///
+/// No op that touches a shared tensor stays queued once a peer moves on: the tensor is
+/// produced before it is sent, the sum and the barrier's token before the barrier, and the
+/// release of the shared tensors before returning. On a lazy backend (Burn's fusion) another
+/// thread that touches a tensor still queued on this peer's stream makes Burn run this
+/// peer's whole queue at that moment, which cuts the peer's next fused kernels at a point
+/// set by thread timing; a cut can change which ops share a kernel and so their roundings.
 fn gathered<B: Backend, const D: usize, const E: usize>(
     rank: &Rank,
     tensor: Tensor<B, D>,
@@ -104,10 +111,13 @@ fn gathered<B: Backend, const D: usize, const E: usize>(
         })
         .collect::<Result<Vec<_>, CollectiveError>>()?;
     let out = combine(parts);
-    sync()?;
     let token = (rank.rank == 0).then(|| Tensor::<B, 1>::zeros([1], &device));
-    broadcast::<B>(rank.peer, token.map(|t| t.into_primitive().tensor()))?;
+    sync()?;
+    let released = broadcast::<B>(rank.peer, token.map(|t| t.into_primitive().tensor()))?;
+    drop(released);
     drop(keep);
+    // Releasing a shared tensor is queued like any op: run it before this peer queues more.
+    sync()?;
     Ok(out)
 }
 
