@@ -25,7 +25,7 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor};
 use burn_batch_invariant::collective::{
     all_reduce, all_reduce_gradients, column_parallel_linear, row_parallel_linear, Rank,
 };
@@ -414,7 +414,7 @@ fn describe_difference(got: &[u8], want: &[u8], dtype: FloatDType) -> String {
             FloatDType::BF16 => burn::tensor::bf16::from_le_bytes(b.try_into().unwrap()).to_f64(),
         }
     };
-    let size = dtype_size(dtype);
+    let size = DType::from(dtype).size();
     let (mut count, mut first, mut largest) = (0, None, 0.0f64);
     for (i, (g, w)) in got.chunks(size).zip(want.chunks(size)).enumerate() {
         if g != w {
@@ -427,14 +427,6 @@ fn describe_difference(got: &[u8], want: &[u8], dtype: FloatDType) -> String {
         "{count} of {} elements differ, the first at {first:?}, by at most {largest:e}",
         got.len() / size
     )
-}
-
-fn dtype_size(dtype: FloatDType) -> usize {
-    match dtype {
-        FloatDType::F64 => 8,
-        FloatDType::F32 | FloatDType::Flex32 => 4,
-        FloatDType::F16 | FloatDType::BF16 => 2,
-    }
 }
 
 fn tensor_parallel_llama_is_invariant<B: KernelHost>(device: &B::Device) {
