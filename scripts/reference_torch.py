@@ -20,6 +20,7 @@ row 0 of the batch is bitwise equal to the same row computed alone.
     python3 scripts/reference_torch.py --only llm         # the model of bench_llm (4 layers;
                                                           # BI_LLM_LAYERS=N for another count)
     python3 scripts/reference_torch.py --quick            # fewer shapes
+    BI_MATMUL_DTYPES=bf16,f16 python3 scripts/reference_torch.py --only matmul  # some dtypes
 
 Prints one JSON line per measurement and writes them all to $OUT/reference.json
 (./reference.json when OUT is unset).
@@ -218,6 +219,10 @@ def copy_bandwidth():
     del x, y
 
 
+# The matmul dtypes to time (names as in DTYPE_NAMES), all by default.
+MATMUL_DTYPES = os.environ.get("BI_MATMUL_DTYPES", "bf16,f16,f32").split(",")
+
+
 def matmul(quick):
     ms_ = [1, 64, 1024] if quick else [1, 16, 64, 256, 1024, 4096]
     kns = [(4096, 4096)] if quick else [(4096, 4096), (4096, 14336), (14336, 4096)]
@@ -231,6 +236,8 @@ def matmul(quick):
     try:
         for k, n in kns:
             for dtype in (torch.bfloat16, torch.float16, torch.float32):
+                if DTYPE_NAMES[dtype] not in MATMUL_DTYPES:
+                    continue
                 w = torch.randn(k, n, device=DEVICE, dtype=dtype) / k**0.5
                 bias = torch.randn(n, device=DEVICE, dtype=dtype)
                 x_full = torch.randn(max(ms_), k, device=DEVICE, dtype=dtype)

@@ -6,8 +6,8 @@
 
 use batch_invariant_kernels::matmul::launch::{choose_path, launch_matmul_on, MatmulPath};
 use batch_invariant_kernels::matmul::{
-    cpu_reference, launch_matmul, tensor_core, tilings_for, F32Precision, Loader, MatmulError,
-    TensorCoreTiling, TileKind, PORTABLE_NARROW, PORTABLE_WIDE,
+    cpu_reference, launch_matmul, pipelined, tensor_core, tilings_for, F32Precision, Loader,
+    MatmulError, TensorCoreTiling, TileKind, PIPELINED_TILINGS, PORTABLE_NARROW, PORTABLE_WIDE,
 };
 use burn::module::Param;
 use burn::nn::LinearConfig;
@@ -19,8 +19,9 @@ use burn_cubecl::CubeRuntime;
 
 const ROWS: [usize; 8] = [1, 2, 3, 7, 16, 64, 257, 1024];
 
-/// (K, N) pairs: odd K and N, one of each equal to 1, K past a 4096 boundary.
-const SHAPES: [(usize, usize); 4] = [(1, 7), (7, 129), (129, 1), (4097, 129)];
+/// (K, N) pairs: odd K and N, one of each equal to 1, K past a 4096 boundary, and K and N
+/// of a multiple of 8 (what the pipelined kernel reads as stored).
+const SHAPES: [(usize, usize); 5] = [(1, 7), (7, 129), (129, 1), (4097, 129), (1032, 136)];
 
 fn rows_are_invariant<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
@@ -353,12 +354,17 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
     let _serial = serial();
     let mut failures = Vec::new();
     for dtype in float_dtypes::<Plain<R>>(device) {
-        // (257 x 130: whole and partial tiles of the wide portable tiling.)
+        // (257 x 130: whole and partial tiles of the wide portable tiling. K and N of a
+        // multiple of 8, the pipelined kernel's: partial cubes in M and N, a last stage
+        // with one 8-wide chunk of K, K shorter than one stage.)
         for (batch, m, k, n) in [
             (1, 13, 7, 131),
             (3, 70, 33, 17),
             (2, 1, 4097, 65),
             (1, 257, 19, 130),
+            (2, 33, 1032, 72),
+            (1, 257, 136, 264),
+            (3, 5, 8, 40),
         ] {
             let lhs = tensor::<Plain<R>, 3>(
                 random_values(batch * m * k, 50),
@@ -460,15 +466,25 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                     "{case}: the f32 switch moved {dtype:?}"
                 );
             }
+            // The paths to compare with the routed one bitwise: on tensor cores, cubek's
+            // tilings in both instruction forms (where the runtime has them) with the routed
+            // loader, the other loaders on the routed tiling, and in f16 and bf16 every
+            // tiling of the pipelined kernel where it reads the operands as stored. TF32
+            // keeps one form: the two do not agree there.
+            let cubek_routed = match routed_path {
+                MatmulPath::TensorCore { tiling, loader } => Some((tiling, loader)),
+                MatmulPath::Pipelined { .. } => {
+                    let sms = client
+                        .properties()
+                        .hardware
+                        .num_streaming_multiprocessors;
+                    let tiling = tensor_core::tiling_for(m, n, batch, storage, sms);
+                    Some((tiling, Loader::SpecializedTma))
+                }
+                MatmulPath::Portable { .. } => None,
+            };
             let mut others = Vec::new();
-            if let MatmulPath::TensorCore {
-                tiling: routed_tiling,
-                loader,
-            } = routed_path
-            {
-                // Every tiling in both instruction forms (where the runtime has them) with
-                // the routed loader; the other loaders on the routed tiling. TF32 keeps one
-                // form: the two do not agree there.
+            if let Some((routed_tiling, loader)) = cubek_routed {
                 let kinds: &[TileKind] = if tensor_core::forms_agree(storage) {
                     &[TileKind::Wmma, TileKind::MmaSync]
                 } else {
@@ -492,6 +508,19 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 others
                     .retain(|(tiling, _)| tensor_core::is_supported(&client, storage, tiling.kind));
             }
+            let mut others: Vec<MatmulPath> = others
+                .into_iter()
+                .map(|(tiling, loader)| MatmulPath::TensorCore { tiling, loader })
+                .collect();
+            if k % 8 == 0 && n % 8 == 0 {
+                others.extend(
+                    PIPELINED_TILINGS
+                        .into_iter()
+                        .filter(|&tiling| pipelined::is_supported(&client, storage, tiling))
+                        .map(|tiling| MatmulPath::Pipelined { tiling }),
+                );
+            }
+            others.retain(|&path| path != routed_path);
             for with_bias in [false, true] {
                 let routed_bits = match run(routed_path, with_bias) {
                     Ok(bits) => bits,
@@ -522,8 +551,7 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                         Ok(_) => {}
                     }
                 }
-                for &(tiling, loader) in &others {
-                    let path = MatmulPath::TensorCore { tiling, loader };
+                for &path in &others {
                     match run(path, with_bias) {
                         Err(failure) => failures.push(failure),
                         Ok(other_bits) if other_bits != routed_bits => {

@@ -8,6 +8,8 @@
 //! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings), `--dtype
 //! bf16|f16|f32` (one dtype), `--m M` (one row count, in the table and the sweep),
 //! `--candidate NAME:PM,PN,PK:SM,SN` (one more tiling for the sweep, repeatable),
+//! `--pipe NAME:WM,WN:TM,TN:SK,ST` (one more tiling of the pipelined kernel, repeatable),
+//! `--pipelined-only` (the sweep times only the pipelined kernel),
 //! `--profile` (only our product, three calls per shape, untimed: what `ncu` profiles),
 //! `--linear` (`x @ W + b` through `burn::tensor::module::linear` instead of the plain
 //! product: Burn's composite against the bias in our epilogue). With `--json PATH`, also a
@@ -19,8 +21,8 @@
 
 use batch_invariant_kernels::matmul::launch::{launch_matmul_on, MatmulPath};
 use batch_invariant_kernels::matmul::{
-    Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32, SKINNY, SKINNY_TF32,
-    SKINNY_TF32_WIDE, WIDE, WIDE_N112,
+    tiling_for, Loader, PipelinedTiling, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32,
+    PIPELINED_TILINGS, SKINNY, SKINNY_TF32, SKINNY_TF32_WIDE, WIDE, WIDE_N112,
 };
 use burn::tensor::{backend::Backend, module, FloatDType, Tensor, TensorPrimitive};
 use burn_batch_invariant::{BatchInvariant, KernelHost};
@@ -333,6 +335,17 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
         .filter(|w| w[0] == "--candidate")
         .map(|w| (parse_candidate(&w[1]), rows_for_extra, forms));
     let candidates: Vec<Candidate> = listed.iter().copied().chain(extra).collect();
+    // Our pipelined kernel: its router tilings and `--pipe NAME:WM,WN:TM,TN:SK,ST`
+    // (repeatable) candidates, at every row count of the sweep.
+    let pipelined_only = flag("--pipelined-only");
+    let pipelined: Vec<PipelinedTiling> = PIPELINED_TILINGS
+        .into_iter()
+        .chain(
+            args.windows(2)
+                .filter(|w| w[0] == "--pipe")
+                .map(|w| parse_pipelined(&w[1])),
+        )
+        .collect();
     let mut out = Vec::new();
     println!("\ntensor-core tilings, {dtype:?}, direct launch");
     for &(k, n) in &[(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
@@ -340,7 +353,7 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
         for &m in &[1usize, 16, 64, 256, 1024, 4096] {
             if m == 4096 && k != 4096
                 || only_m.is_some_and(|only| only != m)
-                || !candidates.iter().any(|c| c.1.contains(&m))
+                || (!candidates.iter().any(|c| c.1.contains(&m)) && only_m.is_none())
             {
                 continue;
             }
@@ -358,15 +371,31 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
                 );
                 xi.matmul(wi).into_data()
             };
-            let runs = candidates
+            // cubek's tilings (unless `--pipelined-only`), then our pipelined kernel's.
+            let cubek_runs = candidates
                 .iter()
-                .filter(|(_, for_ms, _)| for_ms.contains(&m))
+                .filter(|(_, for_ms, _)| !pipelined_only && for_ms.contains(&m))
                 .flat_map(|&(tiling, _, variants)| {
-                    variants
-                        .iter()
-                        .map(move |&(loader, kind)| (TensorCoreTiling { kind, ..tiling }, loader))
+                    variants.iter().map(move |&(loader, kind)| MatmulPath::TensorCore {
+                        tiling: TensorCoreTiling { kind, ..tiling },
+                        loader,
+                    })
                 });
-            for (tiling, loader) in runs {
+            let pipelined_runs = pipelined
+                .iter()
+                .filter(|_| dtype != FloatDType::F32)
+                .map(|&tiling| MatmulPath::Pipelined { tiling });
+            // With `--pipelined-only`, cubek's tiling for this M as the router picked it
+            // before the pipelined kernel, for scale.
+            let cubek_routed = pipelined_only.then(|| MatmulPath::TensorCore {
+                tiling: tiling_for(m, n, 1, burn::tensor::DType::from(dtype).into(), Some(132)),
+                loader: Loader::SpecializedTma,
+            });
+            let runs: Vec<MatmulPath> = cubek_runs
+                .chain(cubek_routed)
+                .chain(pipelined_runs)
+                .collect();
+            for path in runs {
                 let launch = || {
                     let lhs = x.clone().into_primitive().tensor();
                     let rhs = w.clone().into_primitive().tensor();
@@ -385,29 +414,37 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
                         None,
                         out.clone().binding(),
                         dtype,
-                        MatmulPath::TensorCore { tiling, loader },
+                        path,
                     )
                     .map(|_| Tensor::<P, 2>::from_primitive(TensorPrimitive::Float(out)))
                 };
-                let variant = format!("{loader:?}/{:?}", tiling.kind);
+                let (name, variant) = match path {
+                    MatmulPath::TensorCore { tiling, loader } => {
+                        (tiling.name, format!("{loader:?}/{:?}", tiling.kind))
+                    }
+                    MatmulPath::Pipelined { tiling } => (
+                        tiling.name,
+                        format!("pipelined/k{}x{}", tiling.stage_k, tiling.stages),
+                    ),
+                    MatmulPath::Portable { tiling } => (tiling.name, "portable".into()),
+                };
                 let same = match launch() {
                     Ok(t) => t.into_data().as_bytes() == reference.as_bytes(),
                     Err(e) => {
                         println!(
-                            "{:<10} {variant:<18} M={m:<5} K={k:<6} N={n:<6} refused: {e}",
-                            tiling.name
+                            "{name:<14} {variant:<18} M={m:<5} K={k:<6} N={n:<6} refused: {e}"
                         );
                         continue;
                     }
                 };
                 let mark = timing_mark();
                 let ms = bench_ms::<P, _>(device, launch);
+                let tflops = 2.0 * (m * k * n) as f64 / (ms * 1e-3) / 1e12;
                 println!(
-                    "{:<10} {variant:<18} M={m:<5} K={k:<6} N={n:<6} {ms:>9.4} ms  same bits: {same}",
-                    tiling.name
+                    "{name:<14} {variant:<18} M={m:<5} K={k:<6} N={n:<6} {ms:>9.4} ms {tflops:>6.1} TF/s  same bits: {same}"
                 );
                 out.push(TilingRow {
-                    tiling: tiling.name.into(),
+                    tiling: name.into(),
                     variant,
                     m,
                     k,
@@ -420,6 +457,35 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
         }
     }
     out
+}
+
+/// A pipelined tiling from `NAME:WM,WN:TM,TN:SK,ST` (warps along M and N, `mma` tiles per
+/// warp along M and N, K entries per stage, stages), as the sweep's `--pipe` takes it.
+fn parse_pipelined(spec: &str) -> PipelinedTiling {
+    let usage = || -> ! { panic!("--pipe wants NAME:WM,WN:TM,TN:SK,ST, got {spec:?}") };
+    let numbers = |part: &str| -> Vec<usize> {
+        part.split(',')
+            .map(|n| n.trim().parse().unwrap_or_else(|_| usage()))
+            .collect()
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [name, warps, tiles, stage] = parts[..] else {
+        usage()
+    };
+    let (&[wm, wn], &[tm, tn], &[sk, st]) =
+        (&numbers(warps)[..], &numbers(tiles)[..], &numbers(stage)[..])
+    else {
+        usage()
+    };
+    let tiling = PipelinedTiling {
+        name: String::leak(name.to_string()),
+        warps: (wm, wn),
+        warp_tiles: (tm, tn),
+        stage_k: sk,
+        stages: st,
+    };
+    assert!(tiling.is_valid(), "--pipe {spec}: not a valid tiling");
+    tiling
 }
 
 /// A tiling from `NAME:PM,PN,PK:SM,SN` (partition in 16x16 blocks and K steps, warps along M

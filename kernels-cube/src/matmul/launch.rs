@@ -9,6 +9,7 @@ use cubecl::std::FastDivmod;
 use super::kernel::{
     matmul_portable_kernel, PortableTiling, CUBE_SIDE, PORTABLE_NARROW, PORTABLE_WIDE,
 };
+use super::pipelined::{self, matmul_pipelined_kernel, pipelined_tiling_for, PipelinedTiling};
 use super::tensor_core::{self, tiling_for, Loader, TensorCoreTiling};
 use super::F32Precision;
 use crate::layout::{contiguous_strides, max_offset};
@@ -21,6 +22,9 @@ pub enum MatmulPath {
         tiling: TensorCoreTiling,
         loader: Loader,
     },
+    /// [`super::pipelined::matmul_pipelined_kernel()`]: our own `mma.sync` kernel for f16
+    /// and bf16.
+    Pipelined { tiling: PipelinedTiling },
     /// [`super::kernel::matmul_portable_kernel()`], one multiply-add per k in f32.
     Portable { tiling: PortableTiling },
 }
@@ -32,6 +36,7 @@ impl MatmulPath {
             Self::TensorCore { tiling, loader } => {
                 format!("tensor-core/{}/{:?}/{loader:?}", tiling.name, tiling.kind)
             }
+            Self::Pipelined { tiling } => format!("pipelined/{}", tiling.name),
             Self::Portable { tiling } => format!("portable/{}", tiling.name),
         }
     }
@@ -172,6 +177,13 @@ pub fn choose_path<R: Runtime>(
     let ieee = precision == F32Precision::Ieee && dtype == tensor_core::F32;
     if k == 0 || ieee {
         return portable;
+    }
+    let pipelined = pipelined_tiling_for(m);
+    if pipelined::is_supported(client, dtype, pipelined)
+        && pipelined::reads_as_stored(&unit_strides_normalized(lhs.clone(), dtype))
+        && pipelined::reads_as_stored(&unit_strides_normalized(rhs.clone(), dtype))
+    {
+        return MatmulPath::Pipelined { tiling: pipelined };
     }
     let sms = client.properties().hardware.num_streaming_multiprocessors;
     let tiling = tiling_for(m, n, batches, dtype, sms);
@@ -475,6 +487,23 @@ pub fn launch_matmul_on<R: Runtime>(
         MatmulPath::Portable { tiling } => {
             launch_portable(client, lhs, rhs, bias, out, dtype, &expected, tiling)
         }
+        MatmulPath::Pipelined { tiling } => {
+            if !pipelined::is_supported(client, dtype, tiling) {
+                return Err(MatmulError::Setup(format!(
+                    "the pipelined kernel does not run {dtype:?} with {} on this runtime",
+                    tiling.name
+                )));
+            }
+            if !pipelined::reads_as_stored(&lhs) || !pipelined::reads_as_stored(&rhs) {
+                return Err(MatmulError::Setup(format!(
+                    "the pipelined kernel reads rows of a multiple of 8 elements stored \
+                     contiguously on 16-byte boundaries: lhs {:?} strides {:?}, rhs {:?} \
+                     strides {:?}",
+                    lhs.shape, lhs.strides, rhs.shape, rhs.strides
+                )));
+            }
+            launch_pipelined(client, lhs, rhs, bias, out, dtype, &expected, tiling)
+        }
         MatmulPath::TensorCore { tiling, loader } => {
             if k == 0 || !tensor_core::is_supported(client, dtype, tiling.kind) {
                 return Err(MatmulError::Setup(format!(
@@ -538,29 +567,8 @@ fn launch_portable<R: Runtime>(
         lhs.shape[rank - 1],
     );
     let batches: usize = out_shape[..rank - 2].iter().product();
-
-    // The batch walk needs at least one dim; a rank-2 problem is one batch of stride 0.
-    let mut batch_shape: SequenceArg<R, FastDivmod<usize>> = SequenceArg::new();
-    let mut lhs_batch: SequenceArg<R, usize> = SequenceArg::new();
-    let mut rhs_batch: SequenceArg<R, usize> = SequenceArg::new();
-    if rank == 2 {
-        batch_shape.push(1);
-        lhs_batch.push(0);
-        rhs_batch.push(0);
-    }
-    for (d, &extent) in out_shape[..rank - 2].iter().enumerate() {
-        batch_shape.push(extent);
-        lhs_batch.push(if lhs.shape[d] == 1 { 0 } else { lhs.strides[d] });
-        rhs_batch.push(if rhs.shape[d] == 1 { 0 } else { rhs.strides[d] });
-    }
-
-    let extent = |b: &TensorBinding<R>| {
-        max_offset(
-            &b.shape.iter().copied().collect::<Vec<_>>(),
-            &b.strides.iter().copied().collect::<Vec<_>>(),
-        )
-    };
-    let address_type = AddressType::from_len(extent(&lhs).max(extent(&rhs)).max(batches * m * n));
+    let (batch_shape, lhs_batch, rhs_batch) = batch_walk(&lhs, &rhs, out_shape);
+    let address_type = address_type(&lhs, &rhs, batches * m * n);
 
     let tile = tiling.tile();
     let tiles = batches * m.div_ceil(tile) * n.div_ceil(tile);
@@ -586,6 +594,108 @@ fn launch_portable<R: Runtime>(
             k,
             batches,
             tiling.per_thread,
+            has_bias,
+            dtype,
+        );
+    }
+}
+
+/// The batch walk both own kernels take: the output's batch shape (at least one entry; a
+/// rank-2 problem is one batch of stride 0) and each operand's batch strides, 0 where it is
+/// broadcast.
+#[allow(clippy::type_complexity)]
+fn batch_walk<R: Runtime>(
+    lhs: &TensorBinding<R>,
+    rhs: &TensorBinding<R>,
+    out_shape: &[usize],
+) -> (
+    SequenceArg<R, FastDivmod<usize>>,
+    SequenceArg<R, usize>,
+    SequenceArg<R, usize>,
+) {
+    let rank = out_shape.len();
+    let mut batch_shape: SequenceArg<R, FastDivmod<usize>> = SequenceArg::new();
+    let mut lhs_batch: SequenceArg<R, usize> = SequenceArg::new();
+    let mut rhs_batch: SequenceArg<R, usize> = SequenceArg::new();
+    if rank == 2 {
+        batch_shape.push(1);
+        lhs_batch.push(0);
+        rhs_batch.push(0);
+    }
+    for (d, &extent) in out_shape[..rank - 2].iter().enumerate() {
+        batch_shape.push(extent);
+        lhs_batch.push(if lhs.shape[d] == 1 { 0 } else { lhs.strides[d] });
+        rhs_batch.push(if rhs.shape[d] == 1 { 0 } else { rhs.strides[d] });
+    }
+    (batch_shape, lhs_batch, rhs_batch)
+}
+
+/// 32-bit offsets where every buffer the kernel indexes allows them.
+fn address_type<R: Runtime>(
+    lhs: &TensorBinding<R>,
+    rhs: &TensorBinding<R>,
+    out_len: usize,
+) -> AddressType {
+    let extent = |b: &TensorBinding<R>| {
+        max_offset(
+            &b.shape.iter().copied().collect::<Vec<_>>(),
+            &b.strides.iter().copied().collect::<Vec<_>>(),
+        )
+    };
+    AddressType::from_len(extent(lhs).max(extent(rhs)).max(out_len))
+}
+
+/// Launches [`matmul_pipelined_kernel`] with `tiling`, one cube per output tile. The caller
+/// has checked shapes, support and that the kernel reads both operands as stored.
+#[allow(clippy::too_many_arguments)]
+fn launch_pipelined<R: Runtime>(
+    client: &ComputeClient<R>,
+    lhs: TensorBinding<R>,
+    rhs: TensorBinding<R>,
+    bias: Option<TensorBinding<R>>,
+    out: TensorBinding<R>,
+    dtype: StorageType,
+    out_shape: &[usize],
+    tiling: PipelinedTiling,
+) {
+    let rank = out_shape.len();
+    let (m, n, k) = (
+        out_shape[rank - 2],
+        out_shape[rank - 1],
+        lhs.shape[rank - 1],
+    );
+    let batches: usize = out_shape[..rank - 2].iter().product();
+    let (batch_shape, lhs_batch, rhs_batch) = batch_walk(&lhs, &rhs, out_shape);
+    let address_type = address_type(&lhs, &rhs, batches * m * n);
+    let (bm, bn) = tiling.cube_outputs();
+    let cubes = batches * m.div_ceil(bm) * n.div_ceil(bn);
+    let (warps_m, warps_n) = tiling.warps;
+    let (tiles_m, tiles_n) = tiling.warp_tiles;
+    // An absent bias binds the lhs: the kernel never reads it (comptime flag).
+    let has_bias = bias.is_some();
+    let bias = bias.unwrap_or_else(|| lhs.clone());
+    unsafe {
+        matmul_pipelined_kernel::launch_unchecked(
+            client,
+            CubeCount::Static(cubes as u32, 1, 1),
+            CubeDim::new_2d(pipelined::PLANE as u32, (warps_m * warps_n) as u32),
+            address_type,
+            lhs.into_tensor_arg(),
+            rhs.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            out.into_tensor_arg(),
+            batch_shape,
+            lhs_batch,
+            rhs_batch,
+            m,
+            n,
+            k,
+            warps_m,
+            warps_n,
+            tiles_m,
+            tiles_n,
+            tiling.stage_k,
+            tiling.stages,
             has_bias,
             dtype,
         );

@@ -40,10 +40,15 @@ pub mod bias;
 pub mod cpu_reference;
 pub mod kernel;
 pub mod launch;
+pub mod pipelined;
 pub mod tensor_core;
 
 pub use kernel::{PortableTiling, PORTABLE_NARROW, PORTABLE_WIDE};
 pub use launch::{launch_matmul, portable_tiling_for, MatmulError, MatmulLaunch, MatmulPath};
+pub use pipelined::{
+    pipelined_tiling_for, PipelinedTiling, PIPELINED_TILINGS, PIPE_MEDIUM, PIPE_NARROW,
+    PIPE_SKINNY, PIPE_TALL, PIPE_WIDE,
+};
 pub use tensor_core::{
     tiling_for, tilings_for, Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32,
     SKINNY, SKINNY_TF32, SKINNY_TF32_WIDE, TILINGS, WIDE, WIDE_N112,

@@ -1,0 +1,627 @@
+//! Our own tensor-core matmul for f16 and bf16: `mma.sync` m16n8k16 fed by `ldmatrix` from
+//! padded shared memory, with a multi-stage `cp.async` pipeline.
+//!
+//! cubek's tiled routine spends most of its issue slots on other work than the MMA (the
+//! profile in docs/performance.md, "What limits the matmul"). This kernel is written for
+//! the opposite: each warp owns a large block of accumulators (64x64 outputs in the large
+//! tilings: 32 independent MMA chains per 16-deep step against 8 `ldmatrix.x4`), the next
+//! step's fragments are loaded before the current step's MMAs are issued, and operand
+//! tiles arrive `stages - 1` steps ahead through asynchronous copies that complete on one
+//! barrier per stage.
+//!
+//! # The order of the sum
+//!
+//! Every output element is one f32 accumulator, zero at first, that takes one `mma.sync`
+//! m16n8k16 per 16 entries of K, in increasing K; entries past K are zeros in both operands.
+//! That is the chain cubek's routine issues for f16 and bf16 (a WMMA 16x16x16 fragment runs
+//! the same instruction), so this kernel and the cubek path give the same bits for every
+//! element, which the suite checks on the GPU. The tiling ([`PipelinedTiling`]) only decides
+//! which cube and which warp holds an accumulator and how many K entries a stage brings.
+
+use cubecl::cmma::MmaDefinition;
+use cubecl::ir::{ElemType, FloatKind, MatrixIdent};
+use cubecl::prelude::barrier::{copy_async_checked, Barrier};
+use cubecl::prelude::*;
+use cubecl::std::tensor::index_offset_contiguous_fastdivmod;
+use cubecl::std::FastDivmod;
+
+type Pair<E> = Vector<E, Const<2>>;
+
+/// Lanes of a warp: the instruction is a warp-wide one.
+pub const PLANE: usize = 32;
+/// Padding of a staged row (elements): rows of a stage start 16 bytes apart modulo 128, so
+/// the eight rows an `ldmatrix` reads fall in distinct banks.
+const ROW_PAD: usize = 8;
+/// Elements one asynchronous copy moves (16 bytes of f16 or bf16).
+const CHUNK: usize = 8;
+/// Tile rows per group of the grouped walk over output tiles (as the portable kernel's).
+const GROUP_M: usize = 8;
+/// The most stages the kernel has barriers for.
+pub const MAX_STAGES: usize = 4;
+
+/// How the kernel blocks the output and the K walk. Only speed depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PipelinedTiling {
+    pub name: &'static str,
+    /// Warps of a cube along M and N.
+    pub warps: (usize, usize),
+    /// `mma` tiles per warp: 16-row tiles along M, 8-column tiles along N (an even count,
+    /// loaded two at a time).
+    pub warp_tiles: (usize, usize),
+    /// K entries a stage brings (a multiple of 16).
+    pub stage_k: usize,
+    /// Stages in shared memory (2 to [`MAX_STAGES`]): `stages - 1` are in flight while one
+    /// is computed on.
+    pub stages: usize,
+}
+
+impl PipelinedTiling {
+    /// Outputs of one cube, as (rows, columns).
+    pub const fn cube_outputs(&self) -> (usize, usize) {
+        (
+            16 * self.warp_tiles.0 * self.warps.0,
+            8 * self.warp_tiles.1 * self.warps.1,
+        )
+    }
+
+    /// Threads of one cube.
+    pub const fn units(&self) -> usize {
+        PLANE * self.warps.0 * self.warps.1
+    }
+
+    /// Elements of one stage: the lhs block, then the rhs block, rows padded.
+    const fn stage_elems(&self) -> usize {
+        let (bm, bn) = self.cube_outputs();
+        bm * (self.stage_k + ROW_PAD) + self.stage_k * (bn + ROW_PAD)
+    }
+
+    /// Shared memory of one cube, in bytes of a 2-byte dtype.
+    pub const fn shared_bytes(&self) -> usize {
+        2 * self.stages * self.stage_elems()
+    }
+
+    /// Whether the kernel can run this tiling at all (shape rules, not device limits).
+    pub const fn is_valid(&self) -> bool {
+        self.warps.0 > 0
+            && self.warps.1 > 0
+            && self.warp_tiles.0 > 0
+            && self.warp_tiles.1 > 0
+            && self.warp_tiles.1.is_multiple_of(2)
+            && self.stage_k > 0
+            && self.stage_k.is_multiple_of(16)
+            && self.stages >= 2
+            && self.stages <= MAX_STAGES
+            && self.warps.0 * self.warps.1 <= 32
+    }
+}
+
+/// Whether `dtype` runs on this kernel: the 2-byte floats `mma.sync` m16n8k16 takes.
+pub fn is_half(dtype: StorageType) -> bool {
+    matches!(
+        dtype,
+        StorageType::Scalar(ElemType::Float(FloatKind::F16 | FloatKind::BF16))
+    )
+}
+
+/// `lhs: [batch.., M, K]` stored by rows, `rhs: [batch.., K, N]` stored by rows, both with
+/// every row and batch starting on 16 bytes; `out` contiguous `[batch.., M, N]`; with
+/// `has_bias`, `bias` a contiguous `[N]` added to each f32 accumulator before the one
+/// rounding to `F`. `batch_shape` is the output's batch shape (at least one entry) and the
+/// batch strides are the operands', 0 where broadcast. One cube per output tile.
+#[cube(launch_unchecked, address_type = "dynamic")]
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_pipelined_kernel<F: Float>(
+    lhs: &Tensor<F>,
+    rhs: &Tensor<F>,
+    bias: &Tensor<F>,
+    out: &mut Tensor<F>,
+    batch_shape: Sequence<FastDivmod<usize>>,
+    lhs_batch_strides: Sequence<usize>,
+    rhs_batch_strides: Sequence<usize>,
+    m: usize,
+    n: usize,
+    k: usize,
+    #[comptime] warps_m: usize,
+    #[comptime] warps_n: usize,
+    #[comptime] tiles_m: usize,
+    #[comptime] tiles_n: usize,
+    #[comptime] stage_k: usize,
+    #[comptime] stages: usize,
+    #[comptime] has_bias: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let bm = comptime!(16 * tiles_m * warps_m);
+    let bn = comptime!(8 * tiles_n * warps_n);
+    let a_pitch = comptime!(stage_k + ROW_PAD);
+    let b_pitch = comptime!(bn + ROW_PAD);
+    let a_elems = comptime!(bm * a_pitch);
+    let stage_elems = comptime!(a_elems + stage_k * b_pitch);
+    let units = comptime!(PLANE * warps_m * warps_n);
+    let k_steps = comptime!(stage_k / 16);
+
+    let rank = lhs.rank();
+    let lhs_sm = lhs.stride(rank - 2);
+    let rhs_sk = rhs.stride(rank - 2);
+
+    // Which output tile this cube computes: grouped walk, GROUP_M tile rows column by
+    // column, so that cubes running together share operand panels in L2.
+    let grid_m = m.div_ceil(bm);
+    let grid_n = n.div_ceil(bn);
+    let per_batch = grid_m * grid_n;
+    let batch = CUBE_POS / per_batch;
+    let in_batch = CUBE_POS % per_batch;
+    let group_len = GROUP_M * grid_n;
+    let first_m = (in_batch / group_len) * GROUP_M;
+    let rows_in_group = min(grid_m - first_m, GROUP_M);
+    let tile_m = first_m + (in_batch % group_len) % rows_in_group;
+    let tile_n = (in_batch % group_len) / rows_in_group;
+    let row0 = tile_m * bm;
+    let col0 = tile_n * bn;
+    let lhs_base =
+        index_offset_contiguous_fastdivmod(batch, &batch_shape, &lhs_batch_strides, 1usize);
+    let rhs_base =
+        index_offset_contiguous_fastdivmod(batch, &batch_shape, &rhs_batch_strides, 1usize);
+
+    let lane = UNIT_POS_X as usize;
+    let warp = UNIT_POS_Y as usize;
+    let tid = warp * PLANE + lane;
+    let warp_row = (warp % warps_m) * comptime!(16 * tiles_m);
+    let warp_col = (warp / warps_m) * comptime!(8 * tiles_n);
+
+    let mut smem = SharedMemory::<F>::new_aligned(comptime!(stages * stage_elems), 16usize);
+    // One barrier per stage: a stage's copies complete on it, and every thread arrives on
+    // it before reading the stage, so that its next refill (issued after that wait) never
+    // overwrites what a slower warp still reads.
+    let bar0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar2 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let bar3 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    sync_cube();
+
+    let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+    let mut acc = Array::<Pair<f32>>::new(comptime!(tiles_m * tiles_n * 2));
+    #[unroll]
+    for i in 0..comptime!(tiles_m * tiles_n * 2) {
+        acc[i] = Pair::<f32>::new(0.0);
+    }
+
+    // The lane's row address inside an `ldmatrix.x4`: lanes 8 i .. 8 i + 7 give the rows of
+    // matrix i. For the lhs (stored M x K) matrix i is rows 8 (i % 2) .., K 8 (i / 2) ..:
+    // the A fragment's four registers in order. For the rhs (stored K x N, read transposed)
+    // matrix i is K 8 (i % 2) .., columns 8 (i / 2) ..: the B fragments of two 8-column
+    // tiles.
+    let quad = lane / 8;
+    let a_lane = (warp_row + (quad % 2) * 8 + lane % 8) * a_pitch + (quad / 2) * 8;
+    let b_lane = ((quad % 2) * 8 + lane % 8) * b_pitch + warp_col + (quad / 2) * 8;
+
+    let k_tiles = k.div_ceil(stage_k);
+    // The prologue: the first `stages - 1` stages in flight.
+    #[unroll]
+    for s in 0..comptime!(stages - 1) {
+        if s < k_tiles {
+            load_stage::<F>(
+                lhs,
+                rhs,
+                &mut smem,
+                comptime!(s * stage_elems),
+                lhs_base,
+                rhs_base,
+                lhs_sm,
+                rhs_sk,
+                row0,
+                col0,
+                s * stage_k,
+                m,
+                n,
+                k,
+                tid,
+                bm,
+                bn,
+                stage_k,
+                units,
+            );
+        }
+        if comptime!(s == 0) {
+            bar0.commit_copy_async();
+        } else if comptime!(s == 1) {
+            bar1.commit_copy_async();
+        } else {
+            bar2.commit_copy_async();
+        }
+    }
+
+    let mut first = 0usize;
+    while first < k_tiles {
+        // Unrolled over the stages, so each round's buffer and barrier are constants.
+        #[unroll]
+        for s in 0..stages {
+            let t = first + s;
+            if t < k_tiles {
+                if comptime!(s == 0) {
+                    bar0.arrive_and_wait();
+                } else if comptime!(s == 1) {
+                    bar1.arrive_and_wait();
+                } else if comptime!(s == 2) {
+                    bar2.arrive_and_wait();
+                } else {
+                    bar3.arrive_and_wait();
+                }
+                // Every thread has finished the previous round (it arrived above), so the
+                // buffer that round read may be refilled.
+                let refill = comptime!((s + stages - 1) % stages);
+                let next = t + comptime!(stages - 1);
+                if next < k_tiles {
+                    load_stage::<F>(
+                        lhs,
+                        rhs,
+                        &mut smem,
+                        comptime!(refill * stage_elems),
+                        lhs_base,
+                        rhs_base,
+                        lhs_sm,
+                        rhs_sk,
+                        row0,
+                        col0,
+                        next * stage_k,
+                        m,
+                        n,
+                        k,
+                        tid,
+                        bm,
+                        bn,
+                        stage_k,
+                        units,
+                    );
+                }
+                if comptime!(refill == 0) {
+                    bar0.commit_copy_async();
+                } else if comptime!(refill == 1) {
+                    bar1.commit_copy_async();
+                } else if comptime!(refill == 2) {
+                    bar2.commit_copy_async();
+                } else {
+                    bar3.commit_copy_async();
+                }
+
+                // The stage's 16-deep steps, in increasing K; the next step's fragments are
+                // loaded before this step's MMAs are issued.
+                let a_base = comptime!(s * stage_elems) + a_lane;
+                let b_base = comptime!(s * stage_elems + a_elems) + b_lane;
+                let mut frags_a = Array::<Pair<F>>::new(comptime!(2 * tiles_m * 4));
+                let mut frags_b = Array::<Pair<F>>::new(comptime!(2 * tiles_n * 2));
+                load_fragments::<F>(
+                    &smem,
+                    &mut frags_a,
+                    &mut frags_b,
+                    a_base,
+                    b_base,
+                    0usize,
+                    tiles_m,
+                    tiles_n,
+                    a_pitch,
+                );
+                #[unroll]
+                for ks in 0..k_steps {
+                    if comptime!(ks + 1 < k_steps) {
+                        load_fragments::<F>(
+                            &smem,
+                            &mut frags_a,
+                            &mut frags_b,
+                            a_base + comptime!((ks + 1) * 16),
+                            b_base + comptime!((ks + 1) * 16 * b_pitch),
+                            comptime!((ks + 1) % 2),
+                            tiles_m,
+                            tiles_n,
+                            a_pitch,
+                        );
+                    }
+                    let half = comptime!(ks % 2);
+                    #[unroll]
+                    for i in 0..tiles_m {
+                        let mut a = Array::<Pair<F>>::new(4usize);
+                        #[unroll]
+                        for r in 0..4usize {
+                            a[r] = frags_a[comptime!((half * tiles_m + i) * 4 + r)];
+                        }
+                        #[unroll]
+                        for j in 0..tiles_n {
+                            let mut b = Array::<Pair<F>>::new(2usize);
+                            b[0usize] = frags_b[comptime!((half * tiles_n + j) * 2)];
+                            b[1usize] = frags_b[comptime!((half * tiles_n + j) * 2 + 1)];
+                            let mut c = Array::<Pair<f32>>::new(2usize);
+                            c[0usize] = acc[comptime!((i * tiles_n + j) * 2)];
+                            c[1usize] = acc[comptime!((i * tiles_n + j) * 2 + 1)];
+                            def.execute_inplace(&a, &b, &mut c);
+                            acc[comptime!((i * tiles_n + j) * 2)] = c[0usize];
+                            acc[comptime!((i * tiles_n + j) * 2 + 1)] = c[1usize];
+                        }
+                    }
+                }
+            }
+        }
+        first += stages;
+    }
+
+    // The accumulators, each rounded once to F (after the bias, when there is one). The lane
+    // holds columns `2 (lane % 4) ..` of rows `lane / 4` and `lane / 4 + 8` of each tile.
+    let out_base = batch * m * n;
+    let lane_row = row0 + warp_row + lane / 4;
+    let lane_col = col0 + warp_col + (lane % 4) * 2;
+    #[unroll]
+    for j in 0..tiles_n {
+        let col = lane_col + j * 8;
+        let mut beta = Pair::<f32>::new(0.0);
+        if has_bias {
+            #[unroll]
+            for e in 0..2usize {
+                if col + e < n {
+                    beta[e] = f32::cast_from(bias[col + e]);
+                }
+            }
+        }
+        #[unroll]
+        for i in 0..tiles_m {
+            #[unroll]
+            for h in 0..2usize {
+                let row = lane_row + i * 16 + h * 8;
+                let pair = acc[(i * tiles_n + j) * 2 + h];
+                #[unroll]
+                for e in 0..2usize {
+                    let mut v = pair[e];
+                    if has_bias {
+                        v += beta[e];
+                    }
+                    if row < m && col + e < n {
+                        out[out_base + row * n + col + e] = F::cast_from(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Issues the asynchronous copies of one stage: lhs rows `row0 .. row0 + bm`, K entries
+/// `k0 .. k0 + stage_k` to `smem[base ..]` (rows `stage_k + ROW_PAD` apart), then rhs K rows
+/// `k0 ..`, columns `col0 .. col0 + bn` after it (rows `bn + ROW_PAD` apart). K entries past
+/// `k` arrive as zeros in both operands (a zero-length copy fills its 16 bytes with zeros),
+/// so the padded steps add exact zeros; rows past `m` and columns past `n` read row `m - 1`
+/// or column 0 and feed only outputs that are never stored. K and N are multiples of
+/// [`CHUNK`], so a copy is either whole or empty.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_stage<F: Float>(
+    lhs: &Tensor<F>,
+    rhs: &Tensor<F>,
+    smem: &mut SharedMemory<F>,
+    #[comptime] base: usize,
+    lhs_base: usize,
+    rhs_base: usize,
+    lhs_sm: usize,
+    rhs_sk: usize,
+    row0: usize,
+    col0: usize,
+    k0: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    tid: usize,
+    #[comptime] bm: usize,
+    #[comptime] bn: usize,
+    #[comptime] stage_k: usize,
+    #[comptime] units: usize,
+) {
+    let a_pitch = comptime!(stage_k + ROW_PAD);
+    let b_pitch = comptime!(bn + ROW_PAD);
+    let a_per_row = comptime!(stage_k / CHUNK);
+    let a_total = comptime!(bm * stage_k / CHUNK);
+    #[unroll]
+    for r in 0..comptime!(a_total.div_ceil(units)) {
+        let c = tid + r * units;
+        let mut live = true;
+        if comptime!(!a_total.is_multiple_of(units)) {
+            live = c < a_total;
+        }
+        if live {
+            let row = c / a_per_row;
+            let kc = (c % a_per_row) * comptime!(CHUNK);
+            let gm = min(row0 + row, m - 1);
+            let gk = k0 + kc;
+            let len = select(gk < k, comptime!(CHUNK), 0usize);
+            let src = lhs_base + gm * lhs_sm + select(gk < k, gk, 0usize);
+            let dst = comptime!(base) + row * a_pitch + kc;
+            copy_async_checked(
+                &lhs.slice(src, src + len),
+                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+                comptime!(CHUNK as u32),
+            );
+        }
+    }
+    let b_per_row = comptime!(bn / CHUNK);
+    let b_total = comptime!(stage_k * bn / CHUNK);
+    #[unroll]
+    for r in 0..comptime!(b_total.div_ceil(units)) {
+        let c = tid + r * units;
+        let mut live = true;
+        if comptime!(!b_total.is_multiple_of(units)) {
+            live = c < b_total;
+        }
+        if live {
+            let row = c / b_per_row;
+            let nc = (c % b_per_row) * comptime!(CHUNK);
+            let gk = k0 + row;
+            let gn = col0 + nc;
+            let inside = gk < k && gn < n;
+            let len = select(inside, comptime!(CHUNK), 0usize);
+            let src =
+                rhs_base + select(gk < k, gk, 0usize) * rhs_sk + select(gn < n, gn, 0usize);
+            let dst = comptime!(base + bm * a_pitch) + row * b_pitch + nc;
+            copy_async_checked(
+                &rhs.slice(src, src + len),
+                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+                comptime!(CHUNK as u32),
+            );
+        }
+    }
+}
+
+/// The warp's A fragments (`tiles_m` 16-row tiles) and B fragments (`tiles_n` 8-column
+/// tiles) of one 16-deep step, into half `half` of the fragment arrays. `a_at` and `b_at`
+/// are the lane's `ldmatrix` row addresses for the step's first tiles.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_fragments<F: Float>(
+    smem: &SharedMemory<F>,
+    frags_a: &mut Array<Pair<F>>,
+    frags_b: &mut Array<Pair<F>>,
+    a_at: usize,
+    b_at: usize,
+    #[comptime] half: usize,
+    #[comptime] tiles_m: usize,
+    #[comptime] tiles_n: usize,
+    #[comptime] a_pitch: usize,
+) {
+    let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+    #[unroll]
+    for i in 0..tiles_m {
+        let at = a_at + comptime!(i * 16 * a_pitch);
+        let regs =
+            def.load_matrix::<F, Const<2>>(&smem.slice(at, at + 8), MatrixIdent::A, 4usize, false);
+        #[unroll]
+        for r in 0..4usize {
+            frags_a[comptime!((half * tiles_m + i) * 4 + r)] = regs[r];
+        }
+    }
+    #[unroll]
+    for jp in 0..comptime!(tiles_n / 2) {
+        let at = b_at + comptime!(jp * 16);
+        let regs =
+            def.load_matrix::<F, Const<2>>(&smem.slice(at, at + 8), MatrixIdent::B, 4usize, true);
+        #[unroll]
+        for r in 0..4usize {
+            frags_b[comptime!((half * tiles_n + jp * 2) * 2 + r)] = regs[r];
+        }
+    }
+}
+
+/// 128x256 outputs per cube, eight warps of 64x64, 32 K entries per stage, four stages:
+/// large problems.
+pub const PIPE_WIDE: PipelinedTiling = PipelinedTiling {
+    name: "pipe-128x256",
+    warps: (2, 4),
+    warp_tiles: (4, 8),
+    stage_k: 32,
+    stages: 4,
+};
+
+/// 256x128 outputs per cube, eight warps of 64x64: [`PIPE_WIDE`] turned on its side.
+pub const PIPE_TALL: PipelinedTiling = PipelinedTiling {
+    name: "pipe-256x128",
+    warps: (4, 2),
+    warp_tiles: (4, 8),
+    stage_k: 32,
+    stages: 4,
+};
+
+/// 128x128 outputs per cube, four warps of 64x64: mid-sized problems, twice the cubes of
+/// [`PIPE_WIDE`].
+pub const PIPE_MEDIUM: PipelinedTiling = PipelinedTiling {
+    name: "pipe-128x128",
+    warps: (2, 2),
+    warp_tiles: (4, 8),
+    stage_k: 32,
+    stages: 4,
+};
+
+/// 64x64 outputs per cube, four warps of 64x16, 64 K entries per stage: up to 64 rows.
+pub const PIPE_SKINNY: PipelinedTiling = PipelinedTiling {
+    name: "pipe-64x64",
+    warps: (1, 4),
+    warp_tiles: (4, 2),
+    stage_k: 64,
+    stages: 4,
+};
+
+/// 16x32 outputs per cube, two warps of 16x16, 128 K entries per stage: decode, where the
+/// work is reading the weight, spread over as many cubes as the columns allow.
+pub const PIPE_NARROW: PipelinedTiling = PipelinedTiling {
+    name: "pipe-16x32",
+    warps: (1, 2),
+    warp_tiles: (1, 2),
+    stage_k: 128,
+    stages: 4,
+};
+
+/// Every tiling the router may pick; the suite compares each with the routed result.
+pub const PIPELINED_TILINGS: [PipelinedTiling; 5] =
+    [PIPE_NARROW, PIPE_SKINNY, PIPE_MEDIUM, PIPE_WIDE, PIPE_TALL];
+
+/// The tiling for `m` rows per batch. Only speed depends on it.
+pub fn pipelined_tiling_for(m: usize) -> PipelinedTiling {
+    if m <= super::NARROW_MAX_M {
+        PIPE_NARROW
+    } else if m <= super::SKINNY_MAX_M {
+        PIPE_SKINNY
+    } else if m <= super::MEDIUM_MAX_M {
+        PIPE_MEDIUM
+    } else {
+        PIPE_WIDE
+    }
+}
+
+/// Whether the runtime behind `client` runs this kernel for `dtype` with `tiling`: f16 or
+/// bf16, `mma.sync` m16n8k16 with 32-lane warps, and the tiling's shared memory.
+pub fn is_supported<R: Runtime>(
+    client: &ComputeClient<R>,
+    dtype: StorageType,
+    tiling: PipelinedTiling,
+) -> bool {
+    let properties = client.properties();
+    is_half(dtype)
+        && tiling.is_valid()
+        && super::tensor_core::is_supported(client, dtype, super::TileKind::MmaSync)
+        && properties.hardware.plane_size_min == PLANE as u32
+        && tiling.shared_bytes() + 64 <= properties.hardware.max_shared_memory_size
+        && tiling.units() <= properties.hardware.max_units_per_cube as usize
+}
+
+/// Whether the kernel reads `b` as stored: rows contiguous, and every row and batch starting
+/// on 16 bytes (its copies move 16 aligned bytes). `b` has had its extent-1 strides
+/// normalised. Depends on the layout and K or N, never on M alone.
+pub fn reads_as_stored<R: Runtime>(b: &TensorBinding<R>) -> bool {
+    let rank = b.shape.len();
+    let offset = b.handle.offset_start.unwrap_or(0);
+    b.strides[rank - 1] == 1
+        && b.shape[rank - 1].is_multiple_of(CHUNK)
+        && b.strides[..rank - 1]
+            .iter()
+            .all(|s| s.is_multiple_of(CHUNK))
+        && offset.is_multiple_of(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every routed tiling runs on a device with 227 KiB of shared memory per cube and at
+    /// most 1024 threads, and the router picks only listed tilings.
+    #[test]
+    fn routed_tilings_are_valid_and_listed() {
+        for tiling in PIPELINED_TILINGS {
+            assert!(tiling.is_valid(), "{}", tiling.name);
+            assert!(tiling.shared_bytes() <= 227 * 1024, "{}", tiling.name);
+            assert!(tiling.units() <= 1024, "{}", tiling.name);
+        }
+        for m in [1, 16, 17, 64, 65, 256, 257, 4096] {
+            assert!(PIPELINED_TILINGS.contains(&pipelined_tiling_for(m)), "M = {m}");
+        }
+    }
+
+    #[test]
+    fn cube_outputs_follow_warps_and_tiles() {
+        assert_eq!(PIPE_WIDE.cube_outputs(), (128, 256));
+        assert_eq!(PIPE_TALL.cube_outputs(), (256, 128));
+        assert_eq!(PIPE_NARROW.cube_outputs(), (16, 32));
+        // Four stages of a 128x32 lhs block and a 32x256 rhs block, rows padded by 8.
+        assert_eq!(PIPE_WIDE.shared_bytes(), 2 * 4 * (128 * 40 + 32 * 264));
+    }
+}
