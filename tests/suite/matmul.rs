@@ -483,6 +483,10 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 }
                 MatmulPath::Portable { .. } => None,
             };
+            // Shapes the pipelined kernel reads are compared with its tilings and cubek's
+            // routed tiling on each loader; cubek's full set of tilings runs on the others
+            // (each of its kernels is compiled per shape).
+            let pipelined_reads = k % 8 == 0 && n % 8 == 0;
             let mut others = Vec::new();
             if let Some((routed_tiling, loader)) = cubek_routed {
                 let kinds: &[TileKind] = if tensor_core::forms_agree(storage) {
@@ -490,7 +494,12 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 } else {
                     std::slice::from_ref(&routed_tiling.kind)
                 };
-                for &tiling in tilings_for(storage) {
+                let tilings = if pipelined_reads {
+                    std::slice::from_ref(&routed_tiling)
+                } else {
+                    tilings_for(storage)
+                };
+                for &tiling in tilings {
                     for &kind in kinds {
                         others.push((TensorCoreTiling { kind, ..tiling }, loader));
                     }
@@ -512,7 +521,7 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 .into_iter()
                 .map(|(tiling, loader)| MatmulPath::TensorCore { tiling, loader })
                 .collect();
-            if k % 8 == 0 && n % 8 == 0 {
+            if pipelined_reads {
                 others.extend(
                     PIPELINED_TILINGS
                         .into_iter()

@@ -8,7 +8,8 @@
 //! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings), `--dtype
 //! bf16|f16|f32` (one dtype), `--m M` (one row count, in the table and the sweep),
 //! `--candidate NAME:PM,PN,PK:SM,SN` (one more tiling for the sweep, repeatable),
-//! `--pipe NAME:WM,WN:TM,TN:SK,ST` (one more tiling of the pipelined kernel, repeatable),
+//! `--pipe NAME:WM,WN:TM,TN:SK,ST` (a tiling of the pipelined kernel to sweep in place of
+//! the routed ones, repeatable),
 //! `--pipelined-only` (the sweep times only the pipelined kernel),
 //! `--profile` (only our product, three calls per shape, untimed: what `ncu` profiles),
 //! `--linear` (`x @ W + b` through `burn::tensor::module::linear` instead of the plain
@@ -338,14 +339,17 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
     // Our pipelined kernel: its router tilings and `--pipe NAME:WM,WN:TM,TN:SK,ST`
     // (repeatable) candidates, at every row count of the sweep.
     let pipelined_only = flag("--pipelined-only");
-    let pipelined: Vec<PipelinedTiling> = PIPELINED_TILINGS
-        .into_iter()
-        .chain(
-            args.windows(2)
-                .filter(|w| w[0] == "--pipe")
-                .map(|w| parse_pipelined(&w[1])),
-        )
+    // (Given `--pipe`, only those.)
+    let extra_pipelined: Vec<PipelinedTiling> = args
+        .windows(2)
+        .filter(|w| w[0] == "--pipe")
+        .map(|w| parse_pipelined(&w[1]))
         .collect();
+    let pipelined: Vec<PipelinedTiling> = if extra_pipelined.is_empty() {
+        PIPELINED_TILINGS.to_vec()
+    } else {
+        extra_pipelined
+    };
     let mut out = Vec::new();
     println!("\ntensor-core tilings, {dtype:?}, direct launch");
     for &(k, n) in &[(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {

@@ -92,6 +92,20 @@ impl PipelinedTiling {
             && self.stages >= 2
             && self.stages <= MAX_STAGES
             && self.warps.0 * self.warps.1 <= 32
+            && self.copies_divide()
+    }
+
+    /// Whether every thread copies the same number of 16-byte chunks of each operand per
+    /// stage, and a whole number of threads covers each staged row: the kernel works out
+    /// each thread's copies once, as one row, column and stride.
+    const fn copies_divide(&self) -> bool {
+        let (bm, bn) = self.cube_outputs();
+        let units = self.units();
+        let (a_per_row, b_per_row) = (self.stage_k / CHUNK, bn / CHUNK);
+        (bm * a_per_row).is_multiple_of(units)
+            && units.is_multiple_of(a_per_row)
+            && (self.stage_k * b_per_row).is_multiple_of(units)
+            && units.is_multiple_of(b_per_row)
     }
 }
 
@@ -194,6 +208,37 @@ pub fn matmul_pipelined_kernel<F: Float>(
     let a_lane = (warp_row + (quad % 2) * 8 + lane % 8) * a_pitch + (quad / 2) * 8;
     let b_lane = ((quad % 2) * 8 + lane % 8) * b_pitch + warp_col + (quad / 2) * 8;
 
+    // The thread's copies, worked out once: chunk `r` of the lhs block is tile row `a_row +
+    // r * a_step`, K entries `a_kc ..` of the stage; chunk `r` of the rhs block is stage row
+    // `b_row + r * b_step`, columns `b_nc ..`. Rows past M and columns past N copy nothing
+    // (zeros) from a clamped, valid address; their outputs are never stored.
+    let a_per_row = comptime!(stage_k / CHUNK);
+    let a_step = comptime!(units / a_per_row);
+    let a_iters = comptime!(bm * stage_k / CHUNK / units);
+    let a_row = tid / a_per_row;
+    let a_kc = (tid % a_per_row) * comptime!(CHUNK);
+    let mut a_off = Array::<usize>::new(a_iters);
+    let mut a_len = Array::<usize>::new(a_iters);
+    #[unroll]
+    for r in 0..a_iters {
+        let row = row0 + a_row + r * a_step;
+        a_off[r] = lhs_base + min(row, m - 1) * lhs_sm + a_kc;
+        a_len[r] = select(row < m, comptime!(CHUNK), 0usize);
+    }
+    let b_per_row = comptime!(bn / CHUNK);
+    let b_step = comptime!(units / b_per_row);
+    let b_row = tid / b_per_row;
+    let b_col = col0 + (tid % b_per_row) * comptime!(CHUNK);
+    let b_off = rhs_base + select(b_col < n, b_col, 0usize);
+    let b_len = select(b_col < n, comptime!(CHUNK), 0usize);
+    let plan = CopyPlan {
+        a_kc,
+        b_row,
+        b_off,
+        b_len,
+        b_jump: b_step * rhs_sk,
+    };
+
     let k_tiles = k.div_ceil(stage_k);
     // The prologue: the first `stages - 1` stages in flight.
     #[unroll]
@@ -203,16 +248,12 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 lhs,
                 rhs,
                 &mut smem,
+                &a_off,
+                &a_len,
+                &plan,
                 comptime!(s * stage_elems),
-                lhs_base,
-                rhs_base,
-                lhs_sm,
                 rhs_sk,
-                row0,
-                col0,
                 s * stage_k,
-                m,
-                n,
                 k,
                 tid,
                 bm,
@@ -255,16 +296,12 @@ pub fn matmul_pipelined_kernel<F: Float>(
                         lhs,
                         rhs,
                         &mut smem,
+                        &a_off,
+                        &a_len,
+                        &plan,
                         comptime!(refill * stage_elems),
-                        lhs_base,
-                        rhs_base,
-                        lhs_sm,
                         rhs_sk,
-                        row0,
-                        col0,
                         next * stage_k,
-                        m,
-                        n,
                         k,
                         tid,
                         bm,
@@ -380,29 +417,39 @@ pub fn matmul_pipelined_kernel<F: Float>(
     }
 }
 
-/// Issues the asynchronous copies of one stage: lhs rows `row0 .. row0 + bm`, K entries
-/// `k0 .. k0 + stage_k` to `smem[base ..]` (rows `stage_k + ROW_PAD` apart), then rhs K rows
-/// `k0 ..`, columns `col0 .. col0 + bn` after it (rows `bn + ROW_PAD` apart). K entries past
-/// `k` arrive as zeros in both operands (a zero-length copy fills its 16 bytes with zeros),
-/// so the padded steps add exact zeros; rows past `m` and columns past `n` read row `m - 1`
-/// or column 0 and feed only outputs that are never stored. K and N are multiples of
-/// [`CHUNK`], so a copy is either whole or empty.
+/// The per-thread part of [`load_stage`] that does not change from stage to stage.
+#[derive(CubeType)]
+struct CopyPlan {
+    /// K entry of the thread's lhs chunks within a stage.
+    a_kc: usize,
+    /// Stage row of the thread's first rhs chunk.
+    b_row: usize,
+    /// Offset of the thread's rhs column (clamped to column 0 past N).
+    b_off: usize,
+    /// Elements the thread's rhs chunks copy: 8, or 0 past N.
+    b_len: usize,
+    /// Offset between the thread's rhs chunks (`b_step` rows).
+    b_jump: usize,
+}
+
+/// Issues the asynchronous copies of one stage: the lhs block (`bm` rows of `stage_k` K
+/// entries from `k0`) to `smem[base ..]`, rows `stage_k + ROW_PAD` apart, then the rhs
+/// block (`stage_k` K rows from `k0`, `bn` columns) after it, rows `bn + ROW_PAD` apart.
+/// K entries past `k` arrive as zeros in both operands (a zero-length copy fills its 16
+/// bytes with zeros), so the padded steps add exact zeros; so do rows past M and columns
+/// past N (see the plan). K and N are multiples of [`CHUNK`], so a copy is whole or empty.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_stage<F: Float>(
     lhs: &Tensor<F>,
     rhs: &Tensor<F>,
     smem: &mut SharedMemory<F>,
+    a_off: &Array<usize>,
+    a_len: &Array<usize>,
+    plan: &CopyPlan,
     #[comptime] base: usize,
-    lhs_base: usize,
-    rhs_base: usize,
-    lhs_sm: usize,
     rhs_sk: usize,
-    row0: usize,
-    col0: usize,
     k0: usize,
-    m: usize,
-    n: usize,
     k: usize,
     tid: usize,
     #[comptime] bm: usize,
@@ -413,54 +460,38 @@ fn load_stage<F: Float>(
     let a_pitch = comptime!(stage_k + ROW_PAD);
     let b_pitch = comptime!(bn + ROW_PAD);
     let a_per_row = comptime!(stage_k / CHUNK);
-    let a_total = comptime!(bm * stage_k / CHUNK);
+    let a_step = comptime!(units / a_per_row);
+    let a_iters = comptime!(bm * stage_k / CHUNK / units);
+    let a_in_k = k0 + plan.a_kc < k;
+    let a_shift = select(a_in_k, k0, 0usize);
+    let a_dst = comptime!(base) + (tid / a_per_row) * a_pitch + plan.a_kc;
     #[unroll]
-    for r in 0..comptime!(a_total.div_ceil(units)) {
-        let c = tid + r * units;
-        let mut live = true;
-        if comptime!(!a_total.is_multiple_of(units)) {
-            live = c < a_total;
-        }
-        if live {
-            let row = c / a_per_row;
-            let kc = (c % a_per_row) * comptime!(CHUNK);
-            let gm = min(row0 + row, m - 1);
-            let gk = k0 + kc;
-            let len = select(gk < k, comptime!(CHUNK), 0usize);
-            let src = lhs_base + gm * lhs_sm + select(gk < k, gk, 0usize);
-            let dst = comptime!(base) + row * a_pitch + kc;
-            copy_async_checked(
-                &lhs.slice(src, src + len),
-                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
-                comptime!(CHUNK as u32),
-            );
-        }
+    for r in 0..a_iters {
+        let src = a_off[r] + a_shift;
+        let len = select(a_in_k, a_len[r], 0usize);
+        let dst = a_dst + comptime!(r * a_step * a_pitch);
+        copy_async_checked(
+            &lhs.slice(src, src + len),
+            &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+            comptime!(CHUNK as u32),
+        );
     }
     let b_per_row = comptime!(bn / CHUNK);
-    let b_total = comptime!(stage_k * bn / CHUNK);
+    let b_step = comptime!(units / b_per_row);
+    let b_iters = comptime!(stage_k * bn / CHUNK / units);
+    let b_src = plan.b_off + (k0 + plan.b_row) * rhs_sk;
+    let b_dst = comptime!(base + bm * a_pitch) + plan.b_row * b_pitch + (tid % b_per_row) * comptime!(CHUNK);
     #[unroll]
-    for r in 0..comptime!(b_total.div_ceil(units)) {
-        let c = tid + r * units;
-        let mut live = true;
-        if comptime!(!b_total.is_multiple_of(units)) {
-            live = c < b_total;
-        }
-        if live {
-            let row = c / b_per_row;
-            let nc = (c % b_per_row) * comptime!(CHUNK);
-            let gk = k0 + row;
-            let gn = col0 + nc;
-            let inside = gk < k && gn < n;
-            let len = select(inside, comptime!(CHUNK), 0usize);
-            let src =
-                rhs_base + select(gk < k, gk, 0usize) * rhs_sk + select(gn < n, gn, 0usize);
-            let dst = comptime!(base + bm * a_pitch) + row * b_pitch + nc;
-            copy_async_checked(
-                &rhs.slice(src, src + len),
-                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
-                comptime!(CHUNK as u32),
-            );
-        }
+    for r in 0..b_iters {
+        let in_k = k0 + plan.b_row + comptime!(r * b_step) < k;
+        let src = select(in_k, b_src + r * plan.b_jump, plan.b_off);
+        let len = select(in_k, plan.b_len, 0usize);
+        let dst = b_dst + comptime!(r * b_step * b_pitch);
+        copy_async_checked(
+            &rhs.slice(src, src + len),
+            &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+            comptime!(CHUNK as u32),
+        );
     }
 }
 
