@@ -474,10 +474,7 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
             let cubek_routed = match routed_path {
                 MatmulPath::TensorCore { tiling, loader } => Some((tiling, loader)),
                 MatmulPath::Pipelined { .. } => {
-                    let sms = client
-                        .properties()
-                        .hardware
-                        .num_streaming_multiprocessors;
+                    let sms = client.properties().hardware.num_streaming_multiprocessors;
                     let tiling = tensor_core::tiling_for(m, n, batch, storage, sms);
                     Some((tiling, Loader::SpecializedTma))
                 }

@@ -380,10 +380,12 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
                 .iter()
                 .filter(|(_, for_ms, _)| !pipelined_only && for_ms.contains(&m))
                 .flat_map(|&(tiling, _, variants)| {
-                    variants.iter().map(move |&(loader, kind)| MatmulPath::TensorCore {
-                        tiling: TensorCoreTiling { kind, ..tiling },
-                        loader,
-                    })
+                    variants
+                        .iter()
+                        .map(move |&(loader, kind)| MatmulPath::TensorCore {
+                            tiling: TensorCoreTiling { kind, ..tiling },
+                            loader,
+                        })
                 });
             let pipelined_runs = pipelined
                 .iter()
@@ -476,9 +478,11 @@ fn parse_pipelined(spec: &str) -> PipelinedTiling {
     let [name, warps, tiles, stage] = parts[..] else {
         usage()
     };
-    let (&[wm, wn], &[tm, tn], &[sk, st]) =
-        (&numbers(warps)[..], &numbers(tiles)[..], &numbers(stage)[..])
-    else {
+    let (&[wm, wn], &[tm, tn], &[sk, st]) = (
+        &numbers(warps)[..],
+        &numbers(tiles)[..],
+        &numbers(stage)[..],
+    ) else {
         usage()
     };
     let tiling = PipelinedTiling {

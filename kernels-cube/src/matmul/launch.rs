@@ -9,7 +9,7 @@ use cubecl::std::FastDivmod;
 use super::kernel::{
     matmul_portable_kernel, PortableTiling, CUBE_SIDE, PORTABLE_NARROW, PORTABLE_WIDE,
 };
-use super::pipelined::{self, matmul_pipelined_kernel, pipelined_tiling_for, PipelinedTiling};
+use super::pipelined::{self, matmul_pipelined_kernel, PipelinedTiling};
 use super::tensor_core::{self, tiling_for, Loader, TensorCoreTiling};
 use super::F32Precision;
 use crate::layout::{contiguous_strides, max_offset};
@@ -23,7 +23,9 @@ pub enum MatmulPath {
         loader: Loader,
     },
     /// [`super::pipelined::matmul_pipelined_kernel()`]: our own `mma.sync` kernel for f16
-    /// and bf16.
+    /// and bf16, with the tensor-core path's bits. The router does not take it yet (it is
+    /// slower than cubek's routine, see docs/performance.md); the benchmark's sweep and the
+    /// tests launch it by name.
     Pipelined { tiling: PipelinedTiling },
     /// [`super::kernel::matmul_portable_kernel()`], one multiply-add per k in f32.
     Portable { tiling: PortableTiling },
@@ -177,13 +179,6 @@ pub fn choose_path<R: Runtime>(
     let ieee = precision == F32Precision::Ieee && dtype == tensor_core::F32;
     if k == 0 || ieee {
         return portable;
-    }
-    let pipelined = pipelined_tiling_for(m);
-    if pipelined::is_supported(client, dtype, pipelined)
-        && pipelined::reads_as_stored(&unit_strides_normalized(lhs.clone(), dtype))
-        && pipelined::reads_as_stored(&unit_strides_normalized(rhs.clone(), dtype))
-    {
-        return MatmulPath::Pipelined { tiling: pipelined };
     }
     let sms = client.properties().hardware.num_streaming_multiprocessors;
     let tiling = tiling_for(m, n, batches, dtype, sms);

@@ -14,6 +14,9 @@
 //!   identical for every row and column of the fragment. The kernel is cubek's tiled matmul
 //!   driven by a *forced* blueprint ([`tensor_core`]), so no heuristic and no autotuner
 //!   picks anything: the tile instruction, the dtypes and the K walk are constants here.
+//!   [`MatmulPath::Pipelined`] is our own `mma.sync` kernel for f16 and bf16
+//!   ([`pipelined`]) with the same K walk and instruction, hence the same bits; the router
+//!   does not take it while cubek's routine is faster.
 //! * **Portable** ([`MatmulPath::Portable`], everything else, e.g. lavapipe; K = 0
 //!   everywhere; f32 with [`F32Precision::Ieee`]): our own persistent kernel
 //!   ([`kernel::matmul_portable_kernel()`]), one f32 multiply-add per k, in increasing k, on
@@ -46,8 +49,7 @@ pub mod tensor_core;
 pub use kernel::{PortableTiling, PORTABLE_NARROW, PORTABLE_WIDE};
 pub use launch::{launch_matmul, portable_tiling_for, MatmulError, MatmulLaunch, MatmulPath};
 pub use pipelined::{
-    pipelined_tiling_for, PipelinedTiling, PIPELINED_TILINGS, PIPE_MEDIUM, PIPE_NARROW,
-    PIPE_SKINNY, PIPE_TALL, PIPE_WIDE,
+    PipelinedTiling, PIPELINED_TILINGS, PIPE_MEDIUM, PIPE_NARROW, PIPE_SKINNY, PIPE_TALL, PIPE_WIDE,
 };
 pub use tensor_core::{
     tiling_for, tilings_for, Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32,
