@@ -26,43 +26,65 @@ const SHAPES: [(usize, usize); 5] = [(1, 7), (7, 129), (129, 1), (4097, 129), (1
 fn rows_are_invariant<B: KernelHost>(device: &B::Device) {
     let _mode = mode_shared();
     let _serial = serial();
-    let max = *ROWS.last().unwrap();
+    let last = ROWS[ROWS.len() - 1] - 1;
     for dtype in float_dtypes::<B>(device) {
         for (k, n) in SHAPES {
-            let x = tensor::<BatchInvariant<B>, 2>(
-                random_values(max * k, 100 + k as u64),
-                [max, k],
-                dtype,
-                device,
-            );
-            let w = tensor::<BatchInvariant<B>, 2>(
-                random_values(k * n, 200 + n as u64),
-                [k, n],
-                dtype,
-                device,
-            );
-            let full = x.clone().matmul(w.clone());
-            for m in ROWS {
-                let part = x.clone().narrow(0, 0, m).matmul(w.clone());
-                assert!(
-                    bits(part) == bits(full.clone().narrow(0, 0, m)),
-                    "{dtype:?} K={k} N={n}: the first {m} rows differ from the same rows of a {max}-row product"
-                );
-            }
-            for r in [0, 1, 63, 64, 500, max - 1] {
-                let alone = x.clone().narrow(0, r, 1).matmul(w.clone());
-                assert!(
-                    bits(alone) == bits(full.clone().narrow(0, r, 1)),
-                    "{dtype:?} K={k} N={n}: row {r} alone differs from row {r} of a {max}-row product"
-                );
-            }
-            let again = x.clone().matmul(w.clone());
-            assert!(
-                bits(again) == bits(full),
-                "{dtype:?} K={k} N={n}: the same product twice differs"
-            );
+            assert_rows_invariant::<B>(device, dtype, k, n, &ROWS, &[0, 1, 63, 64, 500, last]);
         }
     }
+}
+
+/// K and N both odd and past a 4096 boundary: the last K step and the last column tile of
+/// every tiling are ragged. Fewer rows than [`ROWS`], as the CPU path multiplies them one
+/// multiply-add at a time.
+fn odd_wide_rows_are_invariant<B: KernelHost>(device: &B::Device) {
+    let _mode = mode_shared();
+    let _serial = serial();
+    for dtype in float_dtypes::<B>(device) {
+        assert_rows_invariant::<B>(device, dtype, 4099, 3001, &[1, 3, 7, 64], &[0, 5, 63]);
+    }
+}
+
+/// `x @ w` for a `[max(rows), k]` x and a `[k, n]` w: the first `m` rows alone for every
+/// `m` in `rows`, and each row of `alone` by itself, give the bits of the same rows of the
+/// full product; and the product run twice gives the same bits.
+fn assert_rows_invariant<B: KernelHost>(
+    device: &B::Device,
+    dtype: FloatDType,
+    k: usize,
+    n: usize,
+    rows: &[usize],
+    alone: &[usize],
+) {
+    let max = *rows.iter().max().unwrap();
+    let x = tensor::<BatchInvariant<B>, 2>(
+        random_values(max * k, 100 + k as u64),
+        [max, k],
+        dtype,
+        device,
+    );
+    let w =
+        tensor::<BatchInvariant<B>, 2>(random_values(k * n, 200 + n as u64), [k, n], dtype, device);
+    let full = x.clone().matmul(w.clone());
+    for &m in rows {
+        let part = x.clone().narrow(0, 0, m).matmul(w.clone());
+        assert!(
+            bits(part) == bits(full.clone().narrow(0, 0, m)),
+            "{dtype:?} K={k} N={n}: the first {m} rows differ from the same rows of a {max}-row product"
+        );
+    }
+    for &r in alone {
+        let one = x.clone().narrow(0, r, 1).matmul(w.clone());
+        assert!(
+            bits(one) == bits(full.clone().narrow(0, r, 1)),
+            "{dtype:?} K={k} N={n}: row {r} alone differs from row {r} of a {max}-row product"
+        );
+    }
+    let again = x.clone().matmul(w.clone());
+    assert!(
+        bits(again) == bits(full),
+        "{dtype:?} K={k} N={n}: the same product twice differs"
+    );
 }
 
 /// An lhs read down its columns, the transposed view of an `[K, M]` buffer: its K stride is
@@ -861,6 +883,11 @@ fn matmul_linear_rounds_once() {
 #[test]
 fn matmul_rows_are_batch_invariant() {
     on_test_backend!(rows_are_invariant);
+}
+
+#[test]
+fn matmul_odd_wide_rows_are_batch_invariant() {
+    on_test_backend!(odd_wide_rows_are_invariant);
 }
 
 #[test]
