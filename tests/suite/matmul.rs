@@ -492,22 +492,17 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
             // tilings in both instruction forms (where the runtime has them) with the routed
             // loader, the other loaders on the routed tiling, and in f16 and bf16 every
             // tiling of the pipelined kernel where it reads the operands as stored. TF32
-            // keeps one form: the two do not agree there.
-            let cubek_routed = match routed_path {
-                MatmulPath::TensorCore { tiling, loader } => Some((tiling, loader)),
-                MatmulPath::Pipelined { .. } => {
-                    let sms = client.properties().hardware.num_streaming_multiprocessors;
-                    let tiling = tensor_core::tiling_for(m, n, batch, storage, sms);
-                    Some((tiling, Loader::SpecializedTma))
-                }
-                MatmulPath::Portable { .. } => None,
-            };
-            // Shapes the pipelined kernel reads are compared with its tilings and cubek's
-            // routed tiling on each loader; cubek's full set of tilings runs on the others
-            // (each of its kernels is compiled per shape).
-            let pipelined_reads = k % 8 == 0 && n % 8 == 0;
+            // keeps one form: the two do not agree there. On shapes the pipelined kernel
+            // reads, cubek runs only its routed tiling (each of its kernels is compiled per
+            // shape).
+            let pipelined_reads = pipelined::reads_as_stored(&lhs.clone().binding())
+                && pipelined::reads_as_stored(&rhs.clone().binding());
             let mut others = Vec::new();
-            if let Some((routed_tiling, loader)) = cubek_routed {
+            if let MatmulPath::TensorCore {
+                tiling: routed_tiling,
+                loader,
+            } = routed_path
+            {
                 let kinds: &[TileKind] = if tensor_core::forms_agree(storage) {
                     &[TileKind::Wmma, TileKind::MmaSync]
                 } else {
