@@ -49,7 +49,7 @@ pub mod tensor_core;
 pub use kernel::{PortableTiling, PORTABLE_NARROW, PORTABLE_WIDE};
 pub use launch::{launch_matmul, portable_tiling_for, MatmulError, MatmulLaunch, MatmulPath};
 pub use pipelined::{
-    PipelinedTiling, PIPELINED_TILINGS, PIPE_MEDIUM, PIPE_NARROW, PIPE_SKINNY, PIPE_TALL, PIPE_WIDE,
+    PipelinedTiling, PIPELINED_TILINGS, PIPE_MEDIUM, PIPE_NARROW, PIPE_NARROW_WIDE, PIPE_SKINNY,
 };
 pub use tensor_core::{
     tiling_for, tilings_for, Loader, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32,

@@ -20,12 +20,17 @@
 //!
 //! # Where it stands
 //!
-//! The router does not take this kernel: on an H200 its best tiling takes 1.17-1.37x the
-//! time of cubek's routine at M >= 1024, and 0.97-2.33x at M <= 256
-//! (docs/performance.md, "What limits the matmul"). It gives the tensor-core path's bits on
-//! every shape measured, so the router can move any size class to it the day it wins,
-//! without changing a result. The benchmark's sweep (`bench_matmul --tilings-only
-//! --pipelined-only`, `--pipe` for other tilings) times it; the suite compares it bitwise.
+//! The router does not take this kernel yet. On an H100, against cubek's routine in the
+//! same job (docs/performance.md, "What limits the matmul"): at M = 1 its decode tilings
+//! take 0.87x and 0.95x cubek's time on the two weights with K or N = 14336 and 1.02x on
+//! 4096 x 4096; at M = 16, 1.01-1.06x; at M = 64, 1.03-1.23x; at M >= 256, 1.13-1.36x.
+//! Profiled at 4096^3, its 128x128 cubes keep L2 84% busy while the tensor pipe is 52%
+//! busy: every cube re-reads its operand panels from L2 at each stage, so larger cubes or
+//! cubes that share their loads come next. It gives the tensor-core path's bits on every
+//! shape measured, so the router can move any size class to it without changing a result
+//! once the suite's edge shapes (partial tiles, K tails, batches, bias) have passed on a
+//! GPU. The benchmark's sweep (`bench_matmul --tilings-only --pipelined-only`, `--pipe` for other
+//! tilings) times it; the suite compares it bitwise.
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::ir::{ElemType, FloatKind, MatrixIdent};
@@ -101,6 +106,20 @@ impl PipelinedTiling {
             && self.stages >= 2
             && self.stages <= MAX_STAGES
             && self.warps.0 * self.warps.1 <= 32
+            && self.copies_divide()
+    }
+
+    /// Whether every thread copies the same number of 16-byte chunks of each operand per
+    /// stage, and a whole number of threads covers each staged row: the kernel works out
+    /// each thread's copies once, as one row, column and stride.
+    const fn copies_divide(&self) -> bool {
+        let (bm, bn) = self.cube_outputs();
+        let units = self.units();
+        let (a_per_row, b_per_row) = (self.stage_k / CHUNK, bn / CHUNK);
+        (bm * a_per_row).is_multiple_of(units)
+            && units.is_multiple_of(a_per_row)
+            && (self.stage_k * b_per_row).is_multiple_of(units)
+            && units.is_multiple_of(b_per_row)
     }
 }
 
@@ -203,6 +222,38 @@ pub fn matmul_pipelined_kernel<F: Float>(
     let a_lane = (warp_row + (quad % 2) * 8 + lane % 8) * a_pitch + (quad / 2) * 8;
     let b_lane = ((quad % 2) * 8 + lane % 8) * b_pitch + warp_col + (quad / 2) * 8;
 
+    // The thread's copies, worked out once: chunk `r` of the lhs block is tile row `a_row +
+    // r * a_step`, K entries `a_kc ..` of the stage; chunk `r` of the rhs block is stage row
+    // `b_row + r * b_step`, columns `b_col ..`. Rows past M and columns past N copy no bytes
+    // (the copy fills its 16 bytes with zeros) from a clamped, valid address; their outputs
+    // are never stored.
+    let a_per_row = comptime!(stage_k / CHUNK);
+    let a_step = comptime!(units / a_per_row);
+    let a_iters = comptime!(bm * stage_k / CHUNK / units);
+    let a_row = tid / a_per_row;
+    let a_kc = (tid % a_per_row) * comptime!(CHUNK);
+    let mut a_off = Array::<usize>::new(a_iters);
+    let mut a_len = Array::<usize>::new(a_iters);
+    #[unroll]
+    for r in 0..a_iters {
+        let row = row0 + a_row + r * a_step;
+        a_off[r] = lhs_base + min(row, m - 1) * lhs_sm + a_kc;
+        a_len[r] = select(row < m, comptime!(CHUNK), 0usize);
+    }
+    let b_per_row = comptime!(bn / CHUNK);
+    let b_step = comptime!(units / b_per_row);
+    let b_row = tid / b_per_row;
+    let b_col = col0 + (tid % b_per_row) * comptime!(CHUNK);
+    let b_off = rhs_base + select(b_col < n, b_col, 0usize);
+    let b_len = select(b_col < n, comptime!(CHUNK), 0usize);
+    let plan = CopyPlan {
+        a_kc,
+        b_row,
+        b_off,
+        b_len,
+        b_jump: b_step * rhs_sk,
+    };
+
     let k_tiles = k.div_ceil(stage_k);
     // The prologue: the first `stages - 1` stages in flight.
     #[unroll]
@@ -212,16 +263,12 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 lhs,
                 rhs,
                 &mut smem,
+                &a_off,
+                &a_len,
+                &plan,
                 comptime!(s * stage_elems),
-                lhs_base,
-                rhs_base,
-                lhs_sm,
                 rhs_sk,
-                row0,
-                col0,
                 s * stage_k,
-                m,
-                n,
                 k,
                 tid,
                 bm,
@@ -264,16 +311,12 @@ pub fn matmul_pipelined_kernel<F: Float>(
                         lhs,
                         rhs,
                         &mut smem,
+                        &a_off,
+                        &a_len,
+                        &plan,
                         comptime!(refill * stage_elems),
-                        lhs_base,
-                        rhs_base,
-                        lhs_sm,
                         rhs_sk,
-                        row0,
-                        col0,
                         next * stage_k,
-                        m,
-                        n,
                         k,
                         tid,
                         bm,
@@ -389,29 +432,39 @@ pub fn matmul_pipelined_kernel<F: Float>(
     }
 }
 
-/// Issues the asynchronous copies of one stage: lhs rows `row0 .. row0 + bm`, K entries
-/// `k0 .. k0 + stage_k` to `smem[base ..]` (rows `stage_k + ROW_PAD` apart), then rhs K rows
-/// `k0 ..`, columns `col0 .. col0 + bn` after it (rows `bn + ROW_PAD` apart). K entries past
-/// `k` arrive as zeros in both operands (a zero-length copy fills its 16 bytes with zeros),
-/// so the padded steps add exact zeros; rows past `m` and columns past `n` read row `m - 1`
-/// or column 0 and feed only outputs that are never stored. K and N are multiples of
-/// [`CHUNK`], so a copy is either whole or empty.
+/// The per-thread part of [`load_stage`] that does not change from stage to stage.
+#[derive(CubeType)]
+struct CopyPlan {
+    /// K entry of the thread's lhs chunks within a stage.
+    a_kc: usize,
+    /// Stage row of the thread's first rhs chunk.
+    b_row: usize,
+    /// Offset of the thread's rhs column (clamped to column 0 past N).
+    b_off: usize,
+    /// Elements the thread's rhs chunks copy: 8, or 0 past N.
+    b_len: usize,
+    /// Offset between the thread's rhs chunks (`b_step` rows).
+    b_jump: usize,
+}
+
+/// Issues the asynchronous copies of one stage: the lhs block (`bm` rows of `stage_k` K
+/// entries from `k0`) to `smem[base ..]`, rows `stage_k + ROW_PAD` apart, then the rhs
+/// block (`stage_k` K rows from `k0`, `bn` columns) after it, rows `bn + ROW_PAD` apart.
+/// K entries past `k` arrive as zeros in both operands (a zero-length copy fills its 16
+/// bytes with zeros), so the padded steps add exact zeros; so do rows past M and columns
+/// past N (see the plan). K and N are multiples of [`CHUNK`], so a copy is whole or empty.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_stage<F: Float>(
     lhs: &Tensor<F>,
     rhs: &Tensor<F>,
     smem: &mut SharedMemory<F>,
+    a_off: &Array<usize>,
+    a_len: &Array<usize>,
+    plan: &CopyPlan,
     #[comptime] base: usize,
-    lhs_base: usize,
-    rhs_base: usize,
-    lhs_sm: usize,
     rhs_sk: usize,
-    row0: usize,
-    col0: usize,
     k0: usize,
-    m: usize,
-    n: usize,
     k: usize,
     tid: usize,
     #[comptime] bm: usize,
@@ -422,53 +475,40 @@ fn load_stage<F: Float>(
     let a_pitch = comptime!(stage_k + ROW_PAD);
     let b_pitch = comptime!(bn + ROW_PAD);
     let a_per_row = comptime!(stage_k / CHUNK);
-    let a_total = comptime!(bm * stage_k / CHUNK);
+    let a_step = comptime!(units / a_per_row);
+    let a_iters = comptime!(bm * stage_k / CHUNK / units);
+    let a_in_k = k0 + plan.a_kc < k;
+    let a_shift = select(a_in_k, k0, 0usize);
+    let a_dst = comptime!(base) + (tid / a_per_row) * a_pitch + plan.a_kc;
     #[unroll]
-    for r in 0..comptime!(a_total.div_ceil(units)) {
-        let c = tid + r * units;
-        let mut live = true;
-        if comptime!(!a_total.is_multiple_of(units)) {
-            live = c < a_total;
-        }
-        if live {
-            let row = c / a_per_row;
-            let kc = (c % a_per_row) * comptime!(CHUNK);
-            let gm = min(row0 + row, m - 1);
-            let gk = k0 + kc;
-            let len = select(gk < k, comptime!(CHUNK), 0usize);
-            let src = lhs_base + gm * lhs_sm + select(gk < k, gk, 0usize);
-            let dst = comptime!(base) + row * a_pitch + kc;
-            copy_async_checked(
-                &lhs.slice(src, src + len),
-                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
-                comptime!(CHUNK as u32),
-            );
-        }
+    for r in 0..a_iters {
+        let src = a_off[r] + a_shift;
+        let len = select(a_in_k, a_len[r], 0usize);
+        let dst = a_dst + comptime!(r * a_step * a_pitch);
+        copy_async_checked(
+            &lhs.slice(src, src + len),
+            &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+            comptime!(CHUNK as u32),
+        );
     }
     let b_per_row = comptime!(bn / CHUNK);
-    let b_total = comptime!(stage_k * bn / CHUNK);
+    let b_step = comptime!(units / b_per_row);
+    let b_iters = comptime!(stage_k * bn / CHUNK / units);
+    let b_src = plan.b_off + (k0 + plan.b_row) * rhs_sk;
+    let b_dst = comptime!(base + bm * a_pitch)
+        + plan.b_row * b_pitch
+        + (tid % b_per_row) * comptime!(CHUNK);
     #[unroll]
-    for r in 0..comptime!(b_total.div_ceil(units)) {
-        let c = tid + r * units;
-        let mut live = true;
-        if comptime!(!b_total.is_multiple_of(units)) {
-            live = c < b_total;
-        }
-        if live {
-            let row = c / b_per_row;
-            let nc = (c % b_per_row) * comptime!(CHUNK);
-            let gk = k0 + row;
-            let gn = col0 + nc;
-            let inside = gk < k && gn < n;
-            let len = select(inside, comptime!(CHUNK), 0usize);
-            let src = rhs_base + select(gk < k, gk, 0usize) * rhs_sk + select(gn < n, gn, 0usize);
-            let dst = comptime!(base + bm * a_pitch) + row * b_pitch + nc;
-            copy_async_checked(
-                &rhs.slice(src, src + len),
-                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
-                comptime!(CHUNK as u32),
-            );
-        }
+    for r in 0..b_iters {
+        let in_k = k0 + plan.b_row + comptime!(r * b_step) < k;
+        let src = select(in_k, b_src + r * plan.b_jump, plan.b_off);
+        let len = select(in_k, plan.b_len, 0usize);
+        let dst = b_dst + comptime!(r * b_step * b_pitch);
+        copy_async_checked(
+            &rhs.slice(src, src + len),
+            &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+            comptime!(CHUNK as u32),
+        );
     }
 }
 
@@ -511,33 +551,15 @@ fn load_fragments<F: Float>(
     }
 }
 
-/// 128x256 outputs per cube, eight warps of 64x64, 32 K entries per stage, four stages:
-/// large problems.
-pub const PIPE_WIDE: PipelinedTiling = PipelinedTiling {
-    name: "pipe-128x256",
-    warps: (2, 4),
-    warp_tiles: (4, 8),
-    stage_k: 32,
-    stages: 4,
-};
-
-/// 256x128 outputs per cube, eight warps of 64x64: [`PIPE_WIDE`] turned on its side.
-pub const PIPE_TALL: PipelinedTiling = PipelinedTiling {
-    name: "pipe-256x128",
-    warps: (4, 2),
-    warp_tiles: (4, 8),
-    stage_k: 32,
-    stages: 4,
-};
-
-/// 128x128 outputs per cube, four warps of 64x64: mid-sized problems, twice the cubes of
-/// [`PIPE_WIDE`].
+/// 128x128 outputs per cube, four warps of 64x64, 64 K entries per stage, three stages:
+/// the fastest listed tiling at M >= 256. Eight-warp cubes (128x256, 256x128) were slower
+/// at every size measured (docs/performance.md).
 pub const PIPE_MEDIUM: PipelinedTiling = PipelinedTiling {
     name: "pipe-128x128",
     warps: (2, 2),
     warp_tiles: (4, 8),
-    stage_k: 32,
-    stages: 4,
+    stage_k: 64,
+    stages: 3,
 };
 
 /// 64x64 outputs per cube, four warps of 64x16, 64 K entries per stage: up to 64 rows.
@@ -559,10 +581,21 @@ pub const PIPE_NARROW: PipelinedTiling = PipelinedTiling {
     stages: 4,
 };
 
+/// 16x64 outputs per cube, two warps of 16x32: decode on wide weights, where
+/// [`PIPE_NARROW`]'s cubes are several per multiprocessor and half as many read more of
+/// each weight row at once.
+pub const PIPE_NARROW_WIDE: PipelinedTiling = PipelinedTiling {
+    name: "pipe-16x64",
+    warps: (1, 2),
+    warp_tiles: (1, 4),
+    stage_k: 128,
+    stages: 4,
+};
+
 /// The tilings the benchmark sweeps by default and the suite compares with the routed result
 /// bitwise.
-pub const PIPELINED_TILINGS: [PipelinedTiling; 5] =
-    [PIPE_NARROW, PIPE_SKINNY, PIPE_MEDIUM, PIPE_WIDE, PIPE_TALL];
+pub const PIPELINED_TILINGS: [PipelinedTiling; 4] =
+    [PIPE_NARROW, PIPE_NARROW_WIDE, PIPE_SKINNY, PIPE_MEDIUM];
 
 /// Whether the runtime behind `client` runs this kernel for `dtype` with `tiling`: f16 or
 /// bf16, `mma.sync` m16n8k16 with 32-lane warps, and the tiling's shared memory.
@@ -613,14 +646,23 @@ mod tests {
             ..PIPE_MEDIUM
         };
         assert!(!odd.is_valid());
+        // Three warps cannot split a 32x16 rhs stage (64 chunks) evenly.
+        let uneven = PipelinedTiling {
+            name: "uneven",
+            warps: (3, 1),
+            warp_tiles: (1, 2),
+            stage_k: 32,
+            stages: 2,
+        };
+        assert!(!uneven.is_valid());
     }
 
     #[test]
     fn cube_outputs_follow_warps_and_tiles() {
-        assert_eq!(PIPE_WIDE.cube_outputs(), (128, 256));
-        assert_eq!(PIPE_TALL.cube_outputs(), (256, 128));
+        assert_eq!(PIPE_MEDIUM.cube_outputs(), (128, 128));
         assert_eq!(PIPE_NARROW.cube_outputs(), (16, 32));
-        // Four stages of a 128x32 lhs block and a 32x256 rhs block, rows padded by 8.
-        assert_eq!(PIPE_WIDE.shared_bytes(), 2 * 4 * (128 * 40 + 32 * 264));
+        assert_eq!(PIPE_NARROW_WIDE.cube_outputs(), (16, 64));
+        // Three stages of a 128x64 lhs block and a 64x128 rhs block, rows padded by 8.
+        assert_eq!(PIPE_MEDIUM.shared_bytes(), 2 * 3 * (128 * 72 + 64 * 136));
     }
 }
