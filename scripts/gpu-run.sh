@@ -13,7 +13,7 @@
 # policy_gradient finds a training log-probability that differs from generation's.
 # BI_GPU_PARTS selects a subset of: suite ab generate train bench fused matmul attention llm
 # reference, and two parts that only run when named: collective (bench_collective) and
-# profile (Nsight Compute on our bf16 matmul and on cuBLAS's, profile-*.txt)
+# profile (Nsight Compute on our bf16 matmul, our pipelined kernel and cuBLAS's, profile-*.txt)
 # (e.g. BI_GPU_PARTS="matmul reference" for the matmul tables).
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}") # absolute: the script changes directory below
@@ -102,6 +102,11 @@ if part profile; then
         ./bench_matmul --cuda --profile --dtype bf16 --m 4096 >"$OUT/profile-ours-4096.txt" 2>&1
     timeout 240 ncu --set full -k regex:matmul --launch-skip 4 --launch-count 1 \
         ./bench_matmul --cuda --profile --dtype bf16 --m 1024 >"$OUT/profile-ours-1024.txt" 2>&1
+    # The pipelined kernel (not routed), its 128x128 tiling at 4096^3: the bits check is the
+    # first launch; the third, a warm one, is profiled.
+    timeout 240 ncu --set full -k regex:pipelined --launch-skip 2 --launch-count 1 \
+        ./bench_matmul --cuda --tilings-only --pipelined-only --m 4096 --pipe pipe-128x128:2,2:4,8:64,3 \
+        >"$OUT/profile-pipelined-4096.txt" 2>&1
     timeout 240 ncu --set full -k regex:'gemm|nvjet|sm90|cutlass' --launch-skip 1 --launch-count 3 \
         python3 -c 'import torch
 for m, k, n in [(4096, 4096, 4096), (1024, 4096, 14336)]:
