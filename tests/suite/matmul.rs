@@ -366,12 +366,30 @@ fn empty_problems<B: KernelHost>(device: &B::Device) {
     assert_eq!(values(out), vec![0.0; 12]);
 }
 
-/// Direct launches into NaN-poisoned outputs, on every path the runtime has, without and
-/// with a bias: every result is held to the f64 reference, and the tensor-core tilings,
-/// loaders and instruction forms are compared with the routed path bitwise, whatever M the
-/// router would give them. Every failure is collected before the test fails, so that one
-/// GPU run shows the whole picture.
-fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
+/// Which paths a poisoned-output run compares with the routed one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Compared {
+    /// cubek's tilings, loaders and instruction forms, and both portable tilings.
+    CubekAndPortable,
+    /// Every tiling of the pipelined kernel, on the shapes it reads as stored. Kept apart
+    /// so that a GPU run can check it alone: its kernels compile once per tiling, dtype and
+    /// bias, where cubek's compile per shape.
+    Pipelined,
+}
+
+fn poisoned_cubek_and_portable<R: CubeRuntime>(device: &R::Device) {
+    poisoned_outputs_and_paths::<R>(device, Compared::CubekAndPortable);
+}
+
+fn poisoned_pipelined<R: CubeRuntime>(device: &R::Device) {
+    poisoned_outputs_and_paths::<R>(device, Compared::Pipelined);
+}
+
+/// Direct launches into NaN-poisoned outputs, on the routed path and the `compared` ones,
+/// without and with a bias: every result is held to the f64 reference, and the other paths
+/// are compared with the routed one bitwise, whatever M the router would give them. Every
+/// failure is collected before the test fails, so that one GPU run shows the whole picture.
+fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device, compared: Compared) {
     let _mode = mode_shared();
     let _serial = serial();
     let mut failures = Vec::new();
@@ -488,20 +506,25 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                     "{case}: the f32 switch moved {dtype:?}"
                 );
             }
-            // The paths to compare with the routed one bitwise: on tensor cores, cubek's
+            // The paths to compare with the routed one bitwise. cubek's: on tensor cores its
             // tilings in both instruction forms (where the runtime has them) with the routed
-            // loader, the other loaders on the routed tiling, and in f16 and bf16 every
-            // tiling of the pipelined kernel where it reads the operands as stored. TF32
-            // keeps one form: the two do not agree there. On shapes the pipelined kernel
-            // reads, cubek runs only its routed tiling (each of its kernels is compiled per
-            // shape).
+            // loader, and the other loaders on the routed tiling; TF32 keeps one form (the
+            // two do not agree there). On shapes the pipelined kernel reads, only the routed
+            // tiling (each cubek kernel is compiled per shape). The pipelined kernel's: in
+            // f16 and bf16, every tiling, on the shapes it reads as stored.
             let pipelined_reads = pipelined::reads_as_stored(&lhs.clone().binding())
                 && pipelined::reads_as_stored(&rhs.clone().binding());
+            if compared == Compared::Pipelined && !pipelined_reads {
+                continue;
+            }
             let mut others = Vec::new();
-            if let MatmulPath::TensorCore {
-                tiling: routed_tiling,
-                loader,
-            } = routed_path
+            if let (
+                Compared::CubekAndPortable,
+                MatmulPath::TensorCore {
+                    tiling: routed_tiling,
+                    loader,
+                },
+            ) = (compared, routed_path)
             {
                 let kinds: &[TileKind] = if tensor_core::forms_agree(storage) {
                     &[TileKind::Wmma, TileKind::MmaSync]
@@ -535,7 +558,7 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 .into_iter()
                 .map(|(tiling, loader)| MatmulPath::TensorCore { tiling, loader })
                 .collect();
-            if pipelined_reads {
+            if compared == Compared::Pipelined {
                 others.extend(
                     PIPELINED_TILINGS
                         .into_iter()
@@ -554,24 +577,26 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device) {
                 };
                 // Both portable tilings give one set of bits: the routed path's where it is
                 // portable (and IEEE f32's on every runtime).
-                let portable = [PORTABLE_NARROW, PORTABLE_WIDE].map(|tiling| {
-                    let path = MatmulPath::Portable { tiling };
-                    (path, run(path, with_bias))
-                });
-                let reference_bits = match routed_path {
-                    MatmulPath::Portable { .. } => Some(routed_bits.clone()),
-                    _ => portable[0].1.clone().ok(),
-                };
-                for (path, result) in portable {
-                    match result {
-                        Err(failure) => failures.push(failure),
-                        Ok(bits) if Some(&bits) != reference_bits.as_ref() => {
-                            failures.push(format!(
-                                "{case} (bias: {with_bias}): {} differs from the portable bits",
-                                path.label()
-                            ))
+                if compared == Compared::CubekAndPortable {
+                    let portable = [PORTABLE_NARROW, PORTABLE_WIDE].map(|tiling| {
+                        let path = MatmulPath::Portable { tiling };
+                        (path, run(path, with_bias))
+                    });
+                    let reference_bits = match routed_path {
+                        MatmulPath::Portable { .. } => Some(routed_bits.clone()),
+                        _ => portable[0].1.clone().ok(),
+                    };
+                    for (path, result) in portable {
+                        match result {
+                            Err(failure) => failures.push(failure),
+                            Ok(bits) if Some(&bits) != reference_bits.as_ref() => {
+                                failures.push(format!(
+                                    "{case} (bias: {with_bias}): {} differs from the portable bits",
+                                    path.label()
+                                ))
+                            }
+                            Ok(_) => {}
                         }
-                        Ok(_) => {}
                     }
                 }
                 for &path in &others {
@@ -917,7 +942,12 @@ fn matmul_empty_problems() {
 
 #[test]
 fn kernel_matmul_writes_every_output_on_every_path() {
-    on_test_runtime!(poisoned_outputs_and_paths);
+    on_test_runtime!(poisoned_cubek_and_portable);
+}
+
+#[test]
+fn kernel_matmul_pipelined_writes_every_output_in_the_routed_bits() {
+    on_test_runtime!(poisoned_pipelined);
 }
 
 #[test]
