@@ -29,8 +29,9 @@
 //! cubes that share their loads come next. It gives the tensor-core path's bits on every
 //! shape measured, so the router can move any size class to it without changing a result
 //! once the suite's edge shapes (partial tiles, K tails, batches, bias) have passed on a
-//! GPU. The benchmark's sweep (`bench_matmul --tilings-only --pipelined-only`, `--pipe` for other
-//! tilings) times it; the suite compares it bitwise.
+//! GPU (`kernel_matmul_pipelined_writes_every_output_in_the_routed_bits`). The benchmark's
+//! sweep (`bench_matmul --tilings-only --pipelined-only`, `--pipe` for other tilings) times
+//! it.
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::ir::{ElemType, FloatKind, MatrixIdent};
