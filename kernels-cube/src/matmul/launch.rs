@@ -23,9 +23,9 @@ pub enum MatmulPath {
         loader: Loader,
     },
     /// [`super::pipelined::matmul_pipelined_kernel()`]: our own `mma.sync` kernel for f16
-    /// and bf16, with the tensor-core path's bits. The router does not take it yet (it is
-    /// slower than cubek's routine, see docs/performance.md); the benchmark's sweep and the
-    /// tests launch it by name.
+    /// and bf16, with the tensor-core path's bits. The router does not take it yet (see
+    /// [`super::pipelined`], "Where it stands"); the benchmark's sweep and the tests launch
+    /// it by name.
     Pipelined { tiling: PipelinedTiling },
     /// [`super::kernel::matmul_portable_kernel()`], one multiply-add per k in f32.
     Portable { tiling: PortableTiling },

@@ -16,7 +16,7 @@
 //!   picks anything: the tile instruction, the dtypes and the K walk are constants here.
 //!   [`MatmulPath::Pipelined`] is our own `mma.sync` kernel for f16 and bf16
 //!   ([`pipelined`]) with the same K walk and instruction, hence the same bits; the router
-//!   does not take it while cubek's routine is faster.
+//!   does not take it yet (see that module's "Where it stands").
 //! * **Portable** ([`MatmulPath::Portable`], everything else, e.g. lavapipe; K = 0
 //!   everywhere; f32 with [`F32Precision::Ieee`]): our own persistent kernel
 //!   ([`kernel::matmul_portable_kernel()`]), one f32 multiply-add per k, in increasing k, on
