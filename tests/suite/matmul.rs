@@ -4,7 +4,9 @@
 //! matmul; transposed and sliced views; run-to-run determinism; accuracy against the f64
 //! reference; poisoned outputs; empty problems; bad input.
 
-use batch_invariant_kernels::matmul::launch::{choose_path, launch_matmul_on, MatmulPath};
+use batch_invariant_kernels::matmul::launch::{
+    choose_path, launch_matmul_on, tensor_core_path, MatmulPath,
+};
 use batch_invariant_kernels::matmul::{
     cpu_reference, launch_matmul, pipelined, tensor_core, tilings_for, F32Precision, Loader,
     MatmulError, TensorCoreTiling, TileKind, PIPELINED_TILINGS, PORTABLE_NARROW, PORTABLE_WIDE,
@@ -507,32 +509,42 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device, compared: Comp
                 );
             }
             // The paths to compare with the routed one bitwise. cubek's: on tensor cores its
-            // tilings in both instruction forms (where the runtime has them) with the routed
-            // loader, and the other loaders on the routed tiling; TF32 keeps one form (the
-            // two do not agree there). On shapes the pipelined kernel reads, only the routed
-            // tiling (each cubek kernel is compiled per shape). The pipelined kernel's: in
-            // f16 and bf16, every tiling, on the shapes it reads as stored.
+            // tilings in both instruction forms (where the runtime has them) with the loader
+            // it would take, and the other loaders on the tiling it would take; TF32 keeps
+            // one form (the two do not agree there). On shapes the pipelined kernel reads,
+            // only that tiling (each cubek kernel is compiled per shape). The pipelined
+            // kernel's: in f16 and bf16, every tiling, on the shapes it reads as stored, and
+            // cubek's path beside them.
             let pipelined_reads = pipelined::reads_as_stored(&lhs.clone().binding())
                 && pipelined::reads_as_stored(&rhs.clone().binding());
             if compared == Compared::Pipelined && !pipelined_reads {
                 continue;
             }
+            // cubek's path for this problem: the routed one, or the one the router would take
+            // if it did not take the pipelined kernel.
+            let cubek_path = tensor_core_path(
+                &client,
+                &lhs.clone().binding(),
+                &rhs.clone().binding(),
+                storage,
+            )
+            .filter(|_| !matches!(routed_path, MatmulPath::Portable { .. }));
             let mut others = Vec::new();
             if let (
                 Compared::CubekAndPortable,
-                MatmulPath::TensorCore {
-                    tiling: routed_tiling,
+                Some(MatmulPath::TensorCore {
+                    tiling: cubek_tiling,
                     loader,
-                },
-            ) = (compared, routed_path)
+                }),
+            ) = (compared, cubek_path)
             {
                 let kinds: &[TileKind] = if tensor_core::forms_agree(storage) {
                     &[TileKind::Wmma, TileKind::MmaSync]
                 } else {
-                    std::slice::from_ref(&routed_tiling.kind)
+                    std::slice::from_ref(&cubek_tiling.kind)
                 };
                 let tilings = if pipelined_reads {
-                    std::slice::from_ref(&routed_tiling)
+                    std::slice::from_ref(&cubek_tiling)
                 } else {
                     tilings_for(storage)
                 };
@@ -549,7 +561,7 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device, compared: Comp
                     (false, _) => &[Loader::SpecializedTma, Loader::Tma],
                 };
                 for &other in loaders.iter().filter(|&&other| other != loader) {
-                    others.push((routed_tiling, other));
+                    others.push((cubek_tiling, other));
                 }
                 others
                     .retain(|(tiling, _)| tensor_core::is_supported(&client, storage, tiling.kind));
@@ -559,6 +571,7 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device, compared: Comp
                 .map(|(tiling, loader)| MatmulPath::TensorCore { tiling, loader })
                 .collect();
             if compared == Compared::Pipelined {
+                others.extend(cubek_path);
                 others.extend(
                     PIPELINED_TILINGS
                         .into_iter()

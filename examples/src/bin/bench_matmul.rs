@@ -20,9 +20,9 @@
 //! Timing as in `bench` (`burn_batch_invariant_examples::bench_ms`): device time per call
 //! from a cold L2, host overhead hidden, the same for both columns.
 
-use batch_invariant_kernels::matmul::launch::{choose_path, launch_matmul_on, MatmulPath};
+use batch_invariant_kernels::matmul::launch::{launch_matmul_on, tensor_core_path, MatmulPath};
 use batch_invariant_kernels::matmul::{
-    F32Precision, Loader, PipelinedTiling, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32,
+    Loader, PipelinedTiling, TensorCoreTiling, TileKind, MEDIUM, NARROW, NARROW_TF32,
     PIPELINED_TILINGS, SKINNY, SKINNY_TF32, SKINNY_TF32_WIDE, WIDE, WIDE_N112,
 };
 use burn::tensor::{backend::Backend, module, FloatDType, Tensor, TensorPrimitive};
@@ -391,18 +391,20 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
                 .iter()
                 .filter(|_| dtype != FloatDType::F32)
                 .map(|&tiling| MatmulPath::Pipelined { tiling });
-            // With `--pipelined-only`, the path the router takes at this M, for scale.
-            let cubek_routed = pipelined_only.then(|| {
-                let lhs = x.clone().into_primitive().tensor();
-                let rhs = w.clone().into_primitive().tensor();
-                choose_path(
-                    &lhs.client,
-                    &lhs.clone().binding(),
-                    &rhs.binding(),
-                    lhs.dtype.into(),
-                    F32Precision::Tf32,
-                )
-            });
+            // With `--pipelined-only`, cubek's path for this M (the router's where it does not
+            // take the pipelined kernel), for scale.
+            let cubek_routed = pipelined_only
+                .then(|| {
+                    let lhs = x.clone().into_primitive().tensor();
+                    let rhs = w.clone().into_primitive().tensor();
+                    tensor_core_path(
+                        &lhs.client,
+                        &lhs.clone().binding(),
+                        &rhs.binding(),
+                        lhs.dtype.into(),
+                    )
+                })
+                .flatten();
             let runs: Vec<MatmulPath> = cubek_runs
                 .chain(cubek_routed)
                 .chain(pipelined_runs)

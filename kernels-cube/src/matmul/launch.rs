@@ -23,9 +23,8 @@ pub enum MatmulPath {
         loader: Loader,
     },
     /// [`super::pipelined::matmul_pipelined_kernel()`]: our own `mma.sync` kernel for f16
-    /// and bf16, with the tensor-core path's bits. The router does not take it yet (see
-    /// [`super::pipelined`], "Where it stands"); the benchmark's sweep and the tests launch
-    /// it by name.
+    /// and bf16, with the tensor-core path's bits. The router takes it for single rows
+    /// ([`super::pipelined::routed_tiling`]).
     Pipelined { tiling: PipelinedTiling },
     /// [`super::kernel::matmul_portable_kernel()`], one multiply-add per k in f32.
     Portable { tiling: PortableTiling },
@@ -167,12 +166,7 @@ pub fn choose_path<R: Runtime>(
     dtype: StorageType,
     precision: F32Precision,
 ) -> MatmulPath {
-    let rank = lhs.shape.len();
-    let (m, k) = (lhs.shape[rank - 2], lhs.shape[rank - 1]);
-    let n = rhs.shape[rank - 1];
-    let batches = matmul_output_shape(&lhs.shape, &rhs.shape)
-        .map(|shape| shape[..rank - 2].iter().product())
-        .unwrap_or(1);
+    let (m, k, n, batches) = problem_dims(lhs, rhs);
     let portable = MatmulPath::Portable {
         tiling: portable_tiling_for(client, m, n, batches),
     };
@@ -181,17 +175,57 @@ pub fn choose_path<R: Runtime>(
         return portable;
     }
     let sms = client.properties().hardware.num_streaming_multiprocessors;
+    if let Some(tiling) = pipelined::routed_tiling(m, n, batches, dtype, sms)
+        .filter(|&tiling| pipelined::is_supported(client, dtype, tiling))
+    {
+        let reads = |b: &TensorBinding<R>| {
+            pipelined::reads_as_stored(&unit_strides_normalized(b.clone(), dtype))
+        };
+        if reads(lhs) && reads(rhs) {
+            return MatmulPath::Pipelined { tiling };
+        }
+    }
+    tensor_core_path(client, lhs, rhs, dtype).unwrap_or(portable)
+}
+
+/// cubek's tensor-core path for this problem, or `None` where the runtime has no tensor-core
+/// instruction for `dtype`: what [`choose_path`] takes (TF32 in f32) unless the pipelined
+/// kernel or the portable one does. The tests compare the pipelined kernel's bits with it.
+pub fn tensor_core_path<R: Runtime>(
+    client: &ComputeClient<R>,
+    lhs: &TensorBinding<R>,
+    rhs: &TensorBinding<R>,
+    dtype: StorageType,
+) -> Option<MatmulPath> {
+    let (m, _, n, batches) = problem_dims(lhs, rhs);
+    let sms = client.properties().hardware.num_streaming_multiprocessors;
     let tiling = tiling_for(m, n, batches, dtype, sms);
-    let Some(kind) = tensor_core::form_for(client, dtype, tiling) else {
-        return portable;
-    };
+    let kind = tensor_core::form_for(client, dtype, tiling)?;
     let tiling = TensorCoreTiling { kind, ..tiling };
     let loader = if tma_reads_both(lhs, rhs, dtype) {
         Loader::SpecializedTma
     } else {
         Loader::Cyclic
     };
-    MatmulPath::TensorCore { tiling, loader }
+    Some(MatmulPath::TensorCore { tiling, loader })
+}
+
+/// M, K, N and the output's batch count (1 where the batch dims do not broadcast: the launch
+/// reports that error).
+fn problem_dims<R: Runtime>(
+    lhs: &TensorBinding<R>,
+    rhs: &TensorBinding<R>,
+) -> (usize, usize, usize, usize) {
+    let rank = lhs.shape.len();
+    let batches = matmul_output_shape(&lhs.shape, &rhs.shape)
+        .map(|shape| shape[..rank - 2].iter().product())
+        .unwrap_or(1);
+    (
+        lhs.shape[rank - 2],
+        lhs.shape[rank - 1],
+        rhs.shape[rank - 1],
+        batches,
+    )
 }
 
 /// The portable kernel's tiling: [`PORTABLE_WIDE`] where its 128x128 tiles are at least

@@ -20,18 +20,19 @@
 //!
 //! # Where it stands
 //!
-//! The router does not take this kernel yet. On an H100, against cubek's routine in the
-//! same job (docs/performance.md, "What limits the matmul"): at M = 1 its decode tilings
-//! take 0.87x and 0.95x cubek's time on the two weights with K or N = 14336 and 1.02x on
-//! 4096 x 4096; at M = 16, 1.01-1.06x; at M = 64, 1.03-1.23x; at M >= 256, 1.13-1.36x.
-//! Profiled at 4096^3, its 128x128 cubes keep L2 84% busy while the tensor pipe is 52%
-//! busy: every cube re-reads its operand panels from L2 at each stage, so larger cubes or
-//! cubes that share their loads come next. It gives the tensor-core path's bits on every
-//! shape measured, so the router can move any size class to it without changing a result
-//! once the suite's edge shapes (partial tiles, K tails, batches, bias) have passed on a
-//! GPU (`kernel_matmul_pipelined_writes_every_output_in_the_routed_bits`). The benchmark's
-//! sweep (`bench_matmul --tilings-only --pipelined-only`, `--pipe` for other tilings) times
-//! it.
+//! The router takes this kernel for single rows ([`routed_tiling`]): decode of one sequence,
+//! where its copies skip the rows a 16-row tile does not have. Elsewhere cubek's routine is
+//! as fast or faster. On an H100, against cubek's routine in the same job
+//! (docs/performance.md, "What limits the matmul"): at M = 1 its decode tilings take 0.88x
+//! and 0.98x cubek's time on the two weights with K or N = 14336 and 1.01x on 4096 x 4096;
+//! at M = 16, 0.98-1.04x; at M = 64, 1.07-1.35x; at M >= 256, 1.13-1.36x. Profiled at
+//! 4096^3, its 128x128 cubes keep L2 84% busy while the tensor pipe is 52% busy: every cube
+//! re-reads its operand panels from L2 at each stage, so larger cubes or cubes that share
+//! their loads come next. Every listed tiling is compared bitwise with cubek's routed
+//! tiling on the suite's edge shapes (partial tiles, K tails, batches, bias) on a GPU
+//! (`kernel_matmul_pipelined_writes_every_output_in_the_routed_bits`), so the router can
+//! move any size class to it without changing a result. The benchmark's sweep
+//! (`bench_matmul --tilings-only --pipelined-only`, `--pipe` for other tilings) times it.
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::ir::{ElemType, FloatKind, MatrixIdent};
@@ -122,6 +123,35 @@ impl PipelinedTiling {
             && (self.stage_k * b_per_row).is_multiple_of(units)
             && units.is_multiple_of(b_per_row)
     }
+}
+
+/// The tiling the router runs this kernel with for `batches` products of `m x n` outputs of
+/// `dtype` on a device with `multiprocessors` (if known), or `None` where it leaves the
+/// problem to cubek's routine. Only speed depends on it: the kernel gives cubek's bits.
+///
+/// The kernel is taken for single rows (M = 1, decode of one sequence), where its copies
+/// skip the 15 rows of a 16-row tile that do not exist and cubek's loaders read them: on an
+/// H100 in bf16, 0.0587 ms against cubek's 0.0664 at K = 14336, N = 4096 and 0.0538 against
+/// 0.0549 at K = 4096, N = 14336 (0.0252 against 0.0249 at 4096 x 4096). From M = 16 up it
+/// was as fast or slower at every shape measured (docs/performance.md, "What limits the
+/// matmul"). [`PIPE_NARROW`] where its cubes fit in one wave, [`PIPE_NARROW_WIDE`] beyond.
+pub fn routed_tiling(
+    m: usize,
+    n: usize,
+    batches: usize,
+    dtype: StorageType,
+    multiprocessors: Option<u32>,
+) -> Option<PipelinedTiling> {
+    if m != 1 || !is_half(dtype) {
+        return None;
+    }
+    let sms = multiprocessors.filter(|&s| s > 0)? as usize;
+    let narrow_cubes = batches.max(1) * n.div_ceil(PIPE_NARROW.cube_outputs().1);
+    Some(if narrow_cubes <= sms {
+        PIPE_NARROW
+    } else {
+        PIPE_NARROW_WIDE
+    })
 }
 
 /// Whether `dtype` runs on this kernel: the 2-byte floats `mma.sync` m16n8k16 takes.
@@ -582,12 +612,14 @@ pub const PIPE_NARROW: PipelinedTiling = PipelinedTiling {
     stages: 4,
 };
 
-/// 16x64 outputs per cube, two warps of 16x32: decode on wide weights (at M = 1, K = 4096,
-/// N = 14336 on an H100, 0.0541 ms against [`PIPE_NARROW`]'s 0.0634).
+/// 16x64 outputs per cube, four warps of 16x16, 128 K entries per stage: decode on wide
+/// weights, where [`PIPE_NARROW`]'s cubes would run in several waves (at M = 1, K = 4096,
+/// N = 14336 on an H100: 0.0538 ms, against 0.0639 for [`PIPE_NARROW`] and 0.0547 for two
+/// warps of 16x32).
 pub const PIPE_NARROW_WIDE: PipelinedTiling = PipelinedTiling {
     name: "pipe-16x64",
-    warps: (1, 2),
-    warp_tiles: (1, 4),
+    warps: (1, 4),
+    warp_tiles: (1, 2),
     stage_k: 128,
     stages: 4,
 };
@@ -662,7 +694,32 @@ mod tests {
         assert_eq!(PIPE_MEDIUM.cube_outputs(), (128, 128));
         assert_eq!(PIPE_NARROW.cube_outputs(), (16, 32));
         assert_eq!(PIPE_NARROW_WIDE.cube_outputs(), (16, 64));
+        assert_eq!(PIPE_NARROW_WIDE.units(), 128);
         // Three stages of a 128x64 lhs block and a 64x128 rhs block, rows padded by 8.
         assert_eq!(PIPE_MEDIUM.shared_bytes(), 2 * 3 * (128 * 72 + 64 * 136));
+    }
+
+    /// Single rows only, in f16 and bf16, with a known multiprocessor count; the wider
+    /// tiling once the narrow one's cubes overflow one wave.
+    #[test]
+    fn router_takes_single_rows() {
+        let bf16 = StorageType::Scalar(ElemType::Float(FloatKind::BF16));
+        let f32 = StorageType::Scalar(ElemType::Float(FloatKind::F32));
+        assert_eq!(
+            routed_tiling(1, 4096, 1, bf16, Some(132)),
+            Some(PIPE_NARROW)
+        );
+        assert_eq!(
+            routed_tiling(1, 14336, 1, bf16, Some(132)),
+            Some(PIPE_NARROW_WIDE)
+        );
+        // 128 narrow cubes per product: two products overflow 132 multiprocessors.
+        assert_eq!(
+            routed_tiling(1, 4096, 2, bf16, Some(132)),
+            Some(PIPE_NARROW_WIDE)
+        );
+        assert_eq!(routed_tiling(2, 4096, 1, bf16, Some(132)), None);
+        assert_eq!(routed_tiling(1, 4096, 1, f32, Some(132)), None);
+        assert_eq!(routed_tiling(1, 4096, 1, bf16, None), None);
     }
 }
