@@ -23,15 +23,15 @@
 //! The router takes this kernel for single rows ([`routed_tiling`]): decode of one sequence,
 //! where its copies skip the rows a 16-row tile does not have. Elsewhere cubek's routine is
 //! as fast or faster. On an H100, against cubek's routine in the same job
-//! (docs/performance.md, "What limits the matmul"): at M = 1 its decode tilings take 0.88x
-//! and 0.98x cubek's time on the two weights with K or N = 14336 and 1.01x on 4096 x 4096;
-//! at M = 16, 0.98-1.04x; at M = 64, 1.07-1.35x; at M >= 256, 1.13-1.36x. Profiled at
-//! 4096^3, its 128x128 cubes keep L2 84% busy while the tensor pipe is 52% busy: every cube
-//! re-reads its operand panels from L2 at each stage, so larger cubes or cubes that share
-//! their loads come next. Every listed tiling is compared bitwise with cubek's routed
-//! tiling on the suite's edge shapes (partial tiles, K tails, batches, bias) on a GPU
-//! (`kernel_matmul_pipelined_writes_every_output_in_the_routed_bits`), so the router can
-//! move any size class to it without changing a result. The benchmark's sweep
+//! (docs/performance.md, "What limits the matmul"), each shape at its best tiling of those
+//! swept: at M = 1, 0.88x and 0.98x cubek's time on the two weights with K or N = 14336 and
+//! 1.01x on 4096 x 4096; at M = 16, 0.98-1.03x; at M = 64, 1.07-1.10x; at M >= 256,
+//! 1.13-1.36x. Profiled at 4096^3, its 128x128 cubes keep L2 84% busy while the tensor pipe
+//! is 52% busy: every cube re-reads its operand panels from L2 at each stage, so larger
+//! cubes or cubes that share their loads come next. Every listed tiling is compared bitwise
+//! with cubek's path on the suite's edge shapes (partial tiles, K tails, batches, bias) on
+//! a GPU (`kernel_matmul_pipelined_writes_every_output_in_the_routed_bits`), so the router
+//! can move any size class to it without changing a result. The benchmark's sweep
 //! (`bench_matmul --tilings-only --pipelined-only`, `--pipe` for other tilings) times it.
 
 use cubecl::cmma::MmaDefinition;
