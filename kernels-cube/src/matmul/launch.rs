@@ -155,10 +155,12 @@ pub fn matmul_output_shape(lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>, M
 /// The path [`launch_matmul`] takes on this runtime for this problem. It depends on the
 /// runtime, the dtype and, in f32, `precision`, K = 0, the output's size and the
 /// multiprocessor count (the tilings, [`tiling_for`] and [`portable_tiling_for`]) and, for
-/// the loader, on how the operands are stored (the strides TMA can read once the launch has
-/// made its copies). Every choice gives the same bits per element (see the module docs)
-/// except the loader in f32 TF32 ([`tensor_core::loaders_agree`]), where the launch brings
-/// every problem it can to TMA so that the loader does not follow M.
+/// the loader and for the pipelined kernel of single rows ([`pipelined::routed_tiling`]), on
+/// how the operands are stored (the strides TMA can read once the launch has made its
+/// copies; rows the pipelined kernel reads as stored). Every choice gives the same bits per
+/// element (see the module docs) except the loader in f32 TF32
+/// ([`tensor_core::loaders_agree`]), where the launch brings every problem it can to TMA so
+/// that the loader does not follow M.
 pub fn choose_path<R: Runtime>(
     client: &ComputeClient<R>,
     lhs: &TensorBinding<R>,
