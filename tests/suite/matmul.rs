@@ -374,9 +374,10 @@ fn empty_problems<B: KernelHost>(device: &B::Device) {
 enum Compared {
     /// cubek's tilings, loaders and instruction forms, and both portable tilings.
     CubekAndPortable,
-    /// Every tiling of the pipelined kernel, on the shapes it reads as stored. Kept apart
-    /// so that a GPU run can check it alone: its kernels compile once per tiling, dtype and
-    /// bias, where cubek's compile per shape.
+    /// Every tiling of the pipelined kernel, and cubek's path, on the shapes the pipelined
+    /// kernel reads as stored. Kept apart so that a GPU run can check it alone: its kernels
+    /// compile once per tiling, dtype and bias, where cubek's compile per shape (one each
+    /// here).
     Pipelined,
 }
 
