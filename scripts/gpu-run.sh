@@ -102,8 +102,8 @@ if part profile; then
         ./bench_matmul --cuda --profile --dtype bf16 --m 4096 >"$OUT/profile-ours-4096.txt" 2>&1
     timeout 240 ncu --set full -k regex:matmul --launch-skip 4 --launch-count 1 \
         ./bench_matmul --cuda --profile --dtype bf16 --m 1024 >"$OUT/profile-ours-1024.txt" 2>&1
-    # The pipelined kernel (routed for single rows only), its 128x128 tiling at 4096^3: the bits check is the
-    # first launch; the third, a warm one, is profiled.
+    # The pipelined kernel (routed for single rows only), its 128x128 tiling at 4096^3: the
+    # bits check is the first launch; the third, a warm one, is profiled.
     timeout 240 ncu --set full -k regex:pipelined --launch-skip 2 --launch-count 1 \
         ./bench_matmul --cuda --tilings-only --pipelined-only --m 4096 --pipe pipe-128x128:2,2:4,8:64,3 \
         >"$OUT/profile-pipelined-4096.txt" 2>&1
