@@ -13,7 +13,8 @@
 # policy_gradient finds a training log-probability that differs from generation's.
 # BI_GPU_PARTS selects a subset of: suite ab generate train bench fused matmul attention llm
 # reference, and two parts that only run when named: collective (bench_collective) and
-# profile (Nsight Compute on our bf16 matmul, our pipelined kernel and cuBLAS's, profile-*.txt)
+# profile (Nsight Compute on our bf16 matmul, our pipelined kernel and cuBLAS's, at 4096^3 and at
+# decode, profile-*.txt)
 # (e.g. BI_GPU_PARTS="matmul reference" for the matmul tables).
 set -u
 OUT=$(realpath -m "${OUT:-gpu-out}") # absolute: the script changes directory below
@@ -115,6 +116,23 @@ for m, k, n in [(4096, 4096, 4096), (1024, 4096, 14336)]:
     for _ in range(2):
         a @ b
 torch.cuda.synchronize()' >"$OUT/profile-cublas.txt" 2>&1
+    # Decode: ours and cuBLAS's at M = 1 and 64, K = N = 4096, the second (warm) call of each,
+    # the sections that show the memory pipeline and who issues.
+    decode_sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy
+        --section SchedulerStats --section WarpStateStats --section LaunchStats"
+    for m in 1 64; do
+        timeout 120 ncu $decode_sections -k regex:matmul --launch-skip 1 --launch-count 1 \
+            ./bench_matmul --cuda --profile --dtype bf16 --m $m >"$OUT/profile-ours-decode-m$m.txt" 2>&1
+    done
+    # The two torch.randn calls of each M are skipped by name; the two products of each are kept.
+    timeout 120 ncu $decode_sections -k regex:'gemm|gemv|nvjet|sm90|cutlass' \
+        python3 -c 'import torch
+for m in (1, 64):
+    a = torch.randn(m, 4096, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(4096, 4096, dtype=torch.bfloat16, device="cuda")
+    for _ in range(2):
+        a @ b
+torch.cuda.synchronize()' >"$OUT/profile-cublas-decode.txt" 2>&1
 fi
 reference_rc=skipped
 if [ -f reference_torch.py ] && part reference; then
