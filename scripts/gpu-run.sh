@@ -116,8 +116,8 @@ for m, k, n in [(4096, 4096, 4096), (1024, 4096, 14336)]:
     for _ in range(2):
         a @ b
 torch.cuda.synchronize()' >"$OUT/profile-cublas.txt" 2>&1
-    # Decode: ours and cuBLAS's at M = 1 and 64, K = N = 4096, the second (warm) call of each,
-    # the sections that show the memory pipeline and who issues.
+    # Decode: ours (its second, warm call) and cuBLAS's at M = 1 and 64, K = N = 4096, the
+    # sections that show the memory pipeline and who issues.
     decode_sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy
         --section SchedulerStats --section WarpStateStats --section LaunchStats"
     for m in 1 64; do

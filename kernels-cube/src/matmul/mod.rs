@@ -16,7 +16,7 @@
 //!   picks anything: the tile instruction, the dtypes and the K walk are constants here.
 //!   [`MatmulPath::Pipelined`] is our own `mma.sync` kernel for f16 and bf16
 //!   ([`pipelined`]) with the same K walk and instruction, hence the same bits; the router
-//!   takes it for single rows, where it is the faster (see that module's "Where it
+//!   takes it for single rows, where it is as fast or faster (see that module's "Where it
 //!   stands"), when it can read both operands as stored.
 //! * **Portable** ([`MatmulPath::Portable`], everything else, e.g. lavapipe; K = 0
 //!   everywhere; f32 with [`F32Precision::Ieee`]): our own persistent kernel
