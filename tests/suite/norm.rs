@@ -6,11 +6,12 @@
 
 use batch_invariant_kernels::norm::{cpu_reference, launch_norm, NormError, NormKind};
 use burn::backend::Autodiff;
+use burn::module::Param;
 use burn::nn::{LayerNormConfig, RmsNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ModuleOps;
 use burn::tensor::{FloatDType, Tensor, TensorData, TensorPrimitive};
-use burn_batch_invariant::{mode, rms_norm, NormBackend};
+use burn_batch_invariant::{layer_norm, mode, rms_norm, NormBackend};
 use burn_batch_invariant_tests::*;
 use burn_cubecl::CubeRuntime;
 
@@ -442,32 +443,95 @@ fn parity<B: KernelHost>(device: &B::Device) {
     }
 }
 
-/// With the mode off, `rms_norm` is burn-nn's `RmsNorm` forward, bit for bit, and so is
-/// its training forward under `Autodiff` (its backward is its own: `training.rs`).
-fn rms_norm_is_the_module_when_off<B: KernelHost>(device: &B::Device) {
+/// With the mode off, `rms_norm` and `layer_norm` are burn-nn's `RmsNorm` and `LayerNorm`,
+/// bit for bit: their forwards, and under `Autodiff` their training forwards and gradients
+/// (the composite differentiated op by op, as the modules train).
+///
+/// On a fused backend the bits of Burn's own composites depend on the fusion plan, and the
+/// plan on which tensors are still alive (an input last used can be written in place, an
+/// intermediate a backward step keeps must be stored): another plan is another autotuned
+/// kernel. So each side builds its tensors afresh and keeps the same ones alive; the module
+/// holds its parameters, the function's caller holds them too.
+fn norms_are_the_modules_when_off<B: KernelHost>(device: &B::Device) {
     let _mode = mode_exclusive();
     type X<B> = BatchInvariant<B>;
     type Ad<B> = Autodiff<BatchInvariant<B>>;
-    let (rows, len) = (9, 1000);
-    let data = random_values(rows * len, 71);
+    let shape = [3, 3, 1000];
+    let len = shape[2];
+    let data = random_values(shape.iter().product(), 71);
+    let (scale, shift) = (random_values(len, 72), random_values(len, 73));
+    let _off = mode::scoped(false);
     for dtype in float_dtypes::<B>(device) {
-        let x = tensor::<X<B>, 2>(data.clone(), [rows, len], dtype, device);
-        let mut module = RmsNormConfig::new(len).init::<X<B>>(device);
-        module.gamma = module.gamma.map(|g| g.cast(dtype) * 1.5);
-        let _off = mode::scoped(false);
-        assert!(
-            bits(rms_norm(x.clone(), module.gamma.val(), module.epsilon))
-                == bits(module.forward(x)),
-            "rms_norm, mode off, {dtype:?}: not the module's bits"
-        );
-        let x = tensor::<Ad<B>, 2>(data.clone(), [rows, len], dtype, device).require_grad();
-        let mut module = RmsNormConfig::new(len).init::<Ad<B>>(device);
-        module.gamma = module.gamma.map(|g| g.cast(dtype) * 1.5);
-        assert!(
-            bits(rms_norm(x.clone(), module.gamma.val(), module.epsilon).inner())
-                == bits(module.forward(x).inner()),
-            "rms_norm under Autodiff, mode off, {dtype:?}: not the module's forward bits"
-        );
+        for norm in NORMS {
+            let what = format!("{}, mode off, {dtype:?}", norm.name());
+            let infer = |through_module: bool| {
+                let x = tensor::<X<B>, 3>(data.clone(), shape, dtype, device);
+                let gamma = tensor::<X<B>, 1>(scale.clone(), [len], dtype, device);
+                let beta = tensor::<X<B>, 1>(shift.clone(), [len], dtype, device);
+                let y = match (norm, through_module) {
+                    (Norm::Layer, false) => layer_norm(x, gamma.clone(), Some(beta.clone()), EPS),
+                    (Norm::Rms, false) => rms_norm(x, gamma.clone(), EPS),
+                    (Norm::Layer, true) => {
+                        let mut module = LayerNormConfig::new(len).init(device);
+                        module.gamma = Param::from_tensor(gamma.clone());
+                        module.beta = Some(Param::from_tensor(beta.clone()));
+                        module.forward(x)
+                    }
+                    (Norm::Rms, true) => {
+                        let mut module = RmsNormConfig::new(len).init(device);
+                        module.gamma = Param::from_tensor(gamma.clone());
+                        module.forward(x)
+                    }
+                };
+                let y = bits(y);
+                drop((gamma, beta));
+                y
+            };
+            assert!(infer(false) == infer(true), "{what}: not the module's bits");
+
+            // The training forward, then the gradients of x, gamma and beta (the latter for
+            // layer_norm only) of the output's sum.
+            let train = |through_module: bool| {
+                let x = tensor::<Ad<B>, 3>(data.clone(), shape, dtype, device).require_grad();
+                let gamma = tensor::<Ad<B>, 1>(scale.clone(), [len], dtype, device).require_grad();
+                let beta = tensor::<Ad<B>, 1>(shift.clone(), [len], dtype, device).require_grad();
+                let y = match (norm, through_module) {
+                    (Norm::Layer, false) => {
+                        layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), EPS)
+                    }
+                    (Norm::Rms, false) => rms_norm(x.clone(), gamma.clone(), EPS),
+                    (Norm::Layer, true) => {
+                        let mut module = LayerNormConfig::new(len).init(device);
+                        module.gamma = Param::from_tensor(gamma.clone());
+                        module.beta = Some(Param::from_tensor(beta.clone()));
+                        module.forward(x.clone())
+                    }
+                    (Norm::Rms, true) => {
+                        let mut module = RmsNormConfig::new(len).init(device);
+                        module.gamma = Param::from_tensor(gamma.clone());
+                        module.forward(x.clone())
+                    }
+                };
+                let forward = bits(y.clone().inner());
+                let grads = y.sum().backward();
+                let gradients = [
+                    x.grad(&grads).map(bits),
+                    gamma.grad(&grads).map(bits),
+                    beta.grad(&grads).map(bits),
+                ];
+                (forward, gradients)
+            };
+            let what = format!("{what}, under Autodiff");
+            let ((function, function_grads), (module, module_grads)) = (train(false), train(true));
+            assert!(function == module, "{what}: not the module's forward bits");
+            assert!(function_grads[0].is_some(), "{what}: no gradient for x");
+            for (part, (f, m)) in ["dx", "dgamma", "dbeta"]
+                .into_iter()
+                .zip(function_grads.iter().zip(&module_grads))
+            {
+                assert!(f == m, "{what}: {part} is not the module's");
+            }
+        }
     }
 }
 
@@ -628,8 +692,8 @@ fn norm_parity_with_the_training_forward() {
 }
 
 #[test]
-fn norm_rms_norm_is_the_module_when_off() {
-    on_test_backend!(rms_norm_is_the_module_when_off);
+fn norm_functions_are_the_modules_when_off() {
+    on_test_backend!(norms_are_the_modules_when_off);
 }
 
 #[test]

@@ -8,11 +8,13 @@
 //!
 //! - on `BatchInvariant<B>`, one invariant kernel (`batch_invariant_kernels::norm`, order in
 //!   `docs/contract.md`);
-//! - on `Autodiff<B>`, `B`'s op forward (the kernel when `B` is `BatchInvariant`) and the
-//!   analytic backward recorded as one step: the training forward has the inference bits by
-//!   construction, without parity mode;
+//! - on `Autodiff<B>` over the kernel, the kernel forward and the analytic backward recorded
+//!   as one step: the training forward has the inference bits by construction, without
+//!   parity mode;
 //! - on Burn's backends, burn-nn's chain (RMS) and Burn's `layer_norm`, so model code written
-//!   against [`NormBackend`] runs there unchanged and gives the modules' bits.
+//!   against [`NormBackend`] runs there unchanged and gives the modules' bits; `Autodiff`
+//!   over them (or over `BatchInvariant` with the mode off) differentiates that composite op
+//!   by op, as the modules train.
 //!
 //! The backward passes recompute the row statistics in f32 from the saved input (one
 //! rounding of the result to the input's dtype) with the inner backend's ops: per row a
@@ -34,6 +36,7 @@ use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops};
 use burn_autodiff::Autodiff;
+use burn_backend::ops::ModuleOps;
 use burn_backend::tensor::FloatTensor;
 use burn_backend::{Backend, Shape, TensorMetadata};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -67,6 +70,16 @@ pub trait NormBackend: Backend {
         epsilon: f64,
     ) -> FloatTensor<Self> {
         Self::layer_norm(x, gamma, beta, epsilon)
+    }
+
+    /// Whether the two ops above are one-op norms on this backend now: the kernel on
+    /// `BatchInvariant<B>` with the mode on, never on Burn's backends (the default).
+    /// `Autodiff` records its one backward step only over a one-op norm. Over a composite it
+    /// differentiates the composite itself, op by op, as burn-nn's modules do: the same
+    /// kernels with the same tensors alive, so that a fused backend plans (and autotunes) the
+    /// same fused kernels and the training forward keeps the modules' bits.
+    fn norm_is_one_op() -> bool {
+        false
     }
 }
 
@@ -129,19 +142,43 @@ fn as_rows<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
 }
 
 /// burn-nn 0.21's `RmsNorm::forward`, op for op, so that a backend without a fused kernel
-/// gives the module's bits (and `Autodiff` its gradients).
+/// gives the module's bits (and `Autodiff` its gradients). The module is generic over the
+/// rank and reduces along the last dim in place; so does this, for ranks 1 to 8, because a
+/// reshape to rows would be one more op in a fused backend's plan. Higher ranks go through
+/// rows: the same ops on each row.
 pub(crate) fn burn_nn_rms_norm<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
     epsilon: f64,
 ) -> FloatTensor<B> {
-    let shape = x.shape();
-    let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(as_rows::<B>(x)));
     let gamma = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(gamma));
+    macro_rules! by_rank {
+        ($($rank:literal)*) => {
+            match x.shape().num_dims() {
+                $($rank => {
+                    let x = Tensor::<B, $rank>::from_primitive(TensorPrimitive::Float(x));
+                    module_rms_norm(x, gamma, epsilon).into_primitive().tensor()
+                })*
+                _ => {
+                    let shape = x.shape();
+                    let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(as_rows::<B>(x)));
+                    B::float_reshape(module_rms_norm(x, gamma, epsilon).into_primitive().tensor(), shape)
+                }
+            }
+        };
+    }
+    by_rank!(1 2 3 4 5 6 7 8)
+}
+
+/// The body of burn-nn 0.21's `RmsNorm::forward`.
+fn module_rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    epsilon: f64,
+) -> Tensor<B, D> {
     let dtype = x.dtype();
-    let rms = (x.clone().cast(DType::F32).square().mean_dim(1) + epsilon).sqrt();
-    let out = (x / rms.cast(dtype)) * gamma.unsqueeze();
-    B::float_reshape(out.into_primitive().tensor(), shape)
+    let rms = (x.clone().cast(DType::F32).square().mean_dim(D - 1) + epsilon).sqrt();
+    (x / rms.cast(dtype)) * gamma.unsqueeze()
 }
 
 impl<B: KernelHost> NormBackend for BatchInvariant<B> {
@@ -151,6 +188,10 @@ impl<B: KernelHost> NormBackend for BatchInvariant<B> {
         epsilon: f64,
     ) -> FloatTensor<Self> {
         routing::norm::rms_norm::<B>(x, gamma, epsilon)
+    }
+
+    fn norm_is_one_op() -> bool {
+        crate::mode::is_enabled()
     }
 }
 
@@ -165,13 +206,17 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> NormBacken
 #[cfg(feature = "fusion")]
 impl<B: burn_fusion::FusionBackend> NormBackend for burn_fusion::Fusion<B> {}
 
-/// Training: `B`'s op forward, the analytic backward as one step.
+/// Training: `B`'s one-op norm forward and the analytic backward as one step; over a
+/// composite (Burn's backends, the mode off), the composite differentiated op by op.
 impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
     fn rms_norm_op(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
+        if !B::norm_is_one_op() {
+            return burn_nn_rms_norm::<Self>(x, gamma, epsilon);
+        }
         let forward = || B::rms_norm_op(x.primitive.clone(), gamma.primitive.clone(), epsilon);
         let state = |_: &_| NormState::new(&x, &gamma, epsilon, false);
         record::<B, C, _, _>(NormBackward, [&x, &gamma], forward, state)
@@ -183,6 +228,9 @@ impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
         beta: Option<FloatTensor<Self>>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
+        if !B::norm_is_one_op() {
+            return Self::layer_norm(x, gamma, beta, epsilon);
+        }
         let forward = || {
             let beta = beta.as_ref().map(|beta| beta.primitive.clone());
             B::layer_norm_op(x.primitive.clone(), gamma.primitive.clone(), beta, epsilon)
@@ -192,6 +240,10 @@ impl<B: NormBackend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
             Some(beta) => record::<B, C, _, _>(NormBackward, [&x, &gamma, beta], forward, state),
             None => record::<B, C, _, _>(NormBackward, [&x, &gamma], forward, state),
         }
+    }
+
+    fn norm_is_one_op() -> bool {
+        B::norm_is_one_op()
     }
 }
 
