@@ -468,24 +468,7 @@ fn norms_are_the_modules_when_off<B: KernelHost>(device: &B::Device) {
                 let x = tensor::<X<B>, 3>(data.clone(), shape, dtype, device);
                 let gamma = tensor::<X<B>, 1>(scale.clone(), [len], dtype, device);
                 let beta = tensor::<X<B>, 1>(shift.clone(), [len], dtype, device);
-                let y = match (norm, through_module) {
-                    (Norm::Layer, false) => layer_norm(x, gamma.clone(), Some(beta.clone()), EPS),
-                    (Norm::Rms, false) => rms_norm(x, gamma.clone(), EPS),
-                    (Norm::Layer, true) => {
-                        let mut module = LayerNormConfig::new(len).init(device);
-                        module.gamma = Param::from_tensor(gamma.clone());
-                        module.beta = Some(Param::from_tensor(beta.clone()));
-                        module.forward(x)
-                    }
-                    (Norm::Rms, true) => {
-                        let mut module = RmsNormConfig::new(len).init(device);
-                        module.gamma = Param::from_tensor(gamma.clone());
-                        module.forward(x)
-                    }
-                };
-                let y = bits(y);
-                drop((gamma, beta));
-                y
+                bits(function_or_module(norm, through_module, x, &gamma, &beta))
             };
             assert!(infer(false) == infer(true), "{what}: not the module's bits");
 
@@ -495,23 +478,7 @@ fn norms_are_the_modules_when_off<B: KernelHost>(device: &B::Device) {
                 let x = tensor::<Ad<B>, 3>(data.clone(), shape, dtype, device).require_grad();
                 let gamma = tensor::<Ad<B>, 1>(scale.clone(), [len], dtype, device).require_grad();
                 let beta = tensor::<Ad<B>, 1>(shift.clone(), [len], dtype, device).require_grad();
-                let y = match (norm, through_module) {
-                    (Norm::Layer, false) => {
-                        layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), EPS)
-                    }
-                    (Norm::Rms, false) => rms_norm(x.clone(), gamma.clone(), EPS),
-                    (Norm::Layer, true) => {
-                        let mut module = LayerNormConfig::new(len).init(device);
-                        module.gamma = Param::from_tensor(gamma.clone());
-                        module.beta = Some(Param::from_tensor(beta.clone()));
-                        module.forward(x.clone())
-                    }
-                    (Norm::Rms, true) => {
-                        let mut module = RmsNormConfig::new(len).init(device);
-                        module.gamma = Param::from_tensor(gamma.clone());
-                        module.forward(x.clone())
-                    }
-                };
+                let y = function_or_module(norm, through_module, x.clone(), &gamma, &beta);
                 let forward = bits(y.clone().inner());
                 let grads = y.sum().backward();
                 let gradients = [
@@ -531,6 +498,33 @@ fn norms_are_the_modules_when_off<B: KernelHost>(device: &B::Device) {
             {
                 assert!(f == m, "{what}: {part} is not the module's");
             }
+        }
+    }
+}
+
+/// `norm` of `x` through our function, or through burn-nn's module holding `gamma` (and, for
+/// layer_norm, `beta`).
+fn function_or_module<Y: NormBackend>(
+    norm: Norm,
+    through_module: bool,
+    x: Tensor<Y, 3>,
+    gamma: &Tensor<Y, 1>,
+    beta: &Tensor<Y, 1>,
+) -> Tensor<Y, 3> {
+    let (len, device) = (x.dims()[2], x.device());
+    match (norm, through_module) {
+        (Norm::Layer, false) => layer_norm(x, gamma.clone(), Some(beta.clone()), EPS),
+        (Norm::Rms, false) => rms_norm(x, gamma.clone(), EPS),
+        (Norm::Layer, true) => {
+            let mut module = LayerNormConfig::new(len).init(&device);
+            module.gamma = Param::from_tensor(gamma.clone());
+            module.beta = Some(Param::from_tensor(beta.clone()));
+            module.forward(x)
+        }
+        (Norm::Rms, true) => {
+            let mut module = RmsNormConfig::new(len).init(&device);
+            module.gamma = Param::from_tensor(gamma.clone());
+            module.forward(x)
         }
     }
 }
