@@ -50,8 +50,8 @@ pub trait NormBackend: Backend {
     /// RMS normalization of `x` (any rank from 1) over its last dim, scaled by `gamma`
     /// (shape `[last dim]`).
     /// The default is burn-nn 0.21's `RmsNorm::forward`, op for op: the module's bits.
-    /// `BatchInvariant` overrides it with one kernel, `Autodiff` with its inner backend's op
-    /// and an analytic backward.
+    /// `BatchInvariant` overrides it with one kernel, `Autodiff` with its inner backend's
+    /// kernel and an analytic backward (see [`NormBackend::norm_is_one_op`]).
     fn rms_norm_op(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -60,9 +60,10 @@ pub trait NormBackend: Backend {
         burn_nn_rms_norm::<Self>(x, gamma, epsilon)
     }
 
-    /// Layer normalization of `x` (any rank from 1) over its last dim. The default is the backend's own
-    /// `ModuleOps::layer_norm` (the kernel on `BatchInvariant`); `Autodiff` overrides it with
-    /// its inner backend's op and an analytic backward.
+    /// Layer normalization of `x` (any rank from 1) over its last dim. The default is the
+    /// backend's own `ModuleOps::layer_norm` (the kernel on `BatchInvariant`); `Autodiff`
+    /// overrides it with its inner backend's kernel and an analytic backward (see
+    /// [`NormBackend::norm_is_one_op`]).
     fn layer_norm_op(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
