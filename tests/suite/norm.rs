@@ -499,6 +499,22 @@ fn norms_are_the_modules_when_off<B: KernelHost>(device: &B::Device) {
                 assert!(f == m, "{what}: {part} is not the module's");
             }
         }
+        // Past rank 8, `rms_norm` reshapes to rows: the module's shape and values (its bits
+        // on a plain backend; a fused one may plan the reshape into other kernels).
+        let x = tensor::<X<B>, 9>(data.clone(), [1, 1, 1, 1, 1, 1, 3, 3, len], dtype, device);
+        let gamma = tensor::<X<B>, 1>(scale.clone(), [len], dtype, device);
+        let function = rms_norm(x.clone(), gamma.clone(), EPS);
+        let mut module = RmsNormConfig::new(len).init(device);
+        module.gamma = Param::from_tensor(gamma);
+        let module = module.forward(x);
+        assert_eq!(function.dims(), module.dims(), "rms_norm, rank 9: shape");
+        let u = 2f64.powi(-(mantissa_bits(dtype) as i32));
+        for (i, (f, m)) in values(function).into_iter().zip(values(module)).enumerate() {
+            assert!(
+                (f - m).abs() <= 4.0 * u * m.abs().max(1.0),
+                "rms_norm, rank 9, mode off, {dtype:?}: element {i} is {f}, the module's {m}"
+            );
+        }
     }
 }
 

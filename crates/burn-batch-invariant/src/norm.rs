@@ -153,22 +153,22 @@ pub(crate) fn burn_nn_rms_norm<B: Backend>(
     epsilon: f64,
 ) -> FloatTensor<B> {
     let gamma = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(gamma));
-    macro_rules! by_rank {
+    macro_rules! at_rank {
         ($($rank:literal)*) => {
             match x.shape().num_dims() {
                 $($rank => {
                     let x = Tensor::<B, $rank>::from_primitive(TensorPrimitive::Float(x));
-                    module_rms_norm(x, gamma, epsilon).into_primitive().tensor()
+                    return module_rms_norm(x, gamma, epsilon).into_primitive().tensor();
                 })*
-                _ => {
-                    let shape = x.shape();
-                    let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(as_rows::<B>(x)));
-                    B::float_reshape(module_rms_norm(x, gamma, epsilon).into_primitive().tensor(), shape)
-                }
+                _ => {}
             }
         };
     }
-    by_rank!(1 2 3 4 5 6 7 8)
+    at_rank!(1 2 3 4 5 6 7 8);
+    let shape = x.shape();
+    let rows = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(as_rows::<B>(x)));
+    let out = module_rms_norm(rows, gamma, epsilon);
+    B::float_reshape(out.into_primitive().tensor(), shape)
 }
 
 /// The body of burn-nn 0.21's `RmsNorm::forward`.
