@@ -503,10 +503,9 @@ fn norms_are_the_modules_when_off<B: KernelHost>(device: &B::Device) {
         // on a plain backend; a fused one may plan the reshape into other kernels).
         let x = tensor::<X<B>, 9>(data.clone(), [1, 1, 1, 1, 1, 1, 3, 3, len], dtype, device);
         let gamma = tensor::<X<B>, 1>(scale.clone(), [len], dtype, device);
-        let function = rms_norm(x.clone(), gamma.clone(), EPS);
-        let mut module = RmsNormConfig::new(len).init(device);
-        module.gamma = Param::from_tensor(gamma);
-        let module = module.forward(x);
+        let beta = tensor::<X<B>, 1>(shift.clone(), [len], dtype, device);
+        let function = function_or_module(Norm::Rms, false, x.clone(), &gamma, &beta);
+        let module = function_or_module(Norm::Rms, true, x, &gamma, &beta);
         assert_eq!(function.dims(), module.dims(), "rms_norm, rank 9: shape");
         let u = 2f64.powi(-(mantissa_bits(dtype) as i32));
         for (i, (f, m)) in values(function).into_iter().zip(values(module)).enumerate() {
@@ -520,14 +519,14 @@ fn norms_are_the_modules_when_off<B: KernelHost>(device: &B::Device) {
 
 /// `norm` of `x` through our function, or through burn-nn's module holding `gamma` (and, for
 /// layer_norm, `beta`).
-fn function_or_module<Y: NormBackend>(
+fn function_or_module<Y: NormBackend, const D: usize>(
     norm: Norm,
     through_module: bool,
-    x: Tensor<Y, 3>,
+    x: Tensor<Y, D>,
     gamma: &Tensor<Y, 1>,
     beta: &Tensor<Y, 1>,
-) -> Tensor<Y, 3> {
-    let (len, device) = (x.dims()[2], x.device());
+) -> Tensor<Y, D> {
+    let (len, device) = (x.dims()[D - 1], x.device());
     match (norm, through_module) {
         (Norm::Layer, false) => layer_norm(x, gamma.clone(), Some(beta.clone()), EPS),
         (Norm::Rms, false) => rms_norm(x, gamma.clone(), EPS),
