@@ -55,8 +55,8 @@ const ROW_PAD: usize = 8;
 const CHUNK: usize = 8;
 /// Tile rows per group of the grouped walk over output tiles (as the portable kernel's).
 const GROUP_M: usize = 8;
-/// The most stages the kernel has barriers for.
-pub const MAX_STAGES: usize = 4;
+/// The most stages a cube holds.
+pub const MAX_STAGES: usize = 8;
 
 /// How the kernel blocks the output and the K walk. Only speed depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -234,10 +234,11 @@ pub fn matmul_pipelined_kernel<F: Float>(
     // One barrier per stage: a stage's copies complete on it, and every thread arrives on
     // it before reading the stage, so that its next refill (issued after that wait) never
     // overwrites what a slower warp still reads.
-    let bar0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let bar1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let bar2 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
-    let bar3 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let mut bars = Sequence::<Shared<Barrier>>::new();
+    #[unroll]
+    for _ in 0..stages {
+        bars.push(Barrier::shared(CUBE_DIM, UNIT_POS == 0));
+    }
     sync_cube();
 
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
@@ -258,21 +259,35 @@ pub fn matmul_pipelined_kernel<F: Float>(
 
     // The thread's copies, worked out once: chunk `r` of the lhs block is tile row `a_row +
     // r * a_step`, K entries `a_kc ..` of the stage; chunk `r` of the rhs block is stage row
-    // `b_row + r * b_step`, columns `b_col ..`. Rows past M and columns past N copy no bytes
-    // (the copy fills its 16 bytes with zeros) from a clamped, valid address; their outputs
-    // are never stored.
+    // `b_row + r * b_step`, columns `b_col ..`. Columns past N copy no bytes (the copy fills
+    // its 16 bytes with zeros) from a clamped, valid address. Rows past M are never copied:
+    // they are zeroed once below, in every stage, so that a single row (decode) issues one
+    // lhs copy per 16 rows' worth. Their outputs are never stored.
     let a_per_row = comptime!(stage_k / CHUNK);
     let a_step = comptime!(units / a_per_row);
     let a_iters = comptime!(bm * stage_k / CHUNK / units);
     let a_row = tid / a_per_row;
     let a_kc = (tid % a_per_row) * comptime!(CHUNK);
     let mut a_off = Array::<usize>::new(a_iters);
-    let mut a_len = Array::<usize>::new(a_iters);
+    let mut a_in_m = Array::<bool>::new(a_iters);
     #[unroll]
     for r in 0..a_iters {
         let row = row0 + a_row + r * a_step;
         a_off[r] = lhs_base + min(row, m - 1) * lhs_sm + a_kc;
-        a_len[r] = select(row < m, comptime!(CHUNK), 0usize);
+        a_in_m[r] = row < m;
+    }
+    if row0 + bm > m {
+        let a_zeros = comptime!(bm * a_pitch);
+        #[unroll]
+        for s in 0..stages {
+            let mut at = tid;
+            while at < a_zeros {
+                if row0 + at / a_pitch >= m {
+                    smem[comptime!(s * stage_elems) + at] = F::new(0.0);
+                }
+                at += units;
+            }
+        }
     }
     let b_per_row = comptime!(bn / CHUNK);
     let b_step = comptime!(units / b_per_row);
@@ -298,7 +313,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 rhs,
                 &mut smem,
                 &a_off,
-                &a_len,
+                &a_in_m,
                 &plan,
                 comptime!(s * stage_elems),
                 rhs_sk,
@@ -311,13 +326,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 units,
             );
         }
-        if comptime!(s == 0) {
-            bar0.commit_copy_async();
-        } else if comptime!(s == 1) {
-            bar1.commit_copy_async();
-        } else {
-            bar2.commit_copy_async();
-        }
+        bars.index(s).commit_copy_async();
     }
 
     let mut first = 0usize;
@@ -327,15 +336,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
         for s in 0..stages {
             let t = first + s;
             if t < k_tiles {
-                if comptime!(s == 0) {
-                    bar0.arrive_and_wait();
-                } else if comptime!(s == 1) {
-                    bar1.arrive_and_wait();
-                } else if comptime!(s == 2) {
-                    bar2.arrive_and_wait();
-                } else {
-                    bar3.arrive_and_wait();
-                }
+                bars.index(s).arrive_and_wait();
                 // Every thread has finished the previous round (it arrived above), so the
                 // buffer that round read may be refilled.
                 let refill = comptime!((s + stages - 1) % stages);
@@ -346,7 +347,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
                         rhs,
                         &mut smem,
                         &a_off,
-                        &a_len,
+                        &a_in_m,
                         &plan,
                         comptime!(refill * stage_elems),
                         rhs_sk,
@@ -359,15 +360,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
                         units,
                     );
                 }
-                if comptime!(refill == 0) {
-                    bar0.commit_copy_async();
-                } else if comptime!(refill == 1) {
-                    bar1.commit_copy_async();
-                } else if comptime!(refill == 2) {
-                    bar2.commit_copy_async();
-                } else {
-                    bar3.commit_copy_async();
-                }
+                bars.index(refill).commit_copy_async();
 
                 // The stage's 16-deep steps, in increasing K; the next step's fragments are
                 // loaded before this step's MMAs are issued.
@@ -485,8 +478,9 @@ struct CopyPlan {
 /// entries from `k0`) to `smem[base ..]`, rows `stage_k + ROW_PAD` apart, then the rhs
 /// block (`stage_k` K rows from `k0`, `bn` columns) after it, rows `bn + ROW_PAD` apart.
 /// K entries past `k` arrive as zeros in both operands (a zero-length copy fills its 16
-/// bytes with zeros), so the padded steps add exact zeros; so do rows past M and columns
-/// past N (see the plan). K and N are multiples of [`CHUNK`], so a copy is whole or empty.
+/// bytes with zeros), so the padded steps add exact zeros; so do columns past N (see the
+/// plan). Rows past M are not copied: the kernel zeroed them once. K and N are multiples of
+/// [`CHUNK`], so a copy is whole or empty.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_stage<F: Float>(
@@ -494,7 +488,7 @@ fn load_stage<F: Float>(
     rhs: &Tensor<F>,
     smem: &mut SharedMemory<F>,
     a_off: &Array<usize>,
-    a_len: &Array<usize>,
+    a_in_m: &Array<bool>,
     plan: &CopyPlan,
     #[comptime] base: usize,
     rhs_sk: usize,
@@ -514,16 +508,18 @@ fn load_stage<F: Float>(
     let a_in_k = k0 + plan.a_kc < k;
     let a_shift = select(a_in_k, k0, 0usize);
     let a_dst = comptime!(base) + (tid / a_per_row) * a_pitch + plan.a_kc;
+    let a_len = select(a_in_k, comptime!(CHUNK), 0usize);
     #[unroll]
     for r in 0..a_iters {
-        let src = a_off[r] + a_shift;
-        let len = select(a_in_k, a_len[r], 0usize);
-        let dst = a_dst + comptime!(r * a_step * a_pitch);
-        copy_async_checked(
-            &lhs.slice(src, src + len),
-            &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
-            comptime!(CHUNK as u32),
-        );
+        if a_in_m[r] {
+            let src = a_off[r] + a_shift;
+            let dst = a_dst + comptime!(r * a_step * a_pitch);
+            copy_async_checked(
+                &lhs.slice(src, src + a_len),
+                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+                comptime!(CHUNK as u32),
+            );
+        }
     }
     let b_per_row = comptime!(bn / CHUNK);
     let b_step = comptime!(units / b_per_row);
@@ -532,17 +528,31 @@ fn load_stage<F: Float>(
     let b_dst = comptime!(base + bm * a_pitch)
         + plan.b_row * b_pitch
         + (tid % b_per_row) * comptime!(CHUNK);
-    #[unroll]
-    for r in 0..b_iters {
-        let in_k = k0 + plan.b_row + comptime!(r * b_step) < k;
-        let src = select(in_k, b_src + r * plan.b_jump, plan.b_off);
-        let len = select(in_k, plan.b_len, 0usize);
-        let dst = b_dst + comptime!(r * b_step * b_pitch);
-        copy_async_checked(
-            &rhs.slice(src, src + len),
-            &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
-            comptime!(CHUNK as u32),
-        );
+    if k0 + comptime!(stage_k) <= k {
+        // A whole stage: every row is in K.
+        #[unroll]
+        for r in 0..b_iters {
+            let src = b_src + r * plan.b_jump;
+            let dst = b_dst + comptime!(r * b_step * b_pitch);
+            copy_async_checked(
+                &rhs.slice(src, src + plan.b_len),
+                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+                comptime!(CHUNK as u32),
+            );
+        }
+    } else {
+        #[unroll]
+        for r in 0..b_iters {
+            let in_k = k0 + plan.b_row + comptime!(r * b_step) < k;
+            let src = select(in_k, b_src + r * plan.b_jump, plan.b_off);
+            let len = select(in_k, plan.b_len, 0usize);
+            let dst = b_dst + comptime!(r * b_step * b_pitch);
+            copy_async_checked(
+                &rhs.slice(src, src + len),
+                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+                comptime!(CHUNK as u32),
+            );
+        }
     }
 }
 
