@@ -438,7 +438,10 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
                     }
                     MatmulPath::Pipelined { tiling } => (
                         tiling.name,
-                        format!("pipelined/k{}x{}", tiling.stage_k, tiling.stages),
+                        format!(
+                            "pipelined/k{}x{}+{}",
+                            tiling.stage_k, tiling.stages, tiling.copy_warps
+                        ),
                     ),
                     MatmulPath::Portable { tiling } => (tiling.name, "portable".into()),
                 };
@@ -473,18 +476,27 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
     out
 }
 
-/// A pipelined tiling from `NAME:WM,WN:TM,TN:SK,ST` (warps along M and N, `mma` tiles per
-/// warp along M and N, K entries per stage, stages), as the sweep's `--pipe` takes it.
+/// A pipelined tiling from `NAME:WM,WN:TM,TN:SK,ST[:CW]` (warps along M and N, `mma` tiles
+/// per warp along M and N, K entries per stage, stages, warps that only copy), as the sweep's
+/// `--pipe` takes it.
 fn parse_pipelined(spec: &str) -> PipelinedTiling {
-    let usage = || -> ! { panic!("--pipe wants NAME:WM,WN:TM,TN:SK,ST, got {spec:?}") };
+    let usage = || -> ! { panic!("--pipe wants NAME:WM,WN:TM,TN:SK,ST[:CW], got {spec:?}") };
     let numbers = |part: &str| -> Vec<usize> {
         part.split(',')
             .map(|n| n.trim().parse().unwrap_or_else(|_| usage()))
             .collect()
     };
     let parts: Vec<&str> = spec.split(':').collect();
-    let [name, warps, tiles, stage] = parts[..] else {
-        usage()
+    let (name, warps, tiles, stage, copy_warps) = match parts[..] {
+        [name, warps, tiles, stage] => (name, warps, tiles, stage, 0),
+        [name, warps, tiles, stage, cw] => (
+            name,
+            warps,
+            tiles,
+            stage,
+            cw.trim().parse().unwrap_or_else(|_| usage()),
+        ),
+        _ => usage(),
     };
     let (&[wm, wn], &[tm, tn], &[sk, st]) = (
         &numbers(warps)[..],
@@ -499,6 +511,7 @@ fn parse_pipelined(spec: &str) -> PipelinedTiling {
         warp_tiles: (tm, tn),
         stage_k: sk,
         stages: st,
+        copy_warps,
     };
     assert!(tiling.is_valid(), "--pipe {spec}: not a valid tiling");
     tiling

@@ -709,7 +709,10 @@ fn launch_pipelined<R: Runtime>(
         matmul_pipelined_kernel::launch_unchecked(
             client,
             CubeCount::Static(cubes as u32, 1, 1),
-            CubeDim::new_2d(pipelined::PLANE as u32, (warps_m * warps_n) as u32),
+            CubeDim::new_2d(
+                pipelined::PLANE as u32,
+                (warps_m * warps_n + tiling.copy_warps) as u32,
+            ),
             address_type,
             lhs.into_tensor_arg(),
             rhs.into_tensor_arg(),
@@ -727,6 +730,7 @@ fn launch_pipelined<R: Runtime>(
             tiles_n,
             tiling.stage_k,
             tiling.stages,
+            tiling.copy_warps,
             has_bias,
             dtype,
         );

@@ -72,6 +72,10 @@ pub struct PipelinedTiling {
     /// Stages in shared memory (2 to [`MAX_STAGES`]): `stages - 1` are in flight while one
     /// is computed on.
     pub stages: usize,
+    /// Warps that only copy, beside the `warps` that also multiply: where the copies' address
+    /// arithmetic, not the memory, paces a cube with few warps (decode), more threads share
+    /// each stage's copies.
+    pub copy_warps: usize,
 }
 
 impl PipelinedTiling {
@@ -85,7 +89,7 @@ impl PipelinedTiling {
 
     /// Threads of one cube.
     pub const fn units(&self) -> usize {
-        PLANE * self.warps.0 * self.warps.1
+        PLANE * (self.warps.0 * self.warps.1 + self.copy_warps)
     }
 
     /// Elements of one stage: the lhs block, then the rhs block, rows padded.
@@ -110,7 +114,7 @@ impl PipelinedTiling {
             && self.stage_k.is_multiple_of(16)
             && self.stages >= 2
             && self.stages <= MAX_STAGES
-            && self.warps.0 * self.warps.1 <= 32
+            && self.warps.0 * self.warps.1 + self.copy_warps <= 32
             && self.copies_divide()
     }
 
@@ -189,6 +193,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
     #[comptime] tiles_n: usize,
     #[comptime] stage_k: usize,
     #[comptime] stages: usize,
+    #[comptime] copy_warps: usize,
     #[comptime] has_bias: bool,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -198,7 +203,8 @@ pub fn matmul_pipelined_kernel<F: Float>(
     let b_pitch = comptime!(bn + ROW_PAD);
     let a_elems = comptime!(bm * a_pitch);
     let stage_elems = comptime!(a_elems + stage_k * b_pitch);
-    let units = comptime!(PLANE * warps_m * warps_n);
+    let mma_warps = comptime!(warps_m * warps_n);
+    let units = comptime!(PLANE * (mma_warps + copy_warps));
     let k_steps = comptime!(stage_k / 16);
 
     let rank = lhs.rank();
@@ -227,6 +233,8 @@ pub fn matmul_pipelined_kernel<F: Float>(
     let lane = UNIT_POS_X as usize;
     let warp = UNIT_POS_Y as usize;
     let tid = warp * PLANE + lane;
+    // Warps past `mma_warps` copy and wait with the others but hold no accumulators.
+    let multiplies = warp < mma_warps;
     let warp_row = (warp % warps_m) * comptime!(16 * tiles_m);
     let warp_col = (warp / warps_m) * comptime!(8 * tiles_n);
 
@@ -362,57 +370,59 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 }
                 bars.index(refill).commit_copy_async();
 
-                // The stage's 16-deep steps, in increasing K; the next step's fragments are
-                // loaded before this step's MMAs are issued.
-                let a_base = comptime!(s * stage_elems) + a_lane;
-                let b_base = comptime!(s * stage_elems + a_elems) + b_lane;
-                let mut frags_a = Array::<Pair<F>>::new(comptime!(2 * tiles_m * 4));
-                let mut frags_b = Array::<Pair<F>>::new(comptime!(2 * tiles_n * 2));
-                load_fragments::<F>(
-                    &smem,
-                    &mut frags_a,
-                    &mut frags_b,
-                    a_base,
-                    b_base,
-                    0usize,
-                    tiles_m,
-                    tiles_n,
-                    a_pitch,
-                );
-                #[unroll]
-                for ks in 0..k_steps {
-                    if comptime!(ks + 1 < k_steps) {
-                        load_fragments::<F>(
-                            &smem,
-                            &mut frags_a,
-                            &mut frags_b,
-                            a_base + comptime!((ks + 1) * 16),
-                            b_base + comptime!((ks + 1) * 16 * b_pitch),
-                            comptime!((ks + 1) % 2),
-                            tiles_m,
-                            tiles_n,
-                            a_pitch,
-                        );
-                    }
-                    let half = comptime!(ks % 2);
+                if multiplies {
+                    // The stage's 16-deep steps, in increasing K; the next step's fragments are
+                    // loaded before this step's MMAs are issued.
+                    let a_base = comptime!(s * stage_elems) + a_lane;
+                    let b_base = comptime!(s * stage_elems + a_elems) + b_lane;
+                    let mut frags_a = Array::<Pair<F>>::new(comptime!(2 * tiles_m * 4));
+                    let mut frags_b = Array::<Pair<F>>::new(comptime!(2 * tiles_n * 2));
+                    load_fragments::<F>(
+                        &smem,
+                        &mut frags_a,
+                        &mut frags_b,
+                        a_base,
+                        b_base,
+                        0usize,
+                        tiles_m,
+                        tiles_n,
+                        a_pitch,
+                    );
                     #[unroll]
-                    for i in 0..tiles_m {
-                        let mut a = Array::<Pair<F>>::new(4usize);
-                        #[unroll]
-                        for r in 0..4usize {
-                            a[r] = frags_a[comptime!((half * tiles_m + i) * 4 + r)];
+                    for ks in 0..k_steps {
+                        if comptime!(ks + 1 < k_steps) {
+                            load_fragments::<F>(
+                                &smem,
+                                &mut frags_a,
+                                &mut frags_b,
+                                a_base + comptime!((ks + 1) * 16),
+                                b_base + comptime!((ks + 1) * 16 * b_pitch),
+                                comptime!((ks + 1) % 2),
+                                tiles_m,
+                                tiles_n,
+                                a_pitch,
+                            );
                         }
+                        let half = comptime!(ks % 2);
                         #[unroll]
-                        for j in 0..tiles_n {
-                            let mut b = Array::<Pair<F>>::new(2usize);
-                            b[0usize] = frags_b[comptime!((half * tiles_n + j) * 2)];
-                            b[1usize] = frags_b[comptime!((half * tiles_n + j) * 2 + 1)];
-                            let mut c = Array::<Pair<f32>>::new(2usize);
-                            c[0usize] = acc[comptime!((i * tiles_n + j) * 2)];
-                            c[1usize] = acc[comptime!((i * tiles_n + j) * 2 + 1)];
-                            def.execute_inplace(&a, &b, &mut c);
-                            acc[comptime!((i * tiles_n + j) * 2)] = c[0usize];
-                            acc[comptime!((i * tiles_n + j) * 2 + 1)] = c[1usize];
+                        for i in 0..tiles_m {
+                            let mut a = Array::<Pair<F>>::new(4usize);
+                            #[unroll]
+                            for r in 0..4usize {
+                                a[r] = frags_a[comptime!((half * tiles_m + i) * 4 + r)];
+                            }
+                            #[unroll]
+                            for j in 0..tiles_n {
+                                let mut b = Array::<Pair<F>>::new(2usize);
+                                b[0usize] = frags_b[comptime!((half * tiles_n + j) * 2)];
+                                b[1usize] = frags_b[comptime!((half * tiles_n + j) * 2 + 1)];
+                                let mut c = Array::<Pair<f32>>::new(2usize);
+                                c[0usize] = acc[comptime!((i * tiles_n + j) * 2)];
+                                c[1usize] = acc[comptime!((i * tiles_n + j) * 2 + 1)];
+                                def.execute_inplace(&a, &b, &mut c);
+                                acc[comptime!((i * tiles_n + j) * 2)] = c[0usize];
+                                acc[comptime!((i * tiles_n + j) * 2 + 1)] = c[1usize];
+                            }
                         }
                     }
                 }
@@ -423,6 +433,9 @@ pub fn matmul_pipelined_kernel<F: Float>(
 
     // The accumulators, each rounded once to F (after the bias, when there is one). The lane
     // holds columns `2 (lane % 4) ..` of rows `lane / 4` and `lane / 4 + 8` of each tile.
+    if !multiplies {
+        terminate!();
+    }
     let out_base = batch * m * n;
     let lane_row = row0 + warp_row + lane / 4;
     let lane_col = col0 + warp_col + (lane % 4) * 2;
@@ -604,6 +617,7 @@ pub const PIPE_MEDIUM: PipelinedTiling = PipelinedTiling {
     warp_tiles: (4, 8),
     stage_k: 64,
     stages: 3,
+    copy_warps: 0,
 };
 
 /// 64x64 outputs per cube, four warps of 64x16, 64 K entries per stage: up to 64 rows.
@@ -613,6 +627,7 @@ pub const PIPE_SKINNY: PipelinedTiling = PipelinedTiling {
     warp_tiles: (4, 2),
     stage_k: 64,
     stages: 4,
+    copy_warps: 0,
 };
 
 /// 16x32 outputs per cube, two warps of 16x16, 128 K entries per stage: decode, where the
@@ -623,6 +638,7 @@ pub const PIPE_NARROW: PipelinedTiling = PipelinedTiling {
     warp_tiles: (1, 2),
     stage_k: 128,
     stages: 4,
+    copy_warps: 0,
 };
 
 /// 16x64 outputs per cube, four warps of 16x16, 128 K entries per stage: decode on wide
@@ -635,6 +651,7 @@ pub const PIPE_NARROW_WIDE: PipelinedTiling = PipelinedTiling {
     warp_tiles: (1, 2),
     stage_k: 128,
     stages: 4,
+    copy_warps: 0,
 };
 
 /// The tilings the benchmark sweeps by default and the suite compares with the routed result
@@ -698,6 +715,7 @@ mod tests {
             warp_tiles: (1, 2),
             stage_k: 32,
             stages: 2,
+            copy_warps: 0,
         };
         assert!(!uneven.is_valid());
     }
