@@ -439,8 +439,11 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
                     MatmulPath::Pipelined { tiling } => (
                         tiling.name,
                         format!(
-                            "pipelined/k{}x{}+{}",
-                            tiling.stage_k, tiling.stages, tiling.copy_warps
+                            "pipelined/k{}x{}+{}{}",
+                            tiling.stage_k,
+                            tiling.stages,
+                            tiling.copy_warps,
+                            if tiling.rhs_tma { "/tma" } else { "" }
                         ),
                     ),
                     MatmulPath::Portable { tiling } => (tiling.name, "portable".into()),
@@ -476,28 +479,24 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
     out
 }
 
-/// A pipelined tiling from `NAME:WM,WN:TM,TN:SK,ST[:CW]` (warps along M and N, `mma` tiles
-/// per warp along M and N, K entries per stage, stages, warps that only copy), as the sweep's
-/// `--pipe` takes it.
+/// A pipelined tiling from `NAME:WM,WN:TM,TN:SK,ST[:CW[:tma]]` (warps along M and N, `mma`
+/// tiles per warp along M and N, K entries per stage, stages, warps that only copy, and `tma`
+/// for the rhs by TMA), as the sweep's `--pipe` takes it.
 fn parse_pipelined(spec: &str) -> PipelinedTiling {
-    let usage = || -> ! { panic!("--pipe wants NAME:WM,WN:TM,TN:SK,ST[:CW], got {spec:?}") };
+    let usage = || -> ! { panic!("--pipe wants NAME:WM,WN:TM,TN:SK,ST[:CW[:tma]], got {spec:?}") };
     let numbers = |part: &str| -> Vec<usize> {
         part.split(',')
             .map(|n| n.trim().parse().unwrap_or_else(|_| usage()))
             .collect()
     };
     let parts: Vec<&str> = spec.split(':').collect();
-    let (name, warps, tiles, stage, copy_warps) = match parts[..] {
-        [name, warps, tiles, stage] => (name, warps, tiles, stage, 0),
-        [name, warps, tiles, stage, cw] => (
-            name,
-            warps,
-            tiles,
-            stage,
-            cw.trim().parse().unwrap_or_else(|_| usage()),
-        ),
+    let (name, warps, tiles, stage, copy_warps, rhs_tma) = match parts[..] {
+        [name, warps, tiles, stage] => (name, warps, tiles, stage, "0", false),
+        [name, warps, tiles, stage, cw] => (name, warps, tiles, stage, cw, false),
+        [name, warps, tiles, stage, cw, "tma"] => (name, warps, tiles, stage, cw, true),
         _ => usage(),
     };
+    let copy_warps = copy_warps.trim().parse().unwrap_or_else(|_| usage());
     let (&[wm, wn], &[tm, tn], &[sk, st]) = (
         &numbers(warps)[..],
         &numbers(tiles)[..],
@@ -512,6 +511,7 @@ fn parse_pipelined(spec: &str) -> PipelinedTiling {
         stage_k: sk,
         stages: st,
         copy_warps,
+        rhs_tma,
     };
     assert!(tiling.is_valid(), "--pipe {spec}: not a valid tiling");
     tiling

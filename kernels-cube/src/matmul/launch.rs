@@ -533,6 +533,12 @@ pub fn launch_matmul_on<R: Runtime>(
                     lhs.shape, lhs.strides, rhs.shape, rhs.strides
                 )));
             }
+            if tiling.rhs_tma && rank != 2 {
+                return Err(MatmulError::Setup(format!(
+                    "the pipelined kernel's TMA rhs reads a matrix, not a batch: rhs {:?}",
+                    rhs.shape
+                )));
+            }
             launch_pipelined(client, lhs, rhs, bias, out, dtype, &expected, tiling)
         }
         MatmulPath::TensorCore { tiling, loader } => {
@@ -705,6 +711,18 @@ fn launch_pipelined<R: Runtime>(
     // An absent bias binds the lhs: the kernel never reads it (comptime flag).
     let has_bias = bias.is_some();
     let bias = bias.unwrap_or_else(|| lhs.clone());
+    // The rhs block of a stage as one TMA box (a matrix: the caller refuses batches).
+    let rhs_map = if tiling.rhs_tma {
+        ComptimeOptionArgs::Some(TensorMapArg::new(
+            TiledArgs {
+                tile_size: cubecl::zspace::Shape::from(vec![tiling.stage_k, bn]),
+            },
+            rhs.clone().into_tensor_arg(),
+            dtype,
+        ))
+    } else {
+        ComptimeOptionArgs::None
+    };
     unsafe {
         matmul_pipelined_kernel::launch_unchecked(
             client,
@@ -730,7 +748,9 @@ fn launch_pipelined<R: Runtime>(
             tiles_n,
             tiling.stage_k,
             tiling.stages,
+            rhs_map,
             tiling.copy_warps,
+            tiling.rhs_tma,
             has_bias,
             dtype,
         );

@@ -76,6 +76,10 @@ pub struct PipelinedTiling {
     /// arithmetic, not the memory, paces a cube with few warps (decode), more threads share
     /// each stage's copies.
     pub copy_warps: usize,
+    /// Whether the rhs block of a stage arrives by one TMA copy (one instruction for the
+    /// whole block, issued by one thread) instead of 16-byte `cp.async` copies. Its rows are
+    /// then stored unpadded, as TMA writes them.
+    pub rhs_tma: bool,
 }
 
 impl PipelinedTiling {
@@ -92,10 +96,12 @@ impl PipelinedTiling {
         PLANE * (self.warps.0 * self.warps.1 + self.copy_warps)
     }
 
-    /// Elements of one stage: the lhs block, then the rhs block, rows padded.
+    /// Elements of one stage: the lhs block, then the rhs block, rows padded (the rhs's
+    /// unless TMA brings it).
     const fn stage_elems(&self) -> usize {
         let (bm, bn) = self.cube_outputs();
-        bm * (self.stage_k + ROW_PAD) + self.stage_k * (bn + ROW_PAD)
+        let b_pitch = if self.rhs_tma { bn } else { bn + ROW_PAD };
+        bm * (self.stage_k + ROW_PAD) + self.stage_k * b_pitch
     }
 
     /// Shared memory of one cube, in bytes of a 2-byte dtype.
@@ -116,6 +122,14 @@ impl PipelinedTiling {
             && self.stages <= MAX_STAGES
             && self.warps.0 * self.warps.1 + self.copy_warps <= 32
             && self.copies_divide()
+            && (!self.rhs_tma || self.tma_box_fits())
+    }
+
+    /// Whether a TMA box can hold a stage's rhs block: both sides powers of two of at most
+    /// 256 elements.
+    const fn tma_box_fits(&self) -> bool {
+        let bn = self.cube_outputs().1;
+        self.stage_k.is_power_of_two() && self.stage_k <= 256 && bn.is_power_of_two() && bn <= 256
     }
 
     /// Whether every thread copies the same number of 16-byte chunks of each operand per
@@ -193,14 +207,16 @@ pub fn matmul_pipelined_kernel<F: Float>(
     #[comptime] tiles_n: usize,
     #[comptime] stage_k: usize,
     #[comptime] stages: usize,
+    rhs_map: ComptimeOption<TensorMap<F, Tiled>>,
     #[comptime] copy_warps: usize,
+    #[comptime] rhs_tma: bool,
     #[comptime] has_bias: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let bm = comptime!(16 * tiles_m * warps_m);
     let bn = comptime!(8 * tiles_n * warps_n);
     let a_pitch = comptime!(stage_k + ROW_PAD);
-    let b_pitch = comptime!(bn + ROW_PAD);
+    let b_pitch = comptime!(if rhs_tma { bn } else { bn + ROW_PAD });
     let a_elems = comptime!(bm * a_pitch);
     let stage_elems = comptime!(a_elems + stage_k * b_pitch);
     let mma_warps = comptime!(warps_m * warps_n);
@@ -238,7 +254,9 @@ pub fn matmul_pipelined_kernel<F: Float>(
     let warp_row = (warp % warps_m) * comptime!(16 * tiles_m);
     let warp_col = (warp / warps_m) * comptime!(8 * tiles_n);
 
-    let mut smem = SharedMemory::<F>::new_aligned(comptime!(stages * stage_elems), 16usize);
+    // 128-byte aligned: every block starts on 128 bytes (bm and stage_k are multiples of 16),
+    // as TMA wants its destination.
+    let mut smem = SharedMemory::<F>::new_aligned(comptime!(stages * stage_elems), 128usize);
     // One barrier per stage: a stage's copies complete on it, and every thread arrives on
     // it before reading the stage, so that its next refill (issued after that wait) never
     // overwrites what a slower warp still reads.
@@ -246,6 +264,10 @@ pub fn matmul_pipelined_kernel<F: Float>(
     #[unroll]
     for _ in 0..stages {
         bars.push(Barrier::shared(CUBE_DIM, UNIT_POS == 0));
+    }
+    if comptime!(rhs_tma) {
+        // The barriers' initialization is seen by the TMA unit before its first copy.
+        sync_async_proxy_shared();
     }
     sync_cube();
 
@@ -332,7 +354,22 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 bn,
                 stage_k,
                 units,
+                rhs_tma,
             );
+            #[comptime]
+            if let ComptimeOption::Some(map) = &rhs_map {
+                load_rhs_tma::<F>(
+                    map,
+                    bars.index(s),
+                    &mut smem,
+                    comptime!(s * stage_elems + a_elems),
+                    s * stage_k,
+                    col0,
+                    tid,
+                    stage_k,
+                    bn,
+                );
+            }
         }
         bars.index(s).commit_copy_async();
     }
@@ -366,7 +403,22 @@ pub fn matmul_pipelined_kernel<F: Float>(
                         bn,
                         stage_k,
                         units,
+                        rhs_tma,
                     );
+                    #[comptime]
+                    if let ComptimeOption::Some(map) = &rhs_map {
+                        load_rhs_tma::<F>(
+                            map,
+                            bars.index(refill),
+                            &mut smem,
+                            comptime!(refill * stage_elems + a_elems),
+                            next * stage_k,
+                            col0,
+                            tid,
+                            stage_k,
+                            bn,
+                        );
+                    }
                 }
                 bars.index(refill).commit_copy_async();
 
@@ -512,6 +564,7 @@ fn load_stage<F: Float>(
     #[comptime] bn: usize,
     #[comptime] stage_k: usize,
     #[comptime] units: usize,
+    #[comptime] rhs_tma: bool,
 ) {
     let a_pitch = comptime!(stage_k + ROW_PAD);
     let b_pitch = comptime!(bn + ROW_PAD);
@@ -534,38 +587,69 @@ fn load_stage<F: Float>(
             );
         }
     }
-    let b_per_row = comptime!(bn / CHUNK);
-    let b_step = comptime!(units / b_per_row);
-    let b_iters = comptime!(stage_k * bn / CHUNK / units);
-    let b_src = plan.b_off + (k0 + plan.b_row) * rhs_sk;
-    let b_dst = comptime!(base + bm * a_pitch)
-        + plan.b_row * b_pitch
-        + (tid % b_per_row) * comptime!(CHUNK);
-    if k0 + comptime!(stage_k) <= k {
-        // A whole stage: every row is in K.
-        #[unroll]
-        for r in 0..b_iters {
-            let src = b_src + r * plan.b_jump;
-            let dst = b_dst + comptime!(r * b_step * b_pitch);
-            copy_async_checked(
-                &rhs.slice(src, src + plan.b_len),
-                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
-                comptime!(CHUNK as u32),
-            );
+    // Unless one thread brings the rhs block by TMA (`load_rhs_tma`).
+    if comptime!(!rhs_tma) {
+        let b_per_row = comptime!(bn / CHUNK);
+        let b_step = comptime!(units / b_per_row);
+        let b_iters = comptime!(stage_k * bn / CHUNK / units);
+        let b_src = plan.b_off + (k0 + plan.b_row) * rhs_sk;
+        let b_dst = comptime!(base + bm * a_pitch)
+            + plan.b_row * b_pitch
+            + (tid % b_per_row) * comptime!(CHUNK);
+        if k0 + comptime!(stage_k) <= k {
+            // A whole stage: every row is in K.
+            #[unroll]
+            for r in 0..b_iters {
+                let src = b_src + r * plan.b_jump;
+                let dst = b_dst + comptime!(r * b_step * b_pitch);
+                copy_async_checked(
+                    &rhs.slice(src, src + plan.b_len),
+                    &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+                    comptime!(CHUNK as u32),
+                );
+            }
+        } else {
+            #[unroll]
+            for r in 0..b_iters {
+                let in_k = k0 + plan.b_row + comptime!(r * b_step) < k;
+                let src = select(in_k, b_src + r * plan.b_jump, plan.b_off);
+                let len = select(in_k, plan.b_len, 0usize);
+                let dst = b_dst + comptime!(r * b_step * b_pitch);
+                copy_async_checked(
+                    &rhs.slice(src, src + len),
+                    &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+                    comptime!(CHUNK as u32),
+                );
+            }
         }
-    } else {
-        #[unroll]
-        for r in 0..b_iters {
-            let in_k = k0 + plan.b_row + comptime!(r * b_step) < k;
-            let src = select(in_k, b_src + r * plan.b_jump, plan.b_off);
-            let len = select(in_k, plan.b_len, 0usize);
-            let dst = b_dst + comptime!(r * b_step * b_pitch);
-            copy_async_checked(
-                &rhs.slice(src, src + len),
-                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
-                comptime!(CHUNK as u32),
-            );
-        }
+    }
+}
+
+/// The rhs block of one stage (`stage_k` K rows from `k0`, `bn` columns from `col0`) by one
+/// TMA copy into `smem[base ..]`, rows unpadded, completing on `bar`; issued by thread 0,
+/// which also tells the barrier the bytes to wait for. TMA fills rows past K and columns
+/// past N with zeros, as the `cp.async` path does.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_rhs_tma<F: Float>(
+    map: &TensorMap<F, Tiled>,
+    bar: &Barrier,
+    smem: &mut SharedMemory<F>,
+    #[comptime] base: usize,
+    k0: usize,
+    col0: usize,
+    tid: usize,
+    #[comptime] stage_k: usize,
+    #[comptime] bn: usize,
+) {
+    if tid == 0 {
+        bar.expect_tx(comptime!((stage_k * bn * 2) as u32));
+        bar.tma_load_2d::<F, F>(
+            map,
+            &mut smem.slice_mut(base, base + comptime!(stage_k * bn)),
+            i32::cast_from(k0),
+            i32::cast_from(col0),
+        );
     }
 }
 
@@ -618,6 +702,7 @@ pub const PIPE_MEDIUM: PipelinedTiling = PipelinedTiling {
     stage_k: 64,
     stages: 3,
     copy_warps: 0,
+    rhs_tma: false,
 };
 
 /// 64x64 outputs per cube, four warps of 64x16, 64 K entries per stage: up to 64 rows.
@@ -628,6 +713,7 @@ pub const PIPE_SKINNY: PipelinedTiling = PipelinedTiling {
     stage_k: 64,
     stages: 4,
     copy_warps: 0,
+    rhs_tma: false,
 };
 
 /// 16x32 outputs per cube, two warps of 16x16, 128 K entries per stage: decode, where the
@@ -639,6 +725,7 @@ pub const PIPE_NARROW: PipelinedTiling = PipelinedTiling {
     stage_k: 128,
     stages: 4,
     copy_warps: 0,
+    rhs_tma: false,
 };
 
 /// 16x64 outputs per cube, four warps of 16x16, 128 K entries per stage: decode on wide
@@ -652,6 +739,7 @@ pub const PIPE_NARROW_WIDE: PipelinedTiling = PipelinedTiling {
     stage_k: 128,
     stages: 4,
     copy_warps: 0,
+    rhs_tma: false,
 };
 
 /// The tilings the benchmark sweeps by default and the suite compares with the routed result
@@ -716,6 +804,7 @@ mod tests {
             stage_k: 32,
             stages: 2,
             copy_warps: 0,
+            rhs_tma: false,
         };
         assert!(!uneven.is_valid());
     }
