@@ -713,13 +713,20 @@ fn launch_pipelined<R: Runtime>(
     let bias = bias.unwrap_or_else(|| lhs.clone());
     // The rhs block of a stage as one TMA box (a matrix: the caller refuses batches).
     let rhs_map = if tiling.rhs_tma {
-        ComptimeOptionArgs::Some(TensorMapArg::new(
-            TiledArgs {
-                tile_size: cubecl::zspace::Shape::from(vec![tiling.stage_k, bn]),
-            },
-            rhs.clone().into_tensor_arg(),
-            dtype,
-        ))
+        ComptimeOptionArgs::Some(
+            TensorMapArg::new(
+                TiledArgs {
+                    tile_size: cubecl::zspace::Shape::from(vec![tiling.stage_k, bn]),
+                },
+                rhs.clone().into_tensor_arg(),
+                dtype,
+            )
+            .with_swizzle(match 2 * bn {
+                32 => TensorMapSwizzle::B32,
+                64 => TensorMapSwizzle::B64,
+                _ => TensorMapSwizzle::B128,
+            }),
+        )
     } else {
         ComptimeOptionArgs::None
     };

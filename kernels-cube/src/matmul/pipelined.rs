@@ -78,7 +78,8 @@ pub struct PipelinedTiling {
     pub copy_warps: usize,
     /// Whether the rhs block of a stage arrives by one TMA copy (one instruction for the
     /// whole block, issued by one thread) instead of 16-byte `cp.async` copies. Its rows are
-    /// then stored unpadded, as TMA writes them.
+    /// then stored unpadded and swizzled (TMA's 32, 64 or 128-byte swizzle, one row wide),
+    /// so that the eight rows an `ldmatrix` reads still fall in distinct banks.
     pub rhs_tma: bool,
 }
 
@@ -125,11 +126,11 @@ impl PipelinedTiling {
             && (!self.rhs_tma || self.tma_box_fits())
     }
 
-    /// Whether a TMA box can hold a stage's rhs block: both sides powers of two of at most
-    /// 256 elements.
+    /// Whether one swizzled TMA box can hold a stage's rhs block: at most 256 rows, and rows
+    /// of 32, 64 or 128 bytes (a swizzle span).
     const fn tma_box_fits(&self) -> bool {
         let bn = self.cube_outputs().1;
-        self.stage_k.is_power_of_two() && self.stage_k <= 256 && bn.is_power_of_two() && bn <= 256
+        self.stage_k <= 256 && matches!(bn, 16 | 32 | 64)
     }
 
     /// Whether every thread copies the same number of 16-byte chunks of each operand per
@@ -218,7 +219,8 @@ pub fn matmul_pipelined_kernel<F: Float>(
     let a_pitch = comptime!(stage_k + ROW_PAD);
     let b_pitch = comptime!(if rhs_tma { bn } else { bn + ROW_PAD });
     let a_elems = comptime!(bm * a_pitch);
-    let stage_elems = comptime!(a_elems + stage_k * b_pitch);
+    let b_elems = comptime!(stage_k * b_pitch);
+    let stage_elems = comptime!(a_elems + b_elems);
     let mma_warps = comptime!(warps_m * warps_n);
     let units = comptime!(PLANE * (mma_warps + copy_warps));
     let k_steps = comptime!(stage_k / 16);
@@ -254,9 +256,20 @@ pub fn matmul_pipelined_kernel<F: Float>(
     let warp_row = (warp % warps_m) * comptime!(16 * tiles_m);
     let warp_col = (warp / warps_m) * comptime!(8 * tiles_n);
 
-    // 128-byte aligned: every block starts on 128 bytes (bm and stage_k are multiples of 16),
-    // as TMA wants its destination.
-    let mut smem = SharedMemory::<F>::new_aligned(comptime!(stages * stage_elems), 128usize);
+    // Stage `s` keeps its lhs block at `a_block(s)` and its rhs block at `b_block(s)`. With
+    // TMA the rhs blocks come first, each on a multiple of 16 swizzled rows (of 1024 bytes
+    // at most), so that TMA's swizzle, a function of the address, is one of the row within
+    // the block; the memory is aligned on 1024 bytes for it.
+    let blocks = comptime!(StageBlocks {
+        rhs_first: rhs_tma,
+        stages,
+        a_elems,
+        b_elems,
+    });
+    let mut smem = SharedMemory::<F>::new_aligned(
+        comptime!(stages * stage_elems),
+        comptime!(if rhs_tma { 1024usize } else { 128usize }),
+    );
     // One barrier per stage: a stage's copies complete on it, and every thread arrives on
     // it before reading the stage, so that its next refill (issued after that wait) never
     // overwrites what a slower warp still reads.
@@ -285,7 +298,19 @@ pub fn matmul_pipelined_kernel<F: Float>(
     // tiles.
     let quad = lane / 8;
     let a_lane = (warp_row + (quad % 2) * 8 + lane % 8) * a_pitch + (quad / 2) * 8;
-    let b_lane = ((quad % 2) * 8 + lane % 8) * b_pitch + warp_col + (quad / 2) * 8;
+    let b_lane_row = ((quad % 2) * 8 + lane % 8) * b_pitch;
+    let b_lane = b_lane_row + warp_col + (quad / 2) * 8;
+    // In a swizzled rhs block (TMA), the 16-byte chunk `c` of row `r` lies at chunk `c ^ x`,
+    // `x` taken from the address bits above the 128-byte line: `(r * bn / 64) % (bn / 8)`.
+    // Stage rows of one lane differ by multiples of 8, which leave `x` unchanged, so each
+    // lane works out where its `ldmatrix` columns lie once.
+    let swizzle_x = ((lane % 8) * bn / 64) % comptime!(bn / CHUNK);
+    let mut b_cols = Array::<usize>::new(comptime!(tiles_n / 2));
+    #[unroll]
+    for jp in 0..comptime!(tiles_n / 2) {
+        let chunk = warp_col / CHUNK + quad / 2 + comptime!(2 * jp);
+        b_cols[jp] = (chunk ^ swizzle_x) * CHUNK;
+    }
 
     // The thread's copies, worked out once: chunk `r` of the lhs block is tile row `a_row +
     // r * a_step`, K entries `a_kc ..` of the stage; chunk `r` of the rhs block is stage row
@@ -313,7 +338,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
             let mut at = tid;
             while at < a_zeros {
                 if row0 + at / a_pitch >= m {
-                    smem[comptime!(s * stage_elems) + at] = F::new(0.0);
+                    smem[comptime!(blocks.a(s)) + at] = F::new(0.0);
                 }
                 at += units;
             }
@@ -345,7 +370,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 &a_off,
                 &a_in_m,
                 &plan,
-                comptime!(s * stage_elems),
+                comptime!(blocks.a(s)),
                 rhs_sk,
                 s * stage_k,
                 k,
@@ -362,7 +387,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
                     map,
                     bars.index(s),
                     &mut smem,
-                    comptime!(s * stage_elems + a_elems),
+                    comptime!(blocks.b(s)),
                     s * stage_k,
                     col0,
                     tid,
@@ -394,7 +419,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
                         &a_off,
                         &a_in_m,
                         &plan,
-                        comptime!(refill * stage_elems),
+                        comptime!(blocks.a(refill)),
                         rhs_sk,
                         next * stage_k,
                         k,
@@ -411,7 +436,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
                             map,
                             bars.index(refill),
                             &mut smem,
-                            comptime!(refill * stage_elems + a_elems),
+                            comptime!(blocks.b(refill)),
                             next * stage_k,
                             col0,
                             tid,
@@ -425,8 +450,13 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 if multiplies {
                     // The stage's 16-deep steps, in increasing K; the next step's fragments are
                     // loaded before this step's MMAs are issued.
-                    let a_base = comptime!(s * stage_elems) + a_lane;
-                    let b_base = comptime!(s * stage_elems + a_elems) + b_lane;
+                    let a_base = comptime!(blocks.a(s)) + a_lane;
+                    let b_lane_at = if comptime!(rhs_tma) {
+                        b_lane_row
+                    } else {
+                        b_lane
+                    };
+                    let b_base = comptime!(blocks.b(s)) + b_lane_at;
                     let mut frags_a = Array::<Pair<F>>::new(comptime!(2 * tiles_m * 4));
                     let mut frags_b = Array::<Pair<F>>::new(comptime!(2 * tiles_n * 2));
                     load_fragments::<F>(
@@ -435,10 +465,12 @@ pub fn matmul_pipelined_kernel<F: Float>(
                         &mut frags_b,
                         a_base,
                         b_base,
+                        &b_cols,
                         0usize,
                         tiles_m,
                         tiles_n,
                         a_pitch,
+                        rhs_tma,
                     );
                     #[unroll]
                     for ks in 0..k_steps {
@@ -449,10 +481,12 @@ pub fn matmul_pipelined_kernel<F: Float>(
                                 &mut frags_b,
                                 a_base + comptime!((ks + 1) * 16),
                                 b_base + comptime!((ks + 1) * 16 * b_pitch),
+                                &b_cols,
                                 comptime!((ks + 1) % 2),
                                 tiles_m,
                                 tiles_n,
                                 a_pitch,
+                                rhs_tma,
                             );
                         }
                         let half = comptime!(ks % 2);
@@ -520,6 +554,36 @@ pub fn matmul_pipelined_kernel<F: Float>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Where the blocks of each stage lie in shared memory (elements): by stage, the lhs block
+/// then the rhs block, or, with `rhs_first`, every stage's rhs block before every lhs block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StageBlocks {
+    rhs_first: bool,
+    stages: usize,
+    a_elems: usize,
+    b_elems: usize,
+}
+
+impl StageBlocks {
+    /// Start of stage `s`'s lhs block.
+    const fn a(&self, s: usize) -> usize {
+        if self.rhs_first {
+            self.stages * self.b_elems + s * self.a_elems
+        } else {
+            s * (self.a_elems + self.b_elems)
+        }
+    }
+
+    /// Start of stage `s`'s rhs block.
+    const fn b(&self, s: usize) -> usize {
+        if self.rhs_first {
+            s * self.b_elems
+        } else {
+            s * (self.a_elems + self.b_elems) + self.a_elems
         }
     }
 }
@@ -655,7 +719,8 @@ fn load_rhs_tma<F: Float>(
 
 /// The warp's A fragments (`tiles_m` 16-row tiles) and B fragments (`tiles_n` 8-column
 /// tiles) of one 16-deep step, into half `half` of the fragment arrays. `a_at` and `b_at`
-/// are the lane's `ldmatrix` row addresses for the step's first tiles.
+/// are the lane's `ldmatrix` row addresses for the step's first tiles; in a `swizzled` rhs
+/// block `b_at` is the row's start and `b_cols` the lane's columns, by pair of tiles.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_fragments<F: Float>(
@@ -664,10 +729,12 @@ fn load_fragments<F: Float>(
     frags_b: &mut Array<Pair<F>>,
     a_at: usize,
     b_at: usize,
+    b_cols: &Array<usize>,
     #[comptime] half: usize,
     #[comptime] tiles_m: usize,
     #[comptime] tiles_n: usize,
     #[comptime] a_pitch: usize,
+    #[comptime] swizzled: bool,
 ) {
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
     #[unroll]
@@ -682,7 +749,11 @@ fn load_fragments<F: Float>(
     }
     #[unroll]
     for jp in 0..comptime!(tiles_n / 2) {
-        let at = b_at + comptime!(jp * 16);
+        let at = if comptime!(swizzled) {
+            b_at + b_cols[jp]
+        } else {
+            b_at + comptime!(jp * 16)
+        };
         let regs =
             def.load_matrix::<F, Const<2>>(&smem.slice(at, at + 8), MatrixIdent::B, 4usize, true);
         #[unroll]
