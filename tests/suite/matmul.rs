@@ -400,15 +400,19 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device, compared: Comp
     for dtype in float_dtypes::<Plain<R>>(device) {
         // (257 x 130: whole and partial tiles of the wide portable tiling. K and N of a
         // multiple of 8, the pipelined kernel's: partial cubes in M and N, a last stage
-        // with one 8-wide chunk of K, K shorter than one stage.)
-        for (batch, m, k, n) in [
-            (1, 13, 7, 131),
-            (3, 70, 33, 17),
-            (2, 1, 4097, 65),
-            (1, 257, 19, 130),
-            (2, 33, 1032, 72),
-            (1, 257, 136, 264),
-            (3, 5, 8, 40),
+        // with one 8-wide chunk of K, K shorter than one stage. An rhs batch of 1 is one
+        // matrix for every lhs batch, which the TMA tilings read: a single row, rows
+        // across batches, N narrower than a cube.)
+        for (batch, rhs_batch, m, k, n) in [
+            (1, 1, 13, 7, 131),
+            (3, 3, 70, 33, 17),
+            (2, 2, 1, 4097, 65),
+            (1, 1, 257, 19, 130),
+            (2, 2, 33, 1032, 72),
+            (1, 1, 257, 136, 264),
+            (3, 3, 5, 8, 40),
+            (1, 1, 1, 1032, 200),
+            (3, 1, 33, 264, 40),
         ] {
             let lhs = tensor::<Plain<R>, 3>(
                 random_values(batch * m * k, 50),
@@ -417,8 +421,8 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device, compared: Comp
                 device,
             );
             let rhs = tensor::<Plain<R>, 3>(
-                random_values(batch * k * n, 51),
-                [batch, k, n],
+                random_values(rhs_batch * k * n, 51),
+                [rhs_batch, k, n],
                 dtype,
                 device,
             );
@@ -427,13 +431,13 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device, compared: Comp
                 &values(lhs.clone()),
                 &[batch, m, k],
                 &values(rhs.clone()),
-                &[batch, k, n],
+                &[rhs_batch, k, n],
             );
             let bias_values = values(bias.clone());
             let (lhs, rhs, bias) = (primitive(lhs), primitive(rhs), primitive(bias));
             let client = lhs.client.clone();
             let storage = lhs.dtype.into();
-            let case = format!("{dtype:?} {batch}x{m}x{k}x{n}");
+            let case = format!("{dtype:?} {batch}x{m}x{k}x{n} (rhs batch {rhs_batch})");
             // One launch into a poisoned output: its bits, or what was wrong with it.
             let run = |path: MatmulPath, with_bias: bool| -> Result<Vec<u8>, String> {
                 let out = nan_poison(&client, device, vec![batch, m, n], lhs.dtype);
@@ -578,6 +582,7 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device, compared: Comp
                     PIPELINED_TILINGS
                         .into_iter()
                         .filter(|&tiling| pipelined::is_supported(&client, storage, tiling))
+                        .filter(|&tiling| pipelined::reads_rhs(tiling, &[rhs_batch, k, n]))
                         .map(|tiling| MatmulPath::Pipelined { tiling }),
                 );
             }

@@ -177,7 +177,8 @@ pub fn choose_path<R: Runtime>(
         return portable;
     }
     let sms = client.properties().hardware.num_streaming_multiprocessors;
-    if let Some(tiling) = pipelined::routed_tiling(m, n, batches, dtype, sms)
+    let rhs_matrix = rhs.shape[..rhs.shape.len() - 2].iter().all(|&e| e == 1);
+    if let Some(tiling) = pipelined::routed_tiling(m, n, batches, rhs_matrix, dtype, sms)
         .filter(|&tiling| pipelined::is_supported(client, dtype, tiling))
     {
         let reads = |b: &TensorBinding<R>| {
@@ -533,9 +534,9 @@ pub fn launch_matmul_on<R: Runtime>(
                     lhs.shape, lhs.strides, rhs.shape, rhs.strides
                 )));
             }
-            if tiling.rhs_tma && rank != 2 {
+            if !pipelined::reads_rhs(tiling, &rhs.shape) {
                 return Err(MatmulError::Setup(format!(
-                    "the pipelined kernel's TMA rhs reads a matrix, not a batch: rhs {:?}",
+                    "the pipelined kernel's TMA rhs reads one matrix for every batch: rhs {:?}",
                     rhs.shape
                 )));
             }
@@ -711,14 +712,21 @@ fn launch_pipelined<R: Runtime>(
     // An absent bias binds the lhs: the kernel never reads it (comptime flag).
     let has_bias = bias.is_some();
     let bias = bias.unwrap_or_else(|| lhs.clone());
-    // The rhs block of a stage as one TMA box (a matrix: the caller refuses batches).
+    // The rhs block of a stage as one TMA box, swizzled one row wide, over the rhs's last two
+    // dims (one matrix for every batch: the caller refuses others).
     let rhs_map = if tiling.rhs_tma {
+        let rank = rhs.shape.len();
+        let matrix = TensorBinding {
+            shape: vec![rhs.shape[rank - 2], rhs.shape[rank - 1]].into(),
+            strides: vec![rhs.strides[rank - 2], rhs.strides[rank - 1]].into(),
+            ..rhs.clone()
+        };
         ComptimeOptionArgs::Some(
             TensorMapArg::new(
                 TiledArgs {
                     tile_size: cubecl::zspace::Shape::from(vec![tiling.stage_k, bn]),
                 },
-                rhs.clone().into_tensor_arg(),
+                matrix.into_tensor_arg(),
                 dtype,
             )
             .with_swizzle(match 2 * bn {

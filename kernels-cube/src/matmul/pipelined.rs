@@ -149,31 +149,43 @@ impl PipelinedTiling {
 
 /// The tiling the router runs this kernel with for `batches` products of `m x n` outputs of
 /// `dtype` on a device with `multiprocessors` (if known), or `None` where it leaves the
-/// problem to cubek's routine. Only speed depends on it: the kernel gives cubek's bits.
+/// problem to cubek's routine. `rhs_matrix` says whether one rhs matrix serves every batch
+/// (what the TMA tilings read). Only speed depends on it: the kernel gives cubek's bits.
 ///
-/// The kernel is taken for single rows (M = 1, decode of one sequence), where its copies
-/// skip the 15 rows of a 16-row tile that do not exist and cubek's loaders read them: on an
-/// H100 in bf16, 0.0587 ms against cubek's 0.0664 at K = 14336, N = 4096 and 0.0538 against
-/// 0.0549 at K = 4096, N = 14336 (0.0252 against 0.0249 at 4096 x 4096). From M = 16 up it
-/// was as fast or slower at every shape measured (docs/performance.md, "What limits the
-/// matmul"). [`PIPE_NARROW`] where its cubes fit in one wave, [`PIPE_NARROW_WIDE`] beyond.
+/// The kernel is taken for decode, where the work is streaming the weight: its copies skip
+/// the rows a 16-row tile does not have, and with the rhs brought by TMA into deep stages it
+/// keeps more of the weight in flight than cubek's loaders (the figures are on each tiling).
+/// Up to 16 rows take [`PIPE_NARROW_TMA`], up to 64 [`PIPE_SKINNY_TMA`], each with six
+/// stages where its cubes fit in one wave and four beyond ([`PIPE_NARROW_TMA_WIDE`],
+/// [`PIPE_SKINNY_TMA_WIDE`]). A batched rhs cannot be read by TMA: single rows then take
+/// [`PIPE_NARROW`] or, past one wave, [`PIPE_NARROW_WIDE`], and more rows cubek's routine.
+/// From M = 65 up cubek's routine was as fast or faster at every shape measured
+/// (docs/performance.md, "What limits the matmul").
 pub fn routed_tiling(
     m: usize,
     n: usize,
     batches: usize,
+    rhs_matrix: bool,
     dtype: StorageType,
     multiprocessors: Option<u32>,
 ) -> Option<PipelinedTiling> {
-    if m != 1 || !is_half(dtype) {
+    if m == 0 || m > super::SKINNY_MAX_M || !is_half(dtype) {
         return None;
     }
     let sms = multiprocessors.filter(|&s| s > 0)? as usize;
-    let narrow_cubes = batches.max(1) * n.div_ceil(PIPE_NARROW.cube_outputs().1);
-    Some(if narrow_cubes <= sms {
-        PIPE_NARROW
-    } else {
-        PIPE_NARROW_WIDE
-    })
+    let one_wave = |tiling: PipelinedTiling| {
+        let (rows, cols) = tiling.cube_outputs();
+        batches.max(1) * m.div_ceil(rows) * n.div_ceil(cols) <= sms
+    };
+    let deep_or_wide = |deep: PipelinedTiling, wide: PipelinedTiling| {
+        Some(if one_wave(deep) { deep } else { wide })
+    };
+    match (rhs_matrix, m) {
+        (true, ..=16) => deep_or_wide(PIPE_NARROW_TMA, PIPE_NARROW_TMA_WIDE),
+        (true, _) => deep_or_wide(PIPE_SKINNY_TMA, PIPE_SKINNY_TMA_WIDE),
+        (false, 1) => deep_or_wide(PIPE_NARROW, PIPE_NARROW_WIDE),
+        (false, _) => None,
+    }
 }
 
 /// Whether `dtype` runs on this kernel: the 2-byte floats `mma.sync` m16n8k16 takes.
@@ -813,10 +825,72 @@ pub const PIPE_NARROW_WIDE: PipelinedTiling = PipelinedTiling {
     rhs_tma: false,
 };
 
+/// 16x64 outputs per cube, four warps of 16x16, 128 K entries per stage, the rhs by TMA
+/// into six stages: up to 16 rows where the cubes fit in one wave, so that each
+/// multiprocessor keeps one cube's deep pipeline in flight. At M = 1 on an H100 in bf16:
+/// 0.0225 ms at K = N = 4096 and 0.0566 at K = 14336, N = 4096, against 0.0249 and 0.0671
+/// for cubek's routine and 0.0274 and 0.0612 for [`PIPE_NARROW`].
+pub const PIPE_NARROW_TMA: PipelinedTiling = PipelinedTiling {
+    name: "pipe-16x64-tma6",
+    warps: (1, 4),
+    warp_tiles: (1, 2),
+    stage_k: 128,
+    stages: 6,
+    copy_warps: 0,
+    rhs_tma: true,
+};
+
+/// [`PIPE_NARROW_TMA`] with four stages: up to 16 rows where the cubes overflow one wave and
+/// two fit on a multiprocessor. At M = 1, K = 4096, N = 14336: 0.0553 ms, against 0.0575
+/// for six stages, 0.0565 for cubek's routine and 0.0575 for [`PIPE_NARROW_WIDE`].
+pub const PIPE_NARROW_TMA_WIDE: PipelinedTiling = PipelinedTiling {
+    name: "pipe-16x64-tma4",
+    stages: 4,
+    ..PIPE_NARROW_TMA
+};
+
+/// 32x64 outputs per cube, four warps of 16x32, 128 K entries per stage, the rhs by TMA into
+/// six stages: 16 < M <= 64 where the cubes fit in one wave. At M = 64 on an H100 in bf16:
+/// 0.0253 ms at K = N = 4096 and 0.0668 at K = 14336, N = 4096, against 0.0279 and 0.0750
+/// for cubek's routine.
+pub const PIPE_SKINNY_TMA: PipelinedTiling = PipelinedTiling {
+    name: "pipe-32x64-tma6",
+    warps: (2, 2),
+    warp_tiles: (1, 4),
+    stage_k: 128,
+    stages: 6,
+    copy_warps: 0,
+    rhs_tma: true,
+};
+
+/// [`PIPE_SKINNY_TMA`] with four stages, two cubes to a multiprocessor: 16 < M <= 64 where
+/// the cubes overflow one wave. At M = 64, K = 4096, N = 14336: 0.0687 ms, against 0.0796
+/// for six stages and 0.0762 for cubek's routine.
+pub const PIPE_SKINNY_TMA_WIDE: PipelinedTiling = PipelinedTiling {
+    name: "pipe-32x64-tma4",
+    stages: 4,
+    ..PIPE_SKINNY_TMA
+};
+
 /// The tilings the benchmark sweeps by default and the suite compares with the routed result
 /// bitwise.
-pub const PIPELINED_TILINGS: [PipelinedTiling; 4] =
-    [PIPE_NARROW, PIPE_NARROW_WIDE, PIPE_SKINNY, PIPE_MEDIUM];
+pub const PIPELINED_TILINGS: [PipelinedTiling; 8] = [
+    PIPE_NARROW,
+    PIPE_NARROW_WIDE,
+    PIPE_NARROW_TMA,
+    PIPE_NARROW_TMA_WIDE,
+    PIPE_SKINNY_TMA,
+    PIPE_SKINNY_TMA_WIDE,
+    PIPE_SKINNY,
+    PIPE_MEDIUM,
+];
+
+/// Whether `tiling` reads an rhs of this shape: a TMA rhs is one matrix for every batch
+/// (batch dims of extent 1), the tensor map describing its last two dims.
+pub fn reads_rhs(tiling: PipelinedTiling, rhs_shape: &[usize]) -> bool {
+    let rank = rhs_shape.len();
+    !tiling.rhs_tma || rhs_shape[..rank.saturating_sub(2)].iter().all(|&e| e == 1)
+}
 
 /// Whether the runtime behind `client` runs this kernel for `dtype` with `tiling`: f16 or
 /// bf16, `mma.sync` m16n8k16 with 32-lane warps, and the tiling's shared memory.
@@ -890,27 +964,39 @@ mod tests {
         assert_eq!(PIPE_MEDIUM.shared_bytes(), 2 * 3 * (128 * 72 + 64 * 136));
     }
 
-    /// Single rows only, in f16 and bf16, with a known multiprocessor count; the wider
-    /// tiling once the narrow one's cubes overflow one wave.
+    /// Decode only (M <= 64), in f16 and bf16, with a known multiprocessor count: the TMA
+    /// tilings for a single rhs matrix, deep while the cubes fit in one wave; single rows
+    /// only, without TMA, for a batched rhs.
     #[test]
-    fn router_takes_single_rows() {
+    fn router_takes_decode() {
         let bf16 = StorageType::Scalar(ElemType::Float(FloatKind::BF16));
         let f32 = StorageType::Scalar(ElemType::Float(FloatKind::F32));
-        assert_eq!(
-            routed_tiling(1, 4096, 1, bf16, Some(132)),
-            Some(PIPE_NARROW)
-        );
-        assert_eq!(
-            routed_tiling(1, 14336, 1, bf16, Some(132)),
-            Some(PIPE_NARROW_WIDE)
-        );
-        // 128 narrow cubes per product: two products overflow 132 multiprocessors.
-        assert_eq!(
-            routed_tiling(1, 4096, 2, bf16, Some(132)),
-            Some(PIPE_NARROW_WIDE)
-        );
-        assert_eq!(routed_tiling(2, 4096, 1, bf16, Some(132)), None);
-        assert_eq!(routed_tiling(1, 4096, 1, f32, Some(132)), None);
-        assert_eq!(routed_tiling(1, 4096, 1, bf16, None), None);
+        let route = |m, n, batches, matrix| routed_tiling(m, n, batches, matrix, bf16, Some(132));
+        // 64 cubes of 16x64, then 224.
+        assert_eq!(route(1, 4096, 1, true), Some(PIPE_NARROW_TMA));
+        assert_eq!(route(16, 4096, 1, true), Some(PIPE_NARROW_TMA));
+        assert_eq!(route(1, 14336, 1, true), Some(PIPE_NARROW_TMA_WIDE));
+        // 128 cubes of 32x64, then 448; three products of 64 narrow cubes overflow.
+        assert_eq!(route(64, 4096, 1, true), Some(PIPE_SKINNY_TMA));
+        assert_eq!(route(17, 4096, 1, true), Some(PIPE_SKINNY_TMA));
+        assert_eq!(route(64, 14336, 1, true), Some(PIPE_SKINNY_TMA_WIDE));
+        assert_eq!(route(1, 4096, 3, true), Some(PIPE_NARROW_TMA_WIDE));
+        // A batched rhs: single rows without TMA, 128 narrow cubes per product.
+        assert_eq!(route(1, 4096, 1, false), Some(PIPE_NARROW));
+        assert_eq!(route(1, 4096, 2, false), Some(PIPE_NARROW_WIDE));
+        assert_eq!(route(2, 4096, 1, false), None);
+        assert_eq!(route(65, 4096, 1, true), None);
+        assert_eq!(route(0, 4096, 1, true), None);
+        assert_eq!(routed_tiling(1, 4096, 1, true, f32, Some(132)), None);
+        assert_eq!(routed_tiling(1, 4096, 1, true, bf16, None), None);
+    }
+
+    /// A TMA tiling reads one rhs matrix for every batch, the others any rhs.
+    #[test]
+    fn tma_tilings_read_one_rhs_matrix() {
+        assert!(reads_rhs(PIPE_NARROW_TMA, &[64, 32]));
+        assert!(reads_rhs(PIPE_NARROW_TMA, &[1, 1, 64, 32]));
+        assert!(!reads_rhs(PIPE_NARROW_TMA, &[2, 64, 32]));
+        assert!(reads_rhs(PIPE_NARROW, &[2, 64, 32]));
     }
 }
