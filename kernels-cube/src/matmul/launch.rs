@@ -177,8 +177,8 @@ pub fn choose_path<R: Runtime>(
         return portable;
     }
     let sms = client.properties().hardware.num_streaming_multiprocessors;
-    let rhs_matrix = rhs.shape[..rhs.shape.len() - 2].iter().all(|&e| e == 1);
-    if let Some(tiling) = pipelined::routed_tiling(m, n, batches, rhs_matrix, dtype, sms)
+    let tma_rhs = pipelined::one_matrix(&rhs.shape) && pipelined::has_tma(client);
+    if let Some(tiling) = pipelined::routed_tiling(m, n, batches, tma_rhs, dtype, sms)
         .filter(|&tiling| pipelined::is_supported(client, dtype, tiling))
     {
         let reads = |b: &TensorBinding<R>| {

@@ -38,6 +38,7 @@
 //! (`bench_matmul --tilings-only --pipelined-only`, `--pipe` for other tilings) times it.
 
 use cubecl::cmma::MmaDefinition;
+use cubecl::ir::features::Tma;
 use cubecl::ir::{ElemType, FloatKind, MatrixIdent};
 use cubecl::prelude::barrier::{copy_async_checked, Barrier};
 use cubecl::prelude::*;
@@ -149,15 +150,15 @@ impl PipelinedTiling {
 
 /// The tiling the router runs this kernel with for `batches` products of `m x n` outputs of
 /// `dtype` on a device with `multiprocessors` (if known), or `None` where it leaves the
-/// problem to cubek's routine. `rhs_matrix` says whether one rhs matrix serves every batch
-/// (what the TMA tilings read). Only speed depends on it: the kernel gives cubek's bits.
+/// problem to cubek's routine. `tma_rhs` says whether the rhs can come by TMA: one matrix
+/// for every batch ([`reads_rhs`]) on a device that has TMA ([`has_tma`]). Only speed depends on it: the kernel gives cubek's bits.
 ///
 /// The kernel is taken for decode, where the work is streaming the weight: its copies skip
 /// the rows a 16-row tile does not have, and with the rhs brought by TMA into deep stages it
 /// keeps more of the weight in flight than cubek's loaders (the figures are on each tiling).
 /// Up to 16 rows take [`PIPE_NARROW_TMA`], up to 64 [`PIPE_SKINNY_TMA`], each with six
 /// stages where its cubes fit in one wave and four beyond ([`PIPE_NARROW_TMA_WIDE`],
-/// [`PIPE_SKINNY_TMA_WIDE`]). A batched rhs cannot be read by TMA: single rows then take
+/// [`PIPE_SKINNY_TMA_WIDE`]). Without TMA for the rhs, single rows take
 /// [`PIPE_NARROW`] or, past one wave, [`PIPE_NARROW_WIDE`], and more rows cubek's routine.
 /// From M = 65 up cubek's routine was as fast or faster at every shape measured
 /// (docs/performance.md, "What limits the matmul").
@@ -165,7 +166,7 @@ pub fn routed_tiling(
     m: usize,
     n: usize,
     batches: usize,
-    rhs_matrix: bool,
+    tma_rhs: bool,
     dtype: StorageType,
     multiprocessors: Option<u32>,
 ) -> Option<PipelinedTiling> {
@@ -180,7 +181,7 @@ pub fn routed_tiling(
     let deep_or_wide = |deep: PipelinedTiling, wide: PipelinedTiling| {
         Some(if one_wave(deep) { deep } else { wide })
     };
-    match (rhs_matrix, m) {
+    match (tma_rhs, m) {
         (true, ..=16) => deep_or_wide(PIPE_NARROW_TMA, PIPE_NARROW_TMA_WIDE),
         (true, _) => deep_or_wide(PIPE_SKINNY_TMA, PIPE_SKINNY_TMA_WIDE),
         (false, 1) => deep_or_wide(PIPE_NARROW, PIPE_NARROW_WIDE),
@@ -885,11 +886,23 @@ pub const PIPELINED_TILINGS: [PipelinedTiling; 8] = [
     PIPE_MEDIUM,
 ];
 
+/// Whether the runtime behind `client` has the Tensor Memory Accelerator (sm_90 and up),
+/// which the `rhs_tma` tilings need.
+pub fn has_tma<R: Runtime>(client: &ComputeClient<R>) -> bool {
+    client.properties().features.tma.contains(Tma::Base)
+}
+
 /// Whether `tiling` reads an rhs of this shape: a TMA rhs is one matrix for every batch
-/// (batch dims of extent 1), the tensor map describing its last two dims.
+/// ([`one_matrix`]), the tensor map describing its last two dims.
 pub fn reads_rhs(tiling: PipelinedTiling, rhs_shape: &[usize]) -> bool {
-    let rank = rhs_shape.len();
-    !tiling.rhs_tma || rhs_shape[..rank.saturating_sub(2)].iter().all(|&e| e == 1)
+    !tiling.rhs_tma || one_matrix(rhs_shape)
+}
+
+/// Whether an operand of this shape is one matrix for every batch: batch dims of extent 1.
+pub fn one_matrix(shape: &[usize]) -> bool {
+    shape[..shape.len().saturating_sub(2)]
+        .iter()
+        .all(|&e| e == 1)
 }
 
 /// Whether the runtime behind `client` runs this kernel for `dtype` with `tiling`: f16 or
@@ -902,6 +915,7 @@ pub fn is_supported<R: Runtime>(
     let properties = client.properties();
     is_half(dtype)
         && tiling.is_valid()
+        && (!tiling.rhs_tma || has_tma(client))
         && super::tensor_core::is_supported(client, dtype, super::TileKind::MmaSync)
         && properties.hardware.plane_size_min == PLANE as u32
         && tiling.shared_bytes() + 64 <= properties.hardware.max_shared_memory_size
