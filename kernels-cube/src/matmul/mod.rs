@@ -16,7 +16,7 @@
 //!   picks anything: the tile instruction, the dtypes and the K walk are constants here.
 //!   [`MatmulPath::Pipelined`] is our own `mma.sync` kernel for f16 and bf16
 //!   ([`pipelined`]) with the same K walk and instruction, hence the same bits; the router
-//!   takes it for single rows, where it is as fast or faster (see that module's "Where it
+//!   takes it for decode (M <= 64), where it is faster (see that module's "Where it
 //!   stands"), when it can read both operands as stored.
 //! * **Portable** ([`MatmulPath::Portable`], everything else, e.g. lavapipe; K = 0
 //!   everywhere; f32 with [`F32Precision::Ieee`]): our own persistent kernel
@@ -36,9 +36,9 @@
 //! same, and the tests compare them all bitwise. The same holds for the loader in f16 and
 //! bf16 (TMA, with or without load-only warps, or plain loads: cubek refuses TMA for some
 //! strides) and for the form the instruction is issued in ([`TileKind`]: WMMA fragments or
-//! `mma.sync`, the same hardware MMA), and for the kernel itself: a single row in f16 or
-//! bf16 runs the pipelined kernel where it reads both operands as stored, other rows
-//! cubek's routine, both one m16n8k16 MMA per 16 K entries in increasing K into one f32
+//! `mma.sync`, the same hardware MMA), and for the kernel itself: decode in f16 or bf16
+//! runs the pipelined kernel where it reads both operands as stored, other rows cubek's
+//! routine, both one m16n8k16 MMA per 16 K entries in increasing K into one f32
 //! accumulator (the suite compares them bitwise on the GPU). In f32 the loaders give
 //! different TF32 bits ([`tensor_core::loaders_agree`]), so the loader is chosen by what
 //! does not change with M ([`launch::choose_path`]).

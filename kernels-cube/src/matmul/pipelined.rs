@@ -1,5 +1,6 @@
 //! Our own tensor-core matmul for f16 and bf16: `mma.sync` m16n8k16 fed by `ldmatrix` from
-//! padded shared memory, with a multi-stage `cp.async` pipeline.
+//! shared memory, with a multi-stage pipeline of `cp.async` copies (the rhs optionally by
+//! TMA).
 //!
 //! cubek's tiled routine spends most of its issue slots on other work than the MMA (the
 //! profile in docs/performance.md, "What limits the matmul"). This kernel is written for
@@ -20,21 +21,21 @@
 //!
 //! # Where it stands
 //!
-//! The router takes this kernel for single rows ([`routed_tiling`]): decode of one sequence,
-//! where its copies skip the rows a 16-row tile does not have. Elsewhere cubek's routine is
-//! as fast or faster. On an H100, against cubek's routine in the same job
-//! (docs/performance.md, "What limits the matmul"), each shape at its best tiling of those
-//! swept: at M = 1, 0.88x and 0.98x cubek's time on the two weights with K or N = 14336 and
-//! 1.01x on 4096 x 4096; at M = 16, 0.98-1.03x; at M = 64, 1.07-1.10x; at M >= 256,
-//! 1.13-1.36x. Profiled at 4096^3, its 128x128 cubes keep L2 84% busy while the tensor pipe
-//! is 52% busy: every cube re-reads its operand panels from L2 at each stage, so larger
-//! cubes or cubes that share their loads come next. Profiled at M = 1, it is issue-bound
-//! instead: the two warps of a multiprocessor work out and issue each 16-byte copy in turn,
-//! and DRAM runs at 56% of its peak where cuBLAS, whose cubes also walk the whole K but are
-//! fed by TMA through many more stages, reaches 65%. Every listed tiling is compared bitwise
-//! with cubek's path on the suite's edge shapes (partial tiles, K tails, batches, bias) on
-//! a GPU (`kernel_matmul_pipelined_writes_every_output_in_the_routed_bits`), so the router
-//! can move any size class to it without changing a result. The benchmark's sweep
+//! The router takes this kernel for decode, up to 64 rows ([`routed_tiling`]). Where one
+//! weight matrix serves every batch and the device has TMA, a stage's weight block arrives
+//! by one TMA copy into swizzled rows, six stages deep while the cubes fit in one wave: on
+//! an H100 in bf16, 0.84-0.91x cubek's time at most decode shapes and 1.00-1.10x cuBLAS's
+//! at M = 1 and 16 (docs/performance.md, "Decode"). Deeper `cp.async` pipelines and warps
+//! that only copy ([`PipelinedTiling::copy_warps`]) were measured beside it and gained
+//! little: at M = 1 the `cp.async` kernel is issue-bound on its copies, which TMA removes.
+//! Without TMA, single rows take `cp.async` copies that skip the rows a 16-row tile does not
+//! have. From M = 65 up cubek's routine is as fast or faster (1.13-1.36x at M >= 256):
+//! profiled at 4096^3, this kernel's 128x128 cubes keep L2 84% busy while the tensor pipe
+//! is 52% busy, every cube re-reading its operand panels from L2 at each stage. Every listed
+//! tiling is compared bitwise with cubek's path on the suite's edge shapes (partial tiles,
+//! K tails, batches, a weight shared by batches, bias) on a GPU
+//! (`kernel_matmul_pipelined_writes_every_output_in_the_routed_bits`), so the router can
+//! move any size class to it without changing a result. The benchmark's sweep
 //! (`bench_matmul --tilings-only --pipelined-only`, `--pipe` for other tilings) times it.
 
 use cubecl::cmma::MmaDefinition;
