@@ -827,19 +827,16 @@ pub const PIPE_NARROW_WIDE: PipelinedTiling = PipelinedTiling {
     rhs_tma: false,
 };
 
-/// 16x64 outputs per cube, four warps of 16x16, 128 K entries per stage, the rhs by TMA
-/// into six stages: up to 16 rows where the cubes fit in one wave, so that each
-/// multiprocessor keeps one cube's deep pipeline in flight. At M = 1 on an H100 in bf16:
-/// 0.0225 ms at K = N = 4096 and 0.0566 at K = 14336, N = 4096, against 0.0249 and 0.0671
-/// for cubek's routine and 0.0274 and 0.0612 for [`PIPE_NARROW`].
+/// [`PIPE_NARROW_WIDE`]'s cubes with the rhs by TMA into six stages: up to 16 rows where the
+/// cubes fit in one wave, so that each multiprocessor keeps one cube's deep pipeline in
+/// flight. At M = 1 on an H100 in bf16: 0.0225 ms at K = N = 4096 and 0.0566 at K = 14336,
+/// N = 4096, against 0.0249 and 0.0671 for cubek's routine and 0.0274 and 0.0612 for
+/// [`PIPE_NARROW`].
 pub const PIPE_NARROW_TMA: PipelinedTiling = PipelinedTiling {
     name: "pipe-16x64-tma6",
-    warps: (1, 4),
-    warp_tiles: (1, 2),
-    stage_k: 128,
     stages: 6,
-    copy_warps: 0,
     rhs_tma: true,
+    ..PIPE_NARROW_WIDE
 };
 
 /// [`PIPE_NARROW_TMA`] with four stages: up to 16 rows where the cubes overflow one wave and
