@@ -152,7 +152,8 @@ impl PipelinedTiling {
 /// The tiling the router runs this kernel with for `batches` products of `m x n` outputs of
 /// `dtype` on a device with `multiprocessors` (if known), or `None` where it leaves the
 /// problem to cubek's routine. `tma_rhs` says whether the rhs can come by TMA: one matrix
-/// for every batch ([`reads_rhs`]) on a device that has TMA ([`has_tma`]). Only speed depends on it: the kernel gives cubek's bits.
+/// for every batch ([`one_matrix`]) on a device that has TMA ([`has_tma`]). Only speed
+/// depends on it: the kernel gives cubek's bits.
 ///
 /// The kernel is taken for decode, where the work is streaming the weight: its copies skip
 /// the rows a 16-row tile does not have, and with the rhs brought by TMA into deep stages it
@@ -270,7 +271,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
     let warp_row = (warp % warps_m) * comptime!(16 * tiles_m);
     let warp_col = (warp / warps_m) * comptime!(8 * tiles_n);
 
-    // Stage `s` keeps its lhs block at `a_block(s)` and its rhs block at `b_block(s)`. With
+    // Stage `s` keeps its lhs block at `blocks.a(s)` and its rhs block at `blocks.b(s)`. With
     // TMA the rhs blocks come first, each on a multiple of 16 swizzled rows (of 1024 bytes
     // at most), so that TMA's swizzle, a function of the address, is one of the row within
     // the block; the memory is aligned on 1024 bytes for it.
@@ -704,9 +705,9 @@ fn load_stage<F: Float>(
 }
 
 /// The rhs block of one stage (`stage_k` K rows from `k0`, `bn` columns from `col0`) by one
-/// TMA copy into `smem[base ..]`, rows unpadded, completing on `bar`; issued by thread 0,
-/// which also tells the barrier the bytes to wait for. TMA fills rows past K and columns
-/// past N with zeros, as the `cp.async` path does.
+/// TMA copy into `smem[base ..]`, rows unpadded and swizzled by the tensor map, completing
+/// on `bar`; issued by thread 0, which also tells the barrier the bytes to wait for. TMA
+/// fills rows past K and columns past N with zeros, as the `cp.async` path does.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_rhs_tma<F: Float>(
