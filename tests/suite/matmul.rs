@@ -582,7 +582,9 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device, compared: Comp
                     PIPELINED_TILINGS
                         .into_iter()
                         .filter(|&tiling| pipelined::is_supported(&client, storage, tiling))
-                        .filter(|&tiling| pipelined::reads_rhs(tiling, &[rhs_batch, k, n]))
+                        .filter(|&tiling| {
+                            pipelined::reads_operands(tiling, &[batch, m, k], &[rhs_batch, k, n])
+                        })
                         .map(|tiling| MatmulPath::Pipelined { tiling }),
                 );
             }

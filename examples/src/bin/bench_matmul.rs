@@ -8,7 +8,7 @@
 //! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings), `--dtype
 //! bf16|f16|f32` (one dtype), `--m M` (one row count, in the table and the sweep),
 //! `--candidate NAME:PM,PN,PK:SM,SN` (one more tiling for the sweep, repeatable),
-//! `--pipe NAME:WM,WN:TM,TN:SK,ST` (a tiling of the pipelined kernel to sweep in place of
+//! `--pipe NAME:WM,WN:TM,TN:SK,ST[:CW[:tma|tma2]]` (a tiling of the pipelined kernel to sweep in place of
 //! the routed ones, repeatable),
 //! `--pipelined-only` (the sweep times only the pipelined kernel),
 //! `--profile` (only our product, three calls per shape, untimed: what `ncu` profiles),
@@ -443,7 +443,11 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
                             tiling.stage_k,
                             tiling.stages,
                             tiling.copy_warps,
-                            if tiling.rhs_tma { "/tma" } else { "" }
+                            match (tiling.lhs_tma, tiling.rhs_tma) {
+                                (true, _) => "/tma2",
+                                (false, true) => "/tma",
+                                _ => "",
+                            }
                         ),
                     ),
                     MatmulPath::Portable { tiling } => (tiling.name, "portable".into()),
@@ -479,21 +483,24 @@ fn tiling_sweep(device: &burn::backend::cuda::CudaDevice, only_m: Option<usize>)
     out
 }
 
-/// A pipelined tiling from `NAME:WM,WN:TM,TN:SK,ST[:CW[:tma]]` (warps along M and N, `mma`
-/// tiles per warp along M and N, K entries per stage, stages, warps that only copy, and `tma`
-/// for the rhs by TMA), as the sweep's `--pipe` takes it.
+/// A pipelined tiling from `NAME:WM,WN:TM,TN:SK,ST[:CW[:tma|tma2]]` (warps along M and N,
+/// `mma` tiles per warp along M and N, K entries per stage, stages, warps that only copy, and
+/// `tma` for the rhs by TMA, `tma2` for both operands), as the sweep's `--pipe` takes it.
 fn parse_pipelined(spec: &str) -> PipelinedTiling {
-    let usage = || -> ! { panic!("--pipe wants NAME:WM,WN:TM,TN:SK,ST[:CW[:tma]], got {spec:?}") };
+    let usage =
+        || -> ! { panic!("--pipe wants NAME:WM,WN:TM,TN:SK,ST[:CW[:tma|tma2]], got {spec:?}") };
     let numbers = |part: &str| -> Vec<usize> {
         part.split(',')
             .map(|n| n.trim().parse().unwrap_or_else(|_| usage()))
             .collect()
     };
     let parts: Vec<&str> = spec.split(':').collect();
-    let (name, warps, tiles, stage, copy_warps, rhs_tma) = match parts[..] {
-        [name, warps, tiles, stage] => (name, warps, tiles, stage, "0", false),
-        [name, warps, tiles, stage, cw] => (name, warps, tiles, stage, cw, false),
-        [name, warps, tiles, stage, cw, "tma"] => (name, warps, tiles, stage, cw, true),
+    let (name, warps, tiles, stage, copy_warps, tma) = match parts[..] {
+        [name, warps, tiles, stage] => (name, warps, tiles, stage, "0", ""),
+        [name, warps, tiles, stage, cw] => (name, warps, tiles, stage, cw, ""),
+        [name, warps, tiles, stage, cw, tma @ ("tma" | "tma2")] => {
+            (name, warps, tiles, stage, cw, tma)
+        }
         _ => usage(),
     };
     let copy_warps = copy_warps.trim().parse().unwrap_or_else(|_| usage());
@@ -511,7 +518,8 @@ fn parse_pipelined(spec: &str) -> PipelinedTiling {
         stage_k: sk,
         stages: st,
         copy_warps,
-        rhs_tma,
+        rhs_tma: !tma.is_empty(),
+        lhs_tma: tma == "tma2",
     };
     assert!(tiling.is_valid(), "--pipe {spec}: not a valid tiling");
     tiling

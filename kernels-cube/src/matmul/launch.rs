@@ -534,10 +534,11 @@ pub fn launch_matmul_on<R: Runtime>(
                     lhs.shape, lhs.strides, rhs.shape, rhs.strides
                 )));
             }
-            if !pipelined::reads_rhs(tiling, &rhs.shape) {
+            if !pipelined::reads_operands(tiling, &lhs.shape, &rhs.shape) {
                 return Err(MatmulError::Setup(format!(
-                    "the pipelined kernel's TMA rhs reads one matrix for every batch: rhs {:?}",
-                    rhs.shape
+                    "the pipelined kernel reads an operand by TMA only where it is one matrix \
+                     for every batch: {} with lhs {:?}, rhs {:?}",
+                    tiling.name, lhs.shape, rhs.shape
                 )));
             }
             launch_pipelined(client, lhs, rhs, bias, out, dtype, &expected, tiling)
@@ -712,32 +713,36 @@ fn launch_pipelined<R: Runtime>(
     // An absent bias binds the lhs: the kernel never reads it (comptime flag).
     let has_bias = bias.is_some();
     let bias = bias.unwrap_or_else(|| lhs.clone());
-    // The rhs block of a stage as one TMA box, swizzled one row wide, over the rhs's last two
-    // dims (one matrix for every batch: the caller refuses others).
-    let rhs_map = if tiling.rhs_tma {
-        let rank = rhs.shape.len();
+    // A stage's block of each operand brought by TMA as slabs (`rows` x `slab` boxes,
+    // swizzled one slab row wide) over the operand's last two dims (one matrix for every
+    // batch: the caller refuses others).
+    let tma_map = |b: &TensorBinding<R>, brought: bool, rows: usize, slab: usize| {
+        if !brought {
+            return ComptimeOptionArgs::None;
+        }
+        let rank = b.shape.len();
         let matrix = TensorBinding {
-            shape: vec![rhs.shape[rank - 2], rhs.shape[rank - 1]].into(),
-            strides: vec![rhs.strides[rank - 2], rhs.strides[rank - 1]].into(),
-            ..rhs.clone()
+            shape: vec![b.shape[rank - 2], b.shape[rank - 1]].into(),
+            strides: vec![b.strides[rank - 2], b.strides[rank - 1]].into(),
+            ..b.clone()
         };
         ComptimeOptionArgs::Some(
             TensorMapArg::new(
                 TiledArgs {
-                    tile_size: cubecl::zspace::Shape::from(vec![tiling.stage_k, bn]),
+                    tile_size: cubecl::zspace::Shape::from(vec![rows, slab]),
                 },
                 matrix.into_tensor_arg(),
                 dtype,
             )
-            .with_swizzle(match 2 * bn {
+            .with_swizzle(match 2 * slab {
                 32 => TensorMapSwizzle::B32,
                 64 => TensorMapSwizzle::B64,
                 _ => TensorMapSwizzle::B128,
             }),
         )
-    } else {
-        ComptimeOptionArgs::None
     };
+    let lhs_map = tma_map(&lhs, tiling.lhs_tma, bm, tiling.lhs_slab());
+    let rhs_map = tma_map(&rhs, tiling.rhs_tma, tiling.stage_k, tiling.rhs_slab());
     unsafe {
         matmul_pipelined_kernel::launch_unchecked(
             client,
@@ -763,8 +768,10 @@ fn launch_pipelined<R: Runtime>(
             tiles_n,
             tiling.stage_k,
             tiling.stages,
+            lhs_map,
             rhs_map,
             tiling.copy_warps,
+            tiling.lhs_tma,
             tiling.rhs_tma,
             has_bias,
             dtype,

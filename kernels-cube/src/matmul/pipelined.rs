@@ -81,8 +81,15 @@ pub struct PipelinedTiling {
     /// Whether the rhs block of a stage arrives by one TMA copy (one instruction for the
     /// whole block, issued by one thread) instead of 16-byte `cp.async` copies. Its rows are
     /// then stored unpadded and swizzled (TMA's 32, 64 or 128-byte swizzle, one row wide),
-    /// so that the eight rows an `ldmatrix` reads still fall in distinct banks.
+    /// so that the eight rows an `ldmatrix` reads still fall in distinct banks. A block wider
+    /// than 64 columns arrives as slabs of 64 columns (128 bytes, the widest swizzle), one
+    /// TMA copy each.
     pub rhs_tma: bool,
+    /// Whether the lhs block of a stage arrives by TMA too (with `rhs_tma` only), in slabs
+    /// of up to 64 K entries, swizzled as the rhs's: no thread issues a copy, which frees
+    /// the large tilings' issue slots for `ldmatrix` and `mma`. Rows past M arrive as
+    /// zeros from the tensor map.
+    pub lhs_tma: bool,
 }
 
 impl PipelinedTiling {
@@ -99,12 +106,27 @@ impl PipelinedTiling {
         PLANE * (self.warps.0 * self.warps.1 + self.copy_warps)
     }
 
-    /// Elements of one stage: the lhs block, then the rhs block, rows padded (the rhs's
-    /// unless TMA brings it).
+    /// Elements of one stage: the lhs block, then the rhs block, rows padded unless TMA
+    /// brings them.
     const fn stage_elems(&self) -> usize {
         let (bm, bn) = self.cube_outputs();
+        let a_pitch = if self.lhs_tma {
+            self.stage_k
+        } else {
+            self.stage_k + ROW_PAD
+        };
         let b_pitch = if self.rhs_tma { bn } else { bn + ROW_PAD };
-        bm * (self.stage_k + ROW_PAD) + self.stage_k * b_pitch
+        bm * a_pitch + self.stage_k * b_pitch
+    }
+
+    /// Columns of one TMA slab of the rhs block (rows of at most 128 bytes).
+    pub const fn rhs_slab(&self) -> usize {
+        tma_slab(self.cube_outputs().1)
+    }
+
+    /// K entries of one TMA slab of the lhs block (rows of at most 128 bytes).
+    pub const fn lhs_slab(&self) -> usize {
+        tma_slab(self.stage_k)
     }
 
     /// Shared memory of one cube, in bytes of a 2-byte dtype.
@@ -125,14 +147,17 @@ impl PipelinedTiling {
             && self.stages <= MAX_STAGES
             && self.warps.0 * self.warps.1 + self.copy_warps <= 32
             && self.copies_divide()
-            && (!self.rhs_tma || self.tma_box_fits())
+            && (!self.rhs_tma || tma_slabs_fit(self.stage_k, self.cube_outputs().1))
+            && (!self.lhs_tma || self.lhs_tma_fits())
     }
 
-    /// Whether one swizzled TMA box can hold a stage's rhs block: at most 256 rows, and rows
-    /// of 32, 64 or 128 bytes (a swizzle span).
-    const fn tma_box_fits(&self) -> bool {
-        let bn = self.cube_outputs().1;
-        self.stage_k <= 256 && matches!(bn, 16 | 32 | 64)
+    /// Whether the lhs block can arrive by TMA after the rhs blocks: with the rhs by TMA, in
+    /// swizzled slabs, the lhs blocks starting on 1024 bytes as the swizzle wants.
+    const fn lhs_tma_fits(&self) -> bool {
+        let (bm, bn) = self.cube_outputs();
+        self.rhs_tma
+            && tma_slabs_fit(bm, self.stage_k)
+            && (2 * self.stages * self.stage_k * bn).is_multiple_of(1024)
     }
 
     /// Whether every thread copies the same number of 16-byte chunks of each operand per
@@ -147,6 +172,23 @@ impl PipelinedTiling {
             && (self.stage_k * b_per_row).is_multiple_of(units)
             && units.is_multiple_of(b_per_row)
     }
+}
+
+/// The width of the TMA slabs a block `width` elements wide arrives in: the whole row up to
+/// 64 elements (128 bytes, the widest swizzle span), else 64.
+const fn tma_slab(width: usize) -> usize {
+    if width < 64 {
+        width
+    } else {
+        64
+    }
+}
+
+/// Whether a block of `rows` x `width` 2-byte elements arrives as swizzled TMA slabs: at
+/// most 256 rows a box, and rows of 32, 64 or 128 bytes, or a whole number of 128-byte
+/// slabs.
+const fn tma_slabs_fit(rows: usize, width: usize) -> bool {
+    rows <= 256 && (matches!(width, 16 | 32) || width.is_multiple_of(64))
 }
 
 /// The tiling the router runs this kernel with for `batches` products of `m x n` outputs of
@@ -223,18 +265,29 @@ pub fn matmul_pipelined_kernel<F: Float>(
     #[comptime] tiles_n: usize,
     #[comptime] stage_k: usize,
     #[comptime] stages: usize,
+    lhs_map: ComptimeOption<TensorMap<F, Tiled>>,
     rhs_map: ComptimeOption<TensorMap<F, Tiled>>,
     #[comptime] copy_warps: usize,
+    #[comptime] lhs_tma: bool,
     #[comptime] rhs_tma: bool,
     #[comptime] has_bias: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let bm = comptime!(16 * tiles_m * warps_m);
     let bn = comptime!(8 * tiles_n * warps_n);
-    let a_pitch = comptime!(stage_k + ROW_PAD);
-    let b_pitch = comptime!(if rhs_tma { bn } else { bn + ROW_PAD });
-    let a_elems = comptime!(bm * a_pitch);
-    let b_elems = comptime!(stage_k * b_pitch);
+    // With TMA a block is stored as slabs of at most 64 elements a row (`a_slab` K entries of
+    // the lhs, `b_slab` columns of the rhs), each slab's rows unpadded and swizzled; the pitch
+    // is then the slab's row.
+    let a_slab = comptime!(tma_slab(stage_k));
+    let b_slab = comptime!(tma_slab(bn));
+    let a_pitch = comptime!(if lhs_tma { a_slab } else { stage_k + ROW_PAD });
+    let b_pitch = comptime!(if rhs_tma { b_slab } else { bn + ROW_PAD });
+    let a_elems = comptime!(if lhs_tma { bm * stage_k } else { bm * a_pitch });
+    let b_elems = comptime!(if rhs_tma {
+        stage_k * bn
+    } else {
+        stage_k * b_pitch
+    });
     let stage_elems = comptime!(a_elems + b_elems);
     let mma_warps = comptime!(warps_m * warps_n);
     let units = comptime!(PLANE * (mma_warps + copy_warps));
@@ -272,9 +325,9 @@ pub fn matmul_pipelined_kernel<F: Float>(
     let warp_col = (warp / warps_m) * comptime!(8 * tiles_n);
 
     // Stage `s` keeps its lhs block at `blocks.a(s)` and its rhs block at `blocks.b(s)`. With
-    // TMA the rhs blocks come first, each on a multiple of 16 swizzled rows (of 1024 bytes
-    // at most), so that TMA's swizzle, a function of the address, is one of the row within
-    // the block; the memory is aligned on 1024 bytes for it.
+    // TMA the rhs blocks come first, then the lhs blocks, each slab on a multiple of 16
+    // swizzled rows (of 1024 bytes at most), so that TMA's swizzle, a function of the
+    // address, is one of the row within the slab; the memory is aligned on 1024 bytes for it.
     let blocks = comptime!(StageBlocks {
         rhs_first: rhs_tma,
         stages,
@@ -312,19 +365,30 @@ pub fn matmul_pipelined_kernel<F: Float>(
     // matrix i is K 8 (i % 2) .., columns 8 (i / 2) ..: the B fragments of two 8-column
     // tiles.
     let quad = lane / 8;
-    let a_lane = (warp_row + (quad % 2) * 8 + lane % 8) * a_pitch + (quad / 2) * 8;
+    let a_lane_row = (warp_row + (quad % 2) * 8 + lane % 8) * a_pitch;
+    let a_lane = a_lane_row + (quad / 2) * 8;
     let b_lane_row = ((quad % 2) * 8 + lane % 8) * b_pitch;
     let b_lane = b_lane_row + warp_col + (quad / 2) * 8;
-    // In a swizzled rhs block (TMA), the 16-byte chunk `c` of row `r` lies at chunk `c ^ x`,
-    // `x` taken from the address bits above the 128-byte line: `(r * bn / 64) % (bn / 8)`.
-    // Stage rows of one lane differ by multiples of 8, which leave `x` unchanged, so each
-    // lane works out where its `ldmatrix` columns lie once.
-    let swizzle_x = ((lane % 8) * bn / 64) % comptime!(bn / CHUNK);
+    // In a swizzled slab `w` elements wide (TMA), the 16-byte chunk `c` of row `r` lies at
+    // chunk `c ^ x`, `x` taken from the address bits above the 128-byte line:
+    // `(r * w / 64) % (w / 8)`. The rows one lane reads differ by multiples of 8, which leave
+    // `x` unchanged, so each lane works out where its `ldmatrix` chunks lie once: for the
+    // rhs, by pair of 8-column tiles (slab and chunk); for the lhs, by the 16-deep step's
+    // place in its slab.
+    let b_swizzle = ((lane % 8) * b_slab / 64) % comptime!(b_slab / CHUNK);
     let mut b_cols = Array::<usize>::new(comptime!(tiles_n / 2));
     #[unroll]
     for jp in 0..comptime!(tiles_n / 2) {
         let chunk = warp_col / CHUNK + quad / 2 + comptime!(2 * jp);
-        b_cols[jp] = (chunk ^ swizzle_x) * CHUNK;
+        let slab = chunk / comptime!(b_slab / CHUNK);
+        let in_slab = chunk % comptime!(b_slab / CHUNK);
+        b_cols[jp] = slab * comptime!(stage_k * b_slab) + (in_slab ^ b_swizzle) * CHUNK;
+    }
+    let a_swizzle = ((lane % 8) * a_slab / 64) % comptime!(a_slab / CHUNK);
+    let mut a_cols = Array::<usize>::new(comptime!(a_slab / 16));
+    #[unroll]
+    for c in 0..comptime!(a_slab / 16) {
+        a_cols[c] = ((comptime!(2 * c) + quad / 2) ^ a_swizzle) * CHUNK;
     }
 
     // The thread's copies, worked out once: chunk `r` of the lhs block is tile row `a_row +
@@ -346,7 +410,7 @@ pub fn matmul_pipelined_kernel<F: Float>(
         a_off[r] = lhs_base + min(row, m - 1) * lhs_sm + a_kc;
         a_in_m[r] = row < m;
     }
-    if row0 + bm > m {
+    if comptime!(!lhs_tma) && row0 + bm > m {
         let a_zeros = comptime!(bm * a_pitch);
         #[unroll]
         for s in 0..stages {
@@ -394,11 +458,12 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 bn,
                 stage_k,
                 units,
+                lhs_tma,
                 rhs_tma,
             );
             #[comptime]
             if let ComptimeOption::Some(map) = &rhs_map {
-                load_rhs_tma::<F>(
+                load_tma_slabs::<F>(
                     map,
                     bars.index(s),
                     &mut smem,
@@ -408,6 +473,20 @@ pub fn matmul_pipelined_kernel<F: Float>(
                     tid,
                     stage_k,
                     bn,
+                );
+            }
+            #[comptime]
+            if let ComptimeOption::Some(map) = &lhs_map {
+                load_tma_slabs::<F>(
+                    map,
+                    bars.index(s),
+                    &mut smem,
+                    comptime!(blocks.a(s)),
+                    row0,
+                    s * stage_k,
+                    tid,
+                    bm,
+                    stage_k,
                 );
             }
         }
@@ -443,11 +522,12 @@ pub fn matmul_pipelined_kernel<F: Float>(
                         bn,
                         stage_k,
                         units,
+                        lhs_tma,
                         rhs_tma,
                     );
                     #[comptime]
                     if let ComptimeOption::Some(map) = &rhs_map {
-                        load_rhs_tma::<F>(
+                        load_tma_slabs::<F>(
                             map,
                             bars.index(refill),
                             &mut smem,
@@ -459,13 +539,27 @@ pub fn matmul_pipelined_kernel<F: Float>(
                             bn,
                         );
                     }
+                    #[comptime]
+                    if let ComptimeOption::Some(map) = &lhs_map {
+                        load_tma_slabs::<F>(
+                            map,
+                            bars.index(refill),
+                            &mut smem,
+                            comptime!(blocks.a(refill)),
+                            row0,
+                            next * stage_k,
+                            tid,
+                            bm,
+                            stage_k,
+                        );
+                    }
                 }
                 bars.index(refill).commit_copy_async();
 
                 if multiplies {
                     // The stage's 16-deep steps, in increasing K; the next step's fragments are
                     // loaded before this step's MMAs are issued.
-                    let a_base = comptime!(blocks.a(s)) + a_lane;
+                    let a_block = comptime!(blocks.a(s));
                     let b_lane_at = if comptime!(rhs_tma) {
                         b_lane_row
                     } else {
@@ -478,7 +572,8 @@ pub fn matmul_pipelined_kernel<F: Float>(
                         &smem,
                         &mut frags_a,
                         &mut frags_b,
-                        a_base,
+                        a_block
+                            + a_step_at(a_lane, a_lane_row, &a_cols, 0usize, bm, a_slab, lhs_tma),
                         b_base,
                         &b_cols,
                         0usize,
@@ -494,7 +589,16 @@ pub fn matmul_pipelined_kernel<F: Float>(
                                 &smem,
                                 &mut frags_a,
                                 &mut frags_b,
-                                a_base + comptime!((ks + 1) * 16),
+                                a_block
+                                    + a_step_at(
+                                        a_lane,
+                                        a_lane_row,
+                                        &a_cols,
+                                        comptime!(ks + 1),
+                                        bm,
+                                        a_slab,
+                                        lhs_tma,
+                                    ),
                                 b_base + comptime!((ks + 1) * 16 * b_pitch),
                                 &b_cols,
                                 comptime!((ks + 1) % 2),
@@ -643,30 +747,34 @@ fn load_stage<F: Float>(
     #[comptime] bn: usize,
     #[comptime] stage_k: usize,
     #[comptime] units: usize,
+    #[comptime] lhs_tma: bool,
     #[comptime] rhs_tma: bool,
 ) {
     let a_pitch = comptime!(stage_k + ROW_PAD);
     let b_pitch = comptime!(bn + ROW_PAD);
-    let a_per_row = comptime!(stage_k / CHUNK);
-    let a_step = comptime!(units / a_per_row);
-    let a_iters = comptime!(bm * stage_k / CHUNK / units);
-    let a_in_k = k0 + plan.a_kc < k;
-    let a_shift = select(a_in_k, k0, 0usize);
-    let a_dst = comptime!(base) + (tid / a_per_row) * a_pitch + plan.a_kc;
-    let a_len = select(a_in_k, comptime!(CHUNK), 0usize);
-    #[unroll]
-    for r in 0..a_iters {
-        if a_in_m[r] {
-            let src = a_off[r] + a_shift;
-            let dst = a_dst + comptime!(r * a_step * a_pitch);
-            copy_async_checked(
-                &lhs.slice(src, src + a_len),
-                &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
-                comptime!(CHUNK as u32),
-            );
+    // Unless thread 0 brings the lhs block by TMA (`load_tma_slabs`).
+    if comptime!(!lhs_tma) {
+        let a_per_row = comptime!(stage_k / CHUNK);
+        let a_step = comptime!(units / a_per_row);
+        let a_iters = comptime!(bm * stage_k / CHUNK / units);
+        let a_in_k = k0 + plan.a_kc < k;
+        let a_shift = select(a_in_k, k0, 0usize);
+        let a_dst = comptime!(base) + (tid / a_per_row) * a_pitch + plan.a_kc;
+        let a_len = select(a_in_k, comptime!(CHUNK), 0usize);
+        #[unroll]
+        for r in 0..a_iters {
+            if a_in_m[r] {
+                let src = a_off[r] + a_shift;
+                let dst = a_dst + comptime!(r * a_step * a_pitch);
+                copy_async_checked(
+                    &lhs.slice(src, src + a_len),
+                    &mut smem.slice_mut(dst, dst + comptime!(CHUNK)),
+                    comptime!(CHUNK as u32),
+                );
+            }
         }
     }
-    // Unless one thread brings the rhs block by TMA (`load_rhs_tma`).
+    // Unless thread 0 brings the rhs block by TMA (`load_tma_slabs`).
     if comptime!(!rhs_tma) {
         let b_per_row = comptime!(bn / CHUNK);
         let b_step = comptime!(units / b_per_row);
@@ -704,31 +812,59 @@ fn load_stage<F: Float>(
     }
 }
 
-/// The rhs block of one stage (`stage_k` K rows from `k0`, `bn` columns from `col0`) by one
-/// TMA copy into `smem[base ..]`, rows unpadded and swizzled by the tensor map, completing
-/// on `bar`; issued by thread 0, which also tells the barrier the bytes to wait for. TMA
-/// fills rows past K and columns past N with zeros, as the `cp.async` path does.
+/// One block of a stage (`rows` rows from `outer`, `width` elements from `inner`) by TMA
+/// into `smem[base ..]`, as slabs of [`tma_slab`] elements a row stored one after another,
+/// each unpadded and swizzled by the tensor map, completing on `bar`; issued by thread 0,
+/// which also tells the barrier the bytes to wait for. TMA fills rows and columns past the
+/// matrix with zeros, as the `cp.async` path does.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_rhs_tma<F: Float>(
+fn load_tma_slabs<F: Float>(
     map: &TensorMap<F, Tiled>,
     bar: &Barrier,
     smem: &mut SharedMemory<F>,
     #[comptime] base: usize,
-    k0: usize,
-    col0: usize,
+    outer: usize,
+    inner: usize,
     tid: usize,
-    #[comptime] stage_k: usize,
-    #[comptime] bn: usize,
+    #[comptime] rows: usize,
+    #[comptime] width: usize,
 ) {
+    let slab = comptime!(tma_slab(width));
     if tid == 0 {
-        bar.expect_tx(comptime!((stage_k * bn * 2) as u32));
-        bar.tma_load_2d::<F, F>(
-            map,
-            &mut smem.slice_mut(base, base + comptime!(stage_k * bn)),
-            i32::cast_from(k0),
-            i32::cast_from(col0),
-        );
+        bar.expect_tx(comptime!((rows * width * 2) as u32));
+        #[unroll]
+        for j in 0..comptime!(width / slab) {
+            let at = comptime!(base + j * rows * slab);
+            bar.tma_load_2d::<F, F>(
+                map,
+                &mut smem.slice_mut(at, at + comptime!(rows * slab)),
+                i32::cast_from(outer),
+                i32::cast_from(inner + comptime!(j * slab)),
+            );
+        }
+    }
+}
+
+/// Where the lane's `ldmatrix` row address for the lhs lies at 16-deep step `ks` of a stage,
+/// from its block's start: `a_lane` and K in a padded block, or in a `swizzled` one (TMA)
+/// the slab of the step, the lane's row in it and the swizzled chunk of the step.
+#[cube]
+fn a_step_at(
+    a_lane: usize,
+    a_lane_row: usize,
+    a_cols: &Array<usize>,
+    #[comptime] ks: usize,
+    #[comptime] bm: usize,
+    #[comptime] a_slab: usize,
+    #[comptime] swizzled: bool,
+) -> usize {
+    if comptime!(swizzled) {
+        a_lane_row
+            + comptime!(ks * 16 / a_slab * bm * a_slab)
+            + a_cols[comptime!(ks * 16 % a_slab / 16)]
+    } else {
+        a_lane + comptime!(ks * 16)
     }
 }
 
@@ -789,6 +925,7 @@ pub const PIPE_MEDIUM: PipelinedTiling = PipelinedTiling {
     stages: 3,
     copy_warps: 0,
     rhs_tma: false,
+    lhs_tma: false,
 };
 
 /// 64x64 outputs per cube, four warps of 64x16, 64 K entries per stage: up to 64 rows.
@@ -800,6 +937,7 @@ pub const PIPE_SKINNY: PipelinedTiling = PipelinedTiling {
     stages: 4,
     copy_warps: 0,
     rhs_tma: false,
+    lhs_tma: false,
 };
 
 /// 16x32 outputs per cube, two warps of 16x16, 128 K entries per stage: decode, where the
@@ -812,6 +950,7 @@ pub const PIPE_NARROW: PipelinedTiling = PipelinedTiling {
     stages: 4,
     copy_warps: 0,
     rhs_tma: false,
+    lhs_tma: false,
 };
 
 /// 16x64 outputs per cube, four warps of 16x16, 128 K entries per stage: decode on wide
@@ -826,6 +965,7 @@ pub const PIPE_NARROW_WIDE: PipelinedTiling = PipelinedTiling {
     stages: 4,
     copy_warps: 0,
     rhs_tma: false,
+    lhs_tma: false,
 };
 
 /// [`PIPE_NARROW_WIDE`]'s cubes with the rhs by TMA into six stages: up to 16 rows where the
@@ -837,6 +977,7 @@ pub const PIPE_NARROW_TMA: PipelinedTiling = PipelinedTiling {
     name: "pipe-16x64-tma6",
     stages: 6,
     rhs_tma: true,
+    lhs_tma: false,
     ..PIPE_NARROW_WIDE
 };
 
@@ -861,6 +1002,7 @@ pub const PIPE_SKINNY_TMA: PipelinedTiling = PipelinedTiling {
     stages: 6,
     copy_warps: 0,
     rhs_tma: true,
+    lhs_tma: false,
 };
 
 /// [`PIPE_SKINNY_TMA`] with four stages, two cubes to a multiprocessor: 16 < M <= 64 where
@@ -891,10 +1033,10 @@ pub fn has_tma<R: Runtime>(client: &ComputeClient<R>) -> bool {
     client.properties().features.tma.contains(Tma::Base)
 }
 
-/// Whether `tiling` reads an rhs of this shape: a TMA rhs is one matrix for every batch
-/// ([`one_matrix`]), the tensor map describing its last two dims.
-pub fn reads_rhs(tiling: PipelinedTiling, rhs_shape: &[usize]) -> bool {
-    !tiling.rhs_tma || one_matrix(rhs_shape)
+/// Whether `tiling` reads operands of these shapes: an operand brought by TMA is one matrix
+/// for every batch ([`one_matrix`]), the tensor map describing its last two dims.
+pub fn reads_operands(tiling: PipelinedTiling, lhs_shape: &[usize], rhs_shape: &[usize]) -> bool {
+    (!tiling.lhs_tma || one_matrix(lhs_shape)) && (!tiling.rhs_tma || one_matrix(rhs_shape))
 }
 
 /// Whether an operand of this shape is one matrix for every batch: batch dims of extent 1.
@@ -963,8 +1105,60 @@ mod tests {
             stages: 2,
             copy_warps: 0,
             rhs_tma: false,
+            lhs_tma: false,
         };
         assert!(!uneven.is_valid());
+    }
+
+    /// Blocks brought by TMA arrive as slabs of at most 128 bytes a row; the lhs only beside
+    /// the rhs, whose blocks come first and must leave the lhs blocks on 1024 bytes.
+    #[test]
+    fn tma_blocks_arrive_in_slabs() {
+        let both = PipelinedTiling {
+            name: "both",
+            warps: (2, 4),
+            warp_tiles: (4, 8),
+            stage_k: 64,
+            stages: 4,
+            copy_warps: 0,
+            rhs_tma: true,
+            lhs_tma: true,
+        };
+        assert!(both.is_valid());
+        assert_eq!((both.lhs_slab(), both.rhs_slab()), (64, 64));
+        // Unpadded blocks: 128x64 and 64x256 per stage.
+        assert_eq!(both.shared_bytes(), 2 * 4 * (128 * 64 + 64 * 256));
+        assert_eq!(PIPE_NARROW_TMA.rhs_slab(), 64);
+        let narrow = PipelinedTiling {
+            warps: (1, 2),
+            ..PIPE_NARROW_TMA
+        };
+        assert_eq!(narrow.rhs_slab(), 32);
+        assert!(!PipelinedTiling {
+            rhs_tma: false,
+            ..both
+        }
+        .is_valid());
+        // 48 K entries a row are neither one swizzle span nor whole 128-byte slabs.
+        assert!(!PipelinedTiling {
+            stage_k: 48,
+            ..both
+        }
+        .is_valid());
+        // Three stages of a 16x16 rhs block (512 bytes each) would leave the lhs blocks off
+        // 1024 bytes.
+        let small = PipelinedTiling {
+            name: "small",
+            warps: (1, 1),
+            warp_tiles: (1, 2),
+            stage_k: 16,
+            stages: 3,
+            copy_warps: 0,
+            rhs_tma: true,
+            lhs_tma: true,
+        };
+        assert!(!small.is_valid());
+        assert!(PipelinedTiling { stages: 2, ..small }.is_valid());
     }
 
     #[test]
@@ -1007,9 +1201,16 @@ mod tests {
     /// A TMA tiling reads one rhs matrix for every batch, the others any rhs.
     #[test]
     fn tma_tilings_read_one_rhs_matrix() {
-        assert!(reads_rhs(PIPE_NARROW_TMA, &[64, 32]));
-        assert!(reads_rhs(PIPE_NARROW_TMA, &[1, 1, 64, 32]));
-        assert!(!reads_rhs(PIPE_NARROW_TMA, &[2, 64, 32]));
-        assert!(reads_rhs(PIPE_NARROW, &[2, 64, 32]));
+        let lhs = [2, 5, 64];
+        assert!(reads_operands(PIPE_NARROW_TMA, &lhs, &[64, 32]));
+        assert!(reads_operands(PIPE_NARROW_TMA, &lhs, &[1, 1, 64, 32]));
+        assert!(!reads_operands(PIPE_NARROW_TMA, &lhs, &[2, 64, 32]));
+        assert!(reads_operands(PIPE_NARROW, &lhs, &[2, 64, 32]));
+        let both = PipelinedTiling {
+            lhs_tma: true,
+            ..PIPE_NARROW_TMA
+        };
+        assert!(!reads_operands(both, &lhs, &[64, 32]));
+        assert!(reads_operands(both, &[1, 5, 64], &[64, 32]));
     }
 }
