@@ -1014,17 +1014,54 @@ pub const PIPE_SKINNY_TMA_WIDE: PipelinedTiling = PipelinedTiling {
     ..PIPE_SKINNY_TMA
 };
 
+/// 128x256 outputs per cube, eight warps of 64x64, 64 K entries per stage in four stages,
+/// both operands by TMA: one cube per multiprocessor (192 KB), for large M.
+pub const PIPE_LARGE_TMA: PipelinedTiling = PipelinedTiling {
+    name: "pipe-128x256-tma2",
+    warps: (2, 4),
+    warp_tiles: (4, 8),
+    stage_k: 64,
+    stages: 4,
+    copy_warps: 0,
+    rhs_tma: true,
+    lhs_tma: true,
+};
+
+/// [`PIPE_MEDIUM`]'s cubes with both operands by TMA: two cubes per multiprocessor.
+pub const PIPE_MEDIUM_TMA: PipelinedTiling = PipelinedTiling {
+    name: "pipe-128x128-tma2",
+    rhs_tma: true,
+    lhs_tma: true,
+    ..PIPE_MEDIUM
+};
+
+/// 64x64 outputs per cube, four warps of 32x32, 64 K entries per stage in four stages, the
+/// rhs by TMA: up to 64 rows on wide weights, reading the weight once per 64 rows.
+pub const PIPE_SQUARE_TMA: PipelinedTiling = PipelinedTiling {
+    name: "pipe-64x64-tma",
+    warps: (2, 2),
+    warp_tiles: (2, 4),
+    stage_k: 64,
+    stages: 4,
+    copy_warps: 0,
+    rhs_tma: true,
+    lhs_tma: false,
+};
+
 /// The tilings the benchmark sweeps by default and the suite compares with the routed result
 /// bitwise.
-pub const PIPELINED_TILINGS: [PipelinedTiling; 8] = [
+pub const PIPELINED_TILINGS: [PipelinedTiling; 11] = [
     PIPE_NARROW,
     PIPE_NARROW_WIDE,
     PIPE_NARROW_TMA,
     PIPE_NARROW_TMA_WIDE,
     PIPE_SKINNY_TMA,
     PIPE_SKINNY_TMA_WIDE,
+    PIPE_SQUARE_TMA,
     PIPE_SKINNY,
     PIPE_MEDIUM,
+    PIPE_MEDIUM_TMA,
+    PIPE_LARGE_TMA,
 ];
 
 /// Whether the runtime behind `client` has the Tensor Memory Accelerator (sm_90 and up),
