@@ -177,8 +177,8 @@ pub fn choose_path<R: Runtime>(
         return portable;
     }
     let sms = client.properties().hardware.num_streaming_multiprocessors;
-    let tma_rhs = pipelined::one_matrix(&rhs.shape) && pipelined::has_tma(client);
-    if let Some(tiling) = pipelined::routed_tiling(m, n, batches, tma_rhs, dtype, sms)
+    let tma = pipelined::TmaReads::of(&lhs.shape, &rhs.shape, pipelined::has_tma(client));
+    if let Some(tiling) = pipelined::routed_tiling(m, n, batches, tma, dtype, sms)
         .filter(|&tiling| pipelined::is_supported(client, dtype, tiling))
     {
         let reads = |b: &TensorBinding<R>| {

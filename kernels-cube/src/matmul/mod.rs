@@ -53,7 +53,7 @@ pub mod tensor_core;
 pub use kernel::{PortableTiling, PORTABLE_NARROW, PORTABLE_WIDE};
 pub use launch::{launch_matmul, portable_tiling_for, MatmulError, MatmulLaunch, MatmulPath};
 pub use pipelined::{
-    PipelinedTiling, PIPELINED_TILINGS, PIPE_LARGE_TMA, PIPE_MEDIUM, PIPE_MEDIUM_TMA, PIPE_NARROW,
+    PipelinedTiling, TmaReads, PIPELINED_TILINGS, PIPE_MEDIUM, PIPE_MEDIUM_TMA, PIPE_NARROW,
     PIPE_NARROW_TMA, PIPE_NARROW_TMA_WIDE, PIPE_NARROW_WIDE, PIPE_SKINNY, PIPE_SKINNY_TMA,
     PIPE_SKINNY_TMA_WIDE, PIPE_SQUARE_TMA,
 };

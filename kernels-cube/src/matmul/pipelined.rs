@@ -1,6 +1,6 @@
 //! Our own tensor-core matmul for f16 and bf16: `mma.sync` m16n8k16 fed by `ldmatrix` from
-//! shared memory, with a multi-stage pipeline of `cp.async` copies (the rhs optionally by
-//! TMA).
+//! shared memory, with a multi-stage pipeline of `cp.async` copies (the rhs, or both
+//! operands, optionally by TMA).
 //!
 //! cubek's tiled routine spends most of its issue slots on other work than the MMA (the
 //! profile in docs/performance.md, "What limits the matmul"). This kernel is written for
@@ -23,15 +23,17 @@
 //!
 //! The router takes this kernel for decode, up to 64 rows ([`routed_tiling`]). Where one
 //! weight matrix serves every batch and the device has TMA, a stage's weight block arrives
-//! by one TMA copy into swizzled rows, six stages deep while the cubes fit in one wave: on
-//! an H100 in bf16, 0.84-0.91x cubek's time at most decode shapes and 1.00-1.10x cuBLAS's
-//! at M = 1 and 16 (docs/performance.md, "Decode"). Deeper `cp.async` pipelines and warps
-//! that only copy ([`PipelinedTiling::copy_warps`]) were measured beside it and gained
-//! little: at M = 1 the `cp.async` kernel is issue-bound on its copies, which TMA removes.
-//! Without TMA, single rows take `cp.async` copies that skip the rows a 16-row tile does not
-//! have. From M = 65 up cubek's routine is as fast or faster (1.13-1.36x at M >= 256):
-//! profiled at 4096^3, this kernel's 128x128 cubes keep L2 84% busy while the tensor pipe
-//! is 52% busy, every cube re-reading its operand panels from L2 at each stage. Every listed
+//! by TMA into swizzled rows, six stages deep while the cubes fit in one wave, and past one
+//! wave from 33 rows in 64-row cubes that bring the lhs by TMA too: on an H100 in bf16,
+//! 1.00-1.10x cuBLAS's time at M = 1 and 16 and 1.06-1.21x at M = 64 (docs/performance.md,
+//! "Decode"). Deeper `cp.async` pipelines and warps that only copy
+//! ([`PipelinedTiling::copy_warps`]) were measured beside it and gained little: at M = 1 the
+//! `cp.async` kernel is issue-bound on its copies, which TMA removes. Without TMA, single
+//! rows take `cp.async` copies that skip the rows a 16-row tile does not have. From M = 65
+//! up cubek's routine stays: this kernel's best there, 128x128 cubes with the rhs by TMA
+//! ([`PIPE_MEDIUM_TMA`]), came within 5% of it either way, both near half of cuBLAS's
+//! throughput; with `cp.async` copies the same cubes kept L2 84% busy at 4096^3 while the
+//! tensor pipe was 52% busy. Every listed
 //! tiling is compared bitwise with cubek's path on the suite's edge shapes (partial tiles,
 //! K tails, batches, a weight shared by batches, bias) on a GPU
 //! (`kernel_matmul_pipelined_writes_every_output_in_the_routed_bits`), so the router can
@@ -191,26 +193,45 @@ const fn tma_slabs_fit(rows: usize, width: usize) -> bool {
     rows <= 256 && (matches!(width, 16 | 32) || width.is_multiple_of(64))
 }
 
+/// Which operands of a problem the kernel may bring by TMA: each one that is one matrix for
+/// every batch ([`one_matrix`]), on a device that has TMA ([`has_tma`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TmaReads {
+    pub lhs: bool,
+    pub rhs: bool,
+}
+
+impl TmaReads {
+    /// What TMA may read of operands of these shapes, on a device with TMA or without.
+    pub fn of(lhs_shape: &[usize], rhs_shape: &[usize], device_has_tma: bool) -> Self {
+        Self {
+            lhs: device_has_tma && one_matrix(lhs_shape),
+            rhs: device_has_tma && one_matrix(rhs_shape),
+        }
+    }
+}
+
 /// The tiling the router runs this kernel with for `batches` products of `m x n` outputs of
 /// `dtype` on a device with `multiprocessors` (if known), or `None` where it leaves the
-/// problem to cubek's routine. `tma_rhs` says whether the rhs can come by TMA: one matrix
-/// for every batch ([`one_matrix`]) on a device that has TMA ([`has_tma`]). Only speed
+/// problem to cubek's routine. `tma` says which operands may come by TMA. Only speed
 /// depends on it: the kernel gives cubek's bits.
 ///
 /// The kernel is taken for decode, where the work is streaming the weight: its copies skip
 /// the rows a 16-row tile does not have, and with the rhs brought by TMA into deep stages it
 /// keeps more of the weight in flight than cubek's loaders (the figures are on each tiling).
 /// Up to 16 rows take [`PIPE_NARROW_TMA`], up to 64 [`PIPE_SKINNY_TMA`], each with six
-/// stages where its cubes fit in one wave and four beyond ([`PIPE_NARROW_TMA_WIDE`],
-/// [`PIPE_SKINNY_TMA_WIDE`]). Without TMA for the rhs, single rows take
+/// stages where its cubes fit in one wave. Beyond one wave, up to 16 rows take four stages
+/// ([`PIPE_NARROW_TMA_WIDE`]); from 33 rows, where the lhs can come by TMA too, the 64-row
+/// cubes of [`PIPE_SQUARE_TMA`], which read the weight once, and otherwise four stages of
+/// 32-row cubes ([`PIPE_SKINNY_TMA_WIDE`]). Without TMA for the rhs, single rows take
 /// [`PIPE_NARROW`] or, past one wave, [`PIPE_NARROW_WIDE`], and more rows cubek's routine.
-/// From M = 65 up cubek's routine was as fast or faster at every shape measured
+/// From M = 65 up cubek's routine was as fast or within 5% at every shape measured
 /// (docs/performance.md, "What limits the matmul").
 pub fn routed_tiling(
     m: usize,
     n: usize,
     batches: usize,
-    tma_rhs: bool,
+    tma: TmaReads,
     dtype: StorageType,
     multiprocessors: Option<u32>,
 ) -> Option<PipelinedTiling> {
@@ -225,8 +246,9 @@ pub fn routed_tiling(
     let deep_or_wide = |deep: PipelinedTiling, wide: PipelinedTiling| {
         Some(if one_wave(deep) { deep } else { wide })
     };
-    match (tma_rhs, m) {
+    match (tma.rhs, m) {
         (true, ..=16) => deep_or_wide(PIPE_NARROW_TMA, PIPE_NARROW_TMA_WIDE),
+        (true, 33..) if tma.lhs => deep_or_wide(PIPE_SKINNY_TMA, PIPE_SQUARE_TMA),
         (true, _) => deep_or_wide(PIPE_SKINNY_TMA, PIPE_SKINNY_TMA_WIDE),
         (false, 1) => deep_or_wide(PIPE_NARROW, PIPE_NARROW_WIDE),
         (false, _) => None,
@@ -914,9 +936,8 @@ fn load_fragments<F: Float>(
     }
 }
 
-/// 128x128 outputs per cube, four warps of 64x64, 64 K entries per stage, three stages: the
-/// fastest tiling measured at M >= 1024. Eight-warp cubes (128x256, 256x128) were slower at
-/// every size measured (docs/performance.md).
+/// 128x128 outputs per cube, four warps of 64x64, 64 K entries per stage, three stages, by
+/// `cp.async` copies: [`PIPE_MEDIUM_TMA`] without TMA, for devices that lack it.
 pub const PIPE_MEDIUM: PipelinedTiling = PipelinedTiling {
     name: "pipe-128x128",
     warps: (2, 2),
@@ -1014,43 +1035,35 @@ pub const PIPE_SKINNY_TMA_WIDE: PipelinedTiling = PipelinedTiling {
     ..PIPE_SKINNY_TMA
 };
 
-/// 128x256 outputs per cube, eight warps of 64x64, 64 K entries per stage in four stages,
-/// both operands by TMA: one cube per multiprocessor (192 KB), for large M.
-pub const PIPE_LARGE_TMA: PipelinedTiling = PipelinedTiling {
-    name: "pipe-128x256-tma2",
-    warps: (2, 4),
-    warp_tiles: (4, 8),
-    stage_k: 64,
-    stages: 4,
-    copy_warps: 0,
-    rhs_tma: true,
-    lhs_tma: true,
-};
-
-/// [`PIPE_MEDIUM`]'s cubes with both operands by TMA: two cubes per multiprocessor.
+/// [`PIPE_MEDIUM`]'s cubes with the rhs by TMA, two cubes per multiprocessor: the fastest
+/// tiling of this kernel measured at M >= 1024, within 5% of cubek's routine either way
+/// (0.95-1.14x its time on an H100 in bf16), so not routed. Both operands by TMA, four
+/// stages, and eight-warp cubes (128x256, 256x128) were slower.
 pub const PIPE_MEDIUM_TMA: PipelinedTiling = PipelinedTiling {
-    name: "pipe-128x128-tma2",
+    name: "pipe-128x128-tma",
     rhs_tma: true,
-    lhs_tma: true,
     ..PIPE_MEDIUM
 };
 
-/// 64x64 outputs per cube, four warps of 32x32, 64 K entries per stage in four stages, the
-/// rhs by TMA: up to 64 rows on wide weights, reading the weight once per 64 rows.
+/// 64x64 outputs per cube, four warps of 32x32, 64 K entries per stage in four stages, both
+/// operands by TMA (64 KB, three cubes per multiprocessor): 32 < M <= 64 where 32-row cubes
+/// would overflow one wave, since one 64-row cube reads its weight columns once. At M = 64,
+/// K = 4096, N = 14336 on an H100 in bf16: 0.0562 ms, against 0.0680 for
+/// [`PIPE_SKINNY_TMA_WIDE`], 0.0652 with the lhs by `cp.async`, and 0.0530 for cuBLAS.
 pub const PIPE_SQUARE_TMA: PipelinedTiling = PipelinedTiling {
-    name: "pipe-64x64-tma",
+    name: "pipe-64x64-tma2",
     warps: (2, 2),
     warp_tiles: (2, 4),
     stage_k: 64,
     stages: 4,
     copy_warps: 0,
     rhs_tma: true,
-    lhs_tma: false,
+    lhs_tma: true,
 };
 
 /// The tilings the benchmark sweeps by default and the suite compares with the routed result
 /// bitwise.
-pub const PIPELINED_TILINGS: [PipelinedTiling; 11] = [
+pub const PIPELINED_TILINGS: [PipelinedTiling; 10] = [
     PIPE_NARROW,
     PIPE_NARROW_WIDE,
     PIPE_NARROW_TMA,
@@ -1061,7 +1074,6 @@ pub const PIPELINED_TILINGS: [PipelinedTiling; 11] = [
     PIPE_SKINNY,
     PIPE_MEDIUM,
     PIPE_MEDIUM_TMA,
-    PIPE_LARGE_TMA,
 ];
 
 /// Whether the runtime behind `client` has the Tensor Memory Accelerator (sm_90 and up),
@@ -1209,13 +1221,20 @@ mod tests {
     }
 
     /// Decode only (M <= 64), in f16 and bf16, with a known multiprocessor count: the TMA
-    /// tilings for a single rhs matrix, deep while the cubes fit in one wave; single rows
-    /// only, without TMA, for a batched rhs.
+    /// tilings for a single rhs matrix, deep while the cubes fit in one wave, 64-row cubes
+    /// beyond from 33 rows where the lhs is one matrix too; single rows only, without TMA,
+    /// for a batched rhs.
     #[test]
     fn router_takes_decode() {
         let bf16 = StorageType::Scalar(ElemType::Float(FloatKind::BF16));
         let f32 = StorageType::Scalar(ElemType::Float(FloatKind::F32));
-        let route = |m, n, batches, matrix| routed_tiling(m, n, batches, matrix, bf16, Some(132));
+        let route = |m, n, batches, matrix: bool| {
+            let tma = TmaReads {
+                lhs: matrix,
+                rhs: matrix,
+            };
+            routed_tiling(m, n, batches, tma, bf16, Some(132))
+        };
         // 64 cubes of 16x64, then 224.
         assert_eq!(route(1, 4096, 1, true), Some(PIPE_NARROW_TMA));
         assert_eq!(route(16, 4096, 1, true), Some(PIPE_NARROW_TMA));
@@ -1223,7 +1242,19 @@ mod tests {
         // 128 cubes of 32x64, then 448; three products of 64 narrow cubes overflow.
         assert_eq!(route(64, 4096, 1, true), Some(PIPE_SKINNY_TMA));
         assert_eq!(route(17, 4096, 1, true), Some(PIPE_SKINNY_TMA));
-        assert_eq!(route(64, 14336, 1, true), Some(PIPE_SKINNY_TMA_WIDE));
+        // Past one wave: 224 cubes of 64 rows from M = 33, or of 32 rows up to 32, or where
+        // the lhs cannot come by TMA.
+        assert_eq!(route(64, 14336, 1, true), Some(PIPE_SQUARE_TMA));
+        assert_eq!(route(33, 14336, 1, true), Some(PIPE_SQUARE_TMA));
+        assert_eq!(route(32, 14336, 1, true), Some(PIPE_SKINNY_TMA_WIDE));
+        let rhs_only = TmaReads {
+            lhs: false,
+            rhs: true,
+        };
+        assert_eq!(
+            routed_tiling(64, 14336, 1, rhs_only, bf16, Some(132)),
+            Some(PIPE_SKINNY_TMA_WIDE)
+        );
         assert_eq!(route(1, 4096, 3, true), Some(PIPE_NARROW_TMA_WIDE));
         // A batched rhs: single rows without TMA, 128 narrow cubes per product.
         assert_eq!(route(1, 4096, 1, false), Some(PIPE_NARROW));
@@ -1231,8 +1262,12 @@ mod tests {
         assert_eq!(route(2, 4096, 1, false), None);
         assert_eq!(route(65, 4096, 1, true), None);
         assert_eq!(route(0, 4096, 1, true), None);
-        assert_eq!(routed_tiling(1, 4096, 1, true, f32, Some(132)), None);
-        assert_eq!(routed_tiling(1, 4096, 1, true, bf16, None), None);
+        let both = TmaReads {
+            lhs: true,
+            rhs: true,
+        };
+        assert_eq!(routed_tiling(1, 4096, 1, both, f32, Some(132)), None);
+        assert_eq!(routed_tiling(1, 4096, 1, both, bf16, None), None);
     }
 
     /// A TMA tiling reads one rhs matrix for every batch, the others any rhs.
