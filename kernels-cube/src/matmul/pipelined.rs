@@ -998,7 +998,6 @@ pub const PIPE_NARROW_TMA: PipelinedTiling = PipelinedTiling {
     name: "pipe-16x64-tma6",
     stages: 6,
     rhs_tma: true,
-    lhs_tma: false,
     ..PIPE_NARROW_WIDE
 };
 
@@ -1026,8 +1025,9 @@ pub const PIPE_SKINNY_TMA: PipelinedTiling = PipelinedTiling {
     lhs_tma: false,
 };
 
-/// [`PIPE_SKINNY_TMA`] with four stages, two cubes to a multiprocessor: 16 < M <= 64 where
-/// the cubes overflow one wave. At M = 64, K = 4096, N = 14336: 0.0687 ms, against 0.0796
+/// [`PIPE_SKINNY_TMA`] with four stages, two cubes to a multiprocessor: 16 < M <= 32 where
+/// the cubes overflow one wave, and up to 64 rows there where the lhs cannot come by TMA
+/// ([`PIPE_SQUARE_TMA`] needs it). At M = 64, K = 4096, N = 14336: 0.0687 ms, against 0.0796
 /// for six stages and 0.0762 for cubek's routine.
 pub const PIPE_SKINNY_TMA_WIDE: PipelinedTiling = PipelinedTiling {
     name: "pipe-32x64-tma4",
