@@ -103,10 +103,10 @@ if part profile; then
         ./bench_matmul --cuda --profile --dtype bf16 --m 4096 >"$OUT/profile-ours-4096.txt" 2>&1
     timeout 240 ncu --set full -k regex:matmul --launch-skip 4 --launch-count 1 \
         ./bench_matmul --cuda --profile --dtype bf16 --m 1024 >"$OUT/profile-ours-1024.txt" 2>&1
-    # The pipelined kernel (routed for single rows only), its 128x128 tiling at 4096^3: the
-    # bits check is the first launch; the third, a warm one, is profiled.
+    # The pipelined kernel (routed for decode), its 128x128 tiling with the rhs by TMA at
+    # 4096^3: the bits check is the first launch; the third, a warm one, is profiled.
     timeout 240 ncu --set full -k regex:pipelined --launch-skip 2 --launch-count 1 \
-        ./bench_matmul --cuda --tilings-only --pipelined-only --m 4096 --pipe pipe-128x128:2,2:4,8:64,3 \
+        ./bench_matmul --cuda --tilings-only --pipelined-only --m 4096 --pipe pipe-128x128-tma:2,2:4,8:64,3:0:tma \
         >"$OUT/profile-pipelined-4096.txt" 2>&1
     timeout 240 ncu --set full -k regex:'gemm|nvjet|sm90|cutlass' --launch-skip 1 --launch-count 3 \
         python3 -c 'import torch

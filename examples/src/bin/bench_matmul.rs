@@ -8,8 +8,8 @@
 //! `--tilings-only` (only that), `--sweep-f32` (the sweep in f32, decode tilings), `--dtype
 //! bf16|f16|f32` (one dtype), `--m M` (one row count, in the table and the sweep),
 //! `--candidate NAME:PM,PN,PK:SM,SN` (one more tiling for the sweep, repeatable),
-//! `--pipe NAME:WM,WN:TM,TN:SK,ST[:CW[:tma|tma2]]` (a tiling of the pipelined kernel to sweep in place of
-//! the routed ones, repeatable),
+//! `--pipe NAME:WM,WN:TM,TN:SK,ST[:CW[:tma|tma2]]` (a tiling of the pipelined kernel to
+//! sweep in place of the routed ones, repeatable),
 //! `--pipelined-only` (the sweep times only the pipelined kernel),
 //! `--profile` (only our product, three calls per shape, untimed: what `ncu` profiles),
 //! `--linear` (`x @ W + b` through `burn::tensor::module::linear` instead of the plain
