@@ -31,8 +31,8 @@
 //! `cp.async` kernel is issue-bound on its copies, which TMA removes. Without TMA, single
 //! rows take `cp.async` copies that skip the rows a 16-row tile does not have. From M = 65
 //! up cubek's routine stays: this kernel's best there, 128x128 cubes with the rhs by TMA
-//! ([`PIPE_MEDIUM_TMA`]), came within 5% of it either way, both near half of cuBLAS's
-//! throughput; with `cp.async` copies the same cubes kept L2 84% busy at 4096^3 while the
+//! ([`PIPE_MEDIUM_TMA`]), took 0.95-1.14x its time at M >= 1024, both near half of
+//! cuBLAS's throughput; with `cp.async` copies the same cubes kept L2 84% busy at 4096^3 while the
 //! tensor pipe was 52% busy. Every listed
 //! tiling is compared bitwise with cubek's path on the suite's edge shapes (partial tiles,
 //! K tails, batches, a weight shared by batches, bias) on a GPU
@@ -225,7 +225,8 @@ impl TmaReads {
 /// cubes of [`PIPE_SQUARE_TMA`], which read the weight once, and otherwise four stages of
 /// 32-row cubes ([`PIPE_SKINNY_TMA_WIDE`]). Without TMA for the rhs, single rows take
 /// [`PIPE_NARROW`] or, past one wave, [`PIPE_NARROW_WIDE`], and more rows cubek's routine.
-/// From M = 65 up cubek's routine was as fast or within 5% at every shape measured
+/// From M = 65 up cubek's routine stays: at M >= 1024 this kernel's best took 0.95-1.14x its
+/// time, a gain of at most 5% on some shapes for a loss of 14% on another
 /// (docs/performance.md, "What limits the matmul").
 pub fn routed_tiling(
     m: usize,
@@ -1036,9 +1037,9 @@ pub const PIPE_SKINNY_TMA_WIDE: PipelinedTiling = PipelinedTiling {
 };
 
 /// [`PIPE_MEDIUM`]'s cubes with the rhs by TMA, two cubes per multiprocessor: the fastest
-/// tiling of this kernel measured at M >= 1024, within 5% of cubek's routine either way
-/// (0.95-1.14x its time on an H100 in bf16), so not routed. Both operands by TMA, four
-/// stages, and eight-warp cubes (128x256, 256x128) were slower.
+/// tiling of this kernel measured at M >= 1024, 0.95-1.14x the time of cubek's routine on an
+/// H100 in bf16, so not routed. Both operands by TMA took 0.95-1.08x its time; four stages
+/// and eight-warp cubes (128x256, 256x128) were slower.
 pub const PIPE_MEDIUM_TMA: PipelinedTiling = PipelinedTiling {
     name: "pipe-128x128-tma",
     rhs_tma: true,
