@@ -32,13 +32,13 @@
 //! rows take `cp.async` copies that skip the rows a 16-row tile does not have. From M = 65
 //! up cubek's routine stays: this kernel's best there, 128x128 cubes with the rhs by TMA
 //! ([`PIPE_MEDIUM_TMA`]), took 0.95-1.14x its time at M >= 1024, both near half of
-//! cuBLAS's throughput; with `cp.async` copies the same cubes kept L2 84% busy at 4096^3 while the
-//! tensor pipe was 52% busy. Every listed
-//! tiling is compared bitwise with cubek's path on the suite's edge shapes (partial tiles,
-//! K tails, batches, a weight shared by batches, bias) on a GPU
-//! (`kernel_matmul_pipelined_writes_every_output_in_the_routed_bits`), so the router can
-//! move any size class to it without changing a result. The benchmark's sweep
-//! (`bench_matmul --tilings-only --pipelined-only`, `--pipe` for other tilings) times it.
+//! cuBLAS's throughput; with `cp.async` copies the same cubes kept L2 84% busy at 4096^3
+//! while the tensor pipe was 52% busy. Every listed tiling is compared bitwise with cubek's
+//! path on the suite's edge shapes (partial tiles, K tails, batches, a weight shared by
+//! batches, bias) on a GPU (`kernel_matmul_pipelined_writes_every_output_in_the_routed_bits`),
+//! so the router can move any size class to it without changing a result. The benchmark's
+//! sweep (`bench_matmul --tilings-only --pipelined-only`, `--pipe` for other tilings) times
+//! it.
 
 use cubecl::cmma::MmaDefinition;
 use cubecl::ir::features::Tma;
@@ -88,9 +88,9 @@ pub struct PipelinedTiling {
     /// TMA copy each.
     pub rhs_tma: bool,
     /// Whether the lhs block of a stage arrives by TMA too (with `rhs_tma` only), in slabs
-    /// of up to 64 K entries, swizzled as the rhs's: no thread issues a copy, which frees
-    /// the large tilings' issue slots for `ldmatrix` and `mma`. Rows past M arrive as
-    /// zeros from the tensor map.
+    /// of up to 64 K entries, swizzled as the rhs's: no thread issues a copy, which leaves
+    /// the issue slots to `ldmatrix` and `mma` (it paid for 64-row decode cubes, not for
+    /// 128-row ones). Rows past M arrive as zeros from the tensor map.
     pub lhs_tma: bool,
 }
 
