@@ -465,17 +465,23 @@ pub fn matmul_pipelined_kernel<F: Float>(
     #[unroll]
     for s in 0..comptime!(stages - 1) {
         if s < k_tiles {
-            load_stage::<F>(
+            fill_stage::<F>(
                 lhs,
                 rhs,
+                &lhs_map,
+                &rhs_map,
+                bars.index(s),
                 &mut smem,
                 &a_off,
                 &a_in_m,
                 &plan,
                 comptime!(blocks.a(s)),
+                comptime!(blocks.b(s)),
                 rhs_sk,
                 s * stage_k,
                 k,
+                row0,
+                col0,
                 tid,
                 bm,
                 bn,
@@ -484,34 +490,6 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 lhs_tma,
                 rhs_tma,
             );
-            #[comptime]
-            if let ComptimeOption::Some(map) = &rhs_map {
-                load_tma_slabs::<F>(
-                    map,
-                    bars.index(s),
-                    &mut smem,
-                    comptime!(blocks.b(s)),
-                    s * stage_k,
-                    col0,
-                    tid,
-                    stage_k,
-                    bn,
-                );
-            }
-            #[comptime]
-            if let ComptimeOption::Some(map) = &lhs_map {
-                load_tma_slabs::<F>(
-                    map,
-                    bars.index(s),
-                    &mut smem,
-                    comptime!(blocks.a(s)),
-                    row0,
-                    s * stage_k,
-                    tid,
-                    bm,
-                    stage_k,
-                );
-            }
         }
         bars.index(s).commit_copy_async();
     }
@@ -529,17 +507,23 @@ pub fn matmul_pipelined_kernel<F: Float>(
                 let refill = comptime!((s + stages - 1) % stages);
                 let next = t + comptime!(stages - 1);
                 if next < k_tiles {
-                    load_stage::<F>(
+                    fill_stage::<F>(
                         lhs,
                         rhs,
+                        &lhs_map,
+                        &rhs_map,
+                        bars.index(refill),
                         &mut smem,
                         &a_off,
                         &a_in_m,
                         &plan,
                         comptime!(blocks.a(refill)),
+                        comptime!(blocks.b(refill)),
                         rhs_sk,
                         next * stage_k,
                         k,
+                        row0,
+                        col0,
                         tid,
                         bm,
                         bn,
@@ -548,34 +532,6 @@ pub fn matmul_pipelined_kernel<F: Float>(
                         lhs_tma,
                         rhs_tma,
                     );
-                    #[comptime]
-                    if let ComptimeOption::Some(map) = &rhs_map {
-                        load_tma_slabs::<F>(
-                            map,
-                            bars.index(refill),
-                            &mut smem,
-                            comptime!(blocks.b(refill)),
-                            next * stage_k,
-                            col0,
-                            tid,
-                            stage_k,
-                            bn,
-                        );
-                    }
-                    #[comptime]
-                    if let ComptimeOption::Some(map) = &lhs_map {
-                        load_tma_slabs::<F>(
-                            map,
-                            bars.index(refill),
-                            &mut smem,
-                            comptime!(blocks.a(refill)),
-                            row0,
-                            next * stage_k,
-                            tid,
-                            bm,
-                            stage_k,
-                        );
-                    }
                 }
                 bars.index(refill).commit_copy_async();
 
@@ -743,6 +699,51 @@ struct CopyPlan {
     b_len: usize,
     /// Offset between the thread's rhs chunks (`b_step` rows).
     b_jump: usize,
+}
+
+/// Issues every copy of one stage, whose blocks lie at `smem[a_block ..]` and
+/// `smem[b_block ..]` and hold K entries `k0 ..`: the `cp.async` copies ([`load_stage`]) and
+/// the blocks that come by TMA ([`load_tma_slabs`], completing on `bar`). The prologue and
+/// each refill of the main loop issue a stage through here, so that both fill it alike.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn fill_stage<F: Float>(
+    lhs: &Tensor<F>,
+    rhs: &Tensor<F>,
+    lhs_map: &ComptimeOption<TensorMap<F, Tiled>>,
+    rhs_map: &ComptimeOption<TensorMap<F, Tiled>>,
+    bar: &Barrier,
+    smem: &mut SharedMemory<F>,
+    a_off: &Array<usize>,
+    a_in_m: &Array<bool>,
+    plan: &CopyPlan,
+    #[comptime] a_block: usize,
+    #[comptime] b_block: usize,
+    rhs_sk: usize,
+    k0: usize,
+    k: usize,
+    row0: usize,
+    col0: usize,
+    tid: usize,
+    #[comptime] bm: usize,
+    #[comptime] bn: usize,
+    #[comptime] stage_k: usize,
+    #[comptime] units: usize,
+    #[comptime] lhs_tma: bool,
+    #[comptime] rhs_tma: bool,
+) {
+    load_stage::<F>(
+        lhs, rhs, smem, a_off, a_in_m, plan, a_block, rhs_sk, k0, k, tid, bm, bn, stage_k, units,
+        lhs_tma, rhs_tma,
+    );
+    #[comptime]
+    if let ComptimeOption::Some(map) = rhs_map {
+        load_tma_slabs::<F>(map, bar, smem, b_block, k0, col0, tid, stage_k, bn);
+    }
+    #[comptime]
+    if let ComptimeOption::Some(map) = lhs_map {
+        load_tma_slabs::<F>(map, bar, smem, a_block, row0, k0, tid, bm, stage_k);
+    }
 }
 
 /// Issues the asynchronous copies of one stage: the lhs block (`bm` rows of `stage_k` K
