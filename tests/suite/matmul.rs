@@ -10,7 +10,7 @@ use batch_invariant_kernels::matmul::launch::{
 };
 use batch_invariant_kernels::matmul::{
     cpu_reference, launch_matmul, pipelined, tensor_core, tilings_for, F32Precision, Loader,
-    MatmulError, TensorCoreTiling, TileKind, PIPELINED_TILINGS, PORTABLE_NARROW, PORTABLE_WIDE,
+    MatmulError, TensorCoreTiling, TileKind, PIPELINED_TILINGS, PORTABLE_NARROW, PORTABLE_TILINGS,
 };
 use burn::module::Param;
 use burn::nn::LinearConfig;
@@ -597,10 +597,10 @@ fn poisoned_outputs_and_paths<R: CubeRuntime>(device: &R::Device, compared: Comp
                         continue;
                     }
                 };
-                // Both portable tilings give one set of bits: the routed path's where it is
+                // Every portable tiling gives one set of bits: the routed path's where it is
                 // portable (and IEEE f32's on every runtime).
                 if compared == Compared::CubekAndPortable {
-                    let portable = [PORTABLE_NARROW, PORTABLE_WIDE].map(|tiling| {
+                    let portable = PORTABLE_TILINGS.map(|tiling| {
                         let path = MatmulPath::Portable { tiling };
                         (path, run(path, with_bias))
                     });

@@ -7,7 +7,8 @@ use cubecl::std::tensor::{copy_into, TensorHandle};
 use cubecl::std::FastDivmod;
 
 use super::kernel::{
-    matmul_portable_kernel, PortableTiling, CUBE_SIDE, PORTABLE_NARROW, PORTABLE_WIDE,
+    matmul_portable_kernel, matmul_portable_rows_kernel, PortableLayout, PortableTiling, CUBE_SIDE,
+    PORTABLE_NARROW, PORTABLE_ROWS, PORTABLE_ROWS_32, PORTABLE_WIDE, ROWS_COLS, ROWS_WARPS,
 };
 use super::pipelined::{self, matmul_pipelined_kernel, PipelinedTiling};
 use super::tensor_core::{self, tiling_for, Loader, TensorCoreTiling};
@@ -231,23 +232,37 @@ fn problem_dims<R: Runtime>(
     )
 }
 
-/// The portable kernel's tiling: [`PORTABLE_WIDE`] where its 128x128 tiles are at least
-/// as many as the device's multiprocessors (or CPU cores), [`PORTABLE_NARROW`] otherwise.
-/// Either gives the same bits.
+/// The portable kernel's tiling on this runtime: [`portable_tiling`] with its
+/// multiprocessors (or CPU cores).
 pub fn portable_tiling_for<R: Runtime>(
     client: &ComputeClient<R>,
     m: usize,
     n: usize,
     batches: usize,
 ) -> PortableTiling {
-    let tile = PORTABLE_WIDE.tile();
+    portable_tiling(m, n, batches, compute_units(client))
+}
+
+/// The portable kernel's tiling: for a few rows the rows layout ([`PORTABLE_ROWS`] up to 8,
+/// [`PORTABLE_ROWS_32`] up to [`PORTABLE_ROWS_MAX_M`]), else [`PORTABLE_WIDE`] where its
+/// 128x128 tiles are at least as many as `units`, and [`PORTABLE_NARROW`] otherwise. Every
+/// choice gives the same bits.
+pub fn portable_tiling(m: usize, n: usize, batches: usize, units: usize) -> PortableTiling {
+    let tile = PORTABLE_WIDE.tile_rows();
     let wide_tiles = batches * m.div_ceil(tile) * n.div_ceil(tile);
-    if m >= tile && n >= tile && wide_tiles >= compute_units(client) {
+    if m <= PORTABLE_ROWS.tile_rows() {
+        PORTABLE_ROWS
+    } else if m <= PORTABLE_ROWS_MAX_M {
+        PORTABLE_ROWS_32
+    } else if m >= tile && n >= tile && wide_tiles >= units {
         PORTABLE_WIDE
     } else {
         PORTABLE_NARROW
     }
 }
+
+/// Rows (M, per batch) up to which the portable path takes the rows layout.
+pub const PORTABLE_ROWS_MAX_M: usize = 64;
 
 /// Multiprocessors, or CPU cores on a CPU runtime.
 fn compute_units<R: Runtime>(client: &ComputeClient<R>) -> usize {
@@ -609,33 +624,56 @@ fn launch_portable<R: Runtime>(
     let (batch_shape, lhs_batch, rhs_batch) = batch_walk(&lhs, &rhs, out_shape);
     let address_type = address_type(&lhs, &rhs, batches * m * n);
 
-    let tile = tiling.tile();
-    let tiles = batches * m.div_ceil(tile) * n.div_ceil(tile);
-    let cubes = tiles.min(4 * compute_units(client)).max(1);
+    let tiles = batches * m.div_ceil(tiling.tile_rows()) * n.div_ceil(tiling.tile_cols());
+    let cubes = tiles.min(4 * compute_units(client)).max(1) as u32;
     // An absent bias binds the lhs: the kernel never reads it (comptime flag).
     let has_bias = bias.is_some();
     let bias = bias.unwrap_or_else(|| lhs.clone());
-    unsafe {
-        matmul_portable_kernel::launch_unchecked(
-            client,
-            CubeCount::Static(cubes as u32, 1, 1),
-            CubeDim::new_2d(CUBE_SIDE, CUBE_SIDE),
-            address_type,
-            lhs.into_tensor_arg(),
-            rhs.into_tensor_arg(),
-            bias.into_tensor_arg(),
-            out.into_tensor_arg(),
-            batch_shape,
-            lhs_batch,
-            rhs_batch,
-            m,
-            n,
-            k,
-            batches,
-            tiling.per_thread,
-            has_bias,
-            dtype,
-        );
+    match tiling.layout {
+        PortableLayout::Square => unsafe {
+            matmul_portable_kernel::launch_unchecked(
+                client,
+                CubeCount::Static(cubes, 1, 1),
+                CubeDim::new_2d(CUBE_SIDE, CUBE_SIDE),
+                address_type,
+                lhs.into_tensor_arg(),
+                rhs.into_tensor_arg(),
+                bias.into_tensor_arg(),
+                out.into_tensor_arg(),
+                batch_shape,
+                lhs_batch,
+                rhs_batch,
+                m,
+                n,
+                k,
+                batches,
+                tiling.per_thread,
+                has_bias,
+                dtype,
+            );
+        },
+        PortableLayout::Rows => unsafe {
+            matmul_portable_rows_kernel::launch_unchecked(
+                client,
+                CubeCount::Static(cubes, 1, 1),
+                CubeDim::new_2d(ROWS_COLS as u32, ROWS_WARPS as u32),
+                address_type,
+                lhs.into_tensor_arg(),
+                rhs.into_tensor_arg(),
+                bias.into_tensor_arg(),
+                out.into_tensor_arg(),
+                batch_shape,
+                lhs_batch,
+                rhs_batch,
+                m,
+                n,
+                k,
+                batches,
+                tiling.per_thread,
+                has_bias,
+                dtype,
+            );
+        },
     }
 }
 
@@ -781,7 +819,84 @@ fn launch_pipelined<R: Runtime>(
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_unit_strides;
+    use super::{
+        normalize_unit_strides, portable_tiling, PortableLayout, PORTABLE_NARROW, PORTABLE_ROWS,
+        PORTABLE_ROWS_32, PORTABLE_ROWS_MAX_M, PORTABLE_WIDE,
+    };
+    use crate::matmul::kernel::{PORTABLE_TILINGS, ROWS_COLS, ROWS_STEP_K, ROWS_WARPS};
+
+    /// Decode rows take the rows layout whatever the width and batch; more rows the square
+    /// tiles, wide ones where they fill the device.
+    #[test]
+    fn portable_rows_take_the_rows_layout() {
+        for (m, want) in [
+            (0, PORTABLE_ROWS),
+            (1, PORTABLE_ROWS),
+            (8, PORTABLE_ROWS),
+            (9, PORTABLE_ROWS_32),
+            (PORTABLE_ROWS_MAX_M, PORTABLE_ROWS_32),
+        ] {
+            assert_eq!(portable_tiling(m, 4096, 1, 132), want, "M = {m}");
+            assert_eq!(portable_tiling(m, 7, 300, 2), want, "M = {m}, batched");
+        }
+        assert_eq!(portable_tiling(65, 4096, 1, 132), PORTABLE_NARROW);
+        assert_eq!(portable_tiling(1024, 4096, 1, 132), PORTABLE_WIDE);
+    }
+
+    /// The rows kernel's copy walks (as `matmul_portable_rows_kernel` works them out) cover
+    /// each step's blocks exactly once, in both orders of each operand.
+    #[test]
+    fn rows_copy_walks_cover_each_block_once() {
+        let units = ROWS_WARPS * ROWS_COLS;
+        for tiling in PORTABLE_TILINGS {
+            if tiling.layout != PortableLayout::Rows {
+                continue;
+            }
+            let rows = tiling.tile_rows();
+            let a_per = rows * ROWS_STEP_K / units;
+            let b_per = ROWS_STEP_K * ROWS_COLS / units;
+            assert_eq!(a_per * units, rows * ROWS_STEP_K, "{}", tiling.name);
+            assert_eq!(b_per * units, ROWS_STEP_K * ROWS_COLS, "{}", tiling.name);
+            for by_first in [true, false] {
+                let mut a_seen = vec![0; rows * ROWS_STEP_K];
+                let mut b_seen = vec![0; ROWS_STEP_K * ROWS_COLS];
+                for flat in 0..units {
+                    for p in 0..a_per {
+                        let (row, k) = if by_first {
+                            (
+                                flat / ROWS_STEP_K + p * (units / ROWS_STEP_K),
+                                flat % ROWS_STEP_K,
+                            )
+                        } else {
+                            (flat % rows, flat / rows + p * (units / rows))
+                        };
+                        a_seen[row * ROWS_STEP_K + k] += 1;
+                    }
+                    for p in 0..b_per {
+                        let (k, col) = if by_first {
+                            (flat / ROWS_COLS + p * (units / ROWS_COLS), flat % ROWS_COLS)
+                        } else {
+                            (
+                                flat % ROWS_STEP_K,
+                                flat / ROWS_STEP_K + p * (units / ROWS_STEP_K),
+                            )
+                        };
+                        b_seen[k * ROWS_COLS + col] += 1;
+                    }
+                }
+                let name = tiling.name;
+                assert!(
+                    a_seen.iter().all(|&c| c == 1),
+                    "{name}: lhs walk ({by_first})"
+                );
+                assert!(
+                    b_seen.iter().all(|&c| c == 1),
+                    "{name}: rhs walk ({by_first})"
+                );
+            }
+            assert!(rows <= PORTABLE_ROWS_MAX_M, "{}", tiling.name);
+        }
+    }
 
     fn normalized(shape: &[usize], strides: &[usize]) -> Vec<usize> {
         let mut strides = strides.to_vec();

@@ -20,8 +20,10 @@
 //!   stands"), when it can read both operands as stored.
 //! * **Portable** ([`MatmulPath::Portable`], everything else, e.g. lavapipe; K = 0
 //!   everywhere; f32 with [`F32Precision::Ieee`]): our own persistent kernel
-//!   ([`kernel::matmul_portable_kernel()`]), one f32 multiply-add per k, in increasing k, on
-//!   the operands as stored: IEEE f32 products and sums, no TF32 rounding of the operands.
+//!   ([`kernel::matmul_portable_kernel()`], or for up to [`PORTABLE_ROWS_MAX_M`] rows
+//!   [`kernel::matmul_portable_rows_kernel()`]), one f32 multiply-add per k, in increasing
+//!   k, on the operands as stored: IEEE f32 products and sums, no TF32 rounding of the
+//!   operands. Its tilings decide only which thread computes an output.
 //!
 //! # What may change with the shape, and why it is harmless
 //!
@@ -50,8 +52,13 @@ pub mod launch;
 pub mod pipelined;
 pub mod tensor_core;
 
-pub use kernel::{PortableTiling, PORTABLE_NARROW, PORTABLE_WIDE};
-pub use launch::{launch_matmul, portable_tiling_for, MatmulError, MatmulLaunch, MatmulPath};
+pub use kernel::{
+    PortableLayout, PortableTiling, PORTABLE_NARROW, PORTABLE_ROWS, PORTABLE_ROWS_32,
+    PORTABLE_TILINGS, PORTABLE_WIDE,
+};
+pub use launch::{
+    launch_matmul, portable_tiling_for, MatmulError, MatmulLaunch, MatmulPath, PORTABLE_ROWS_MAX_M,
+};
 pub use pipelined::{
     PipelinedTiling, TmaReads, PIPELINED_TILINGS, PIPE_MEDIUM, PIPE_MEDIUM_TMA, PIPE_NARROW,
     PIPE_NARROW_TMA, PIPE_NARROW_TMA_WIDE, PIPE_NARROW_WIDE, PIPE_SKINNY, PIPE_SKINNY_TMA,
